@@ -1,0 +1,262 @@
+// Package config reads a loopmx configuration directory, laid out the way
+// Haraka lays out its own so that operators feel at home:
+//
+//	smtp.ini     [main] and [log]: listeners, processes, limits, logging
+//	plugins      plugin names, one a line, in the order their hooks run
+//	<name>.ini   one plugin's settings, named after the last element of
+//	             the plugin's name (queue/maildir reads maildir.ini)
+//	host_list    the domains this MX accepts mail for
+//
+// Everything is validated when the directory is loaded. Every error is one
+// line that starts with "config: " and names the file, the section, the
+// key and the offending value, so that a bad start says exactly what to
+// fix. A copy of a small working directory is built in (see Default).
+package config
+
+import (
+	"embed"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path"
+	"path/filepath"
+	"strings"
+)
+
+// defaultDir is the built-in configuration directory that Default loads.
+//
+//go:embed default
+var defaultDir embed.FS
+
+// Config is a loaded, validated config directory.
+type Config struct {
+	// Dir is the absolute config directory, against which relative paths
+	// are resolved. For the built-in default it is the working directory.
+	Dir string
+	// Embedded is true when the config is the built-in default.
+	Embedded bool
+	Main     Main
+	Log      Log
+	// Plugins holds the names in the plugins file, in order.
+	Plugins []string
+	// HostList holds the domains in host_list, trimmed and lower-cased.
+	HostList []string
+
+	fsys              fs.FS           // the built-in files; nil when reading Dir on disk
+	setIn             map[string]bool // slot(section, key) of each smtp.ini key the file sets
+	loopsPerCPU       bool            // loops is "cpus" (or left at that default)
+	threadpoolFromEnv bool            // UV_THREADPOOL_SIZE overrode threadpool_size
+}
+
+// Load reads and validates the config directory dir, which is made
+// absolute first. env looks up environment variables: pass os.LookupEnv,
+// or nil for none. A missing directory is an error; a missing smtp.ini,
+// plugins or host_list is not (defaults, no plugins, no domains).
+func Load(dir string, env func(string) (string, bool)) (*Config, error) {
+	if dir == "" {
+		return nil, errors.New("config: no config directory given")
+	}
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	st, err := os.Stat(abs)
+	if err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	if !st.IsDir() {
+		return nil, fmt.Errorf("config: %s is not a directory", abs)
+	}
+	c := &Config{Dir: abs}
+	if err := c.load(env); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// Default loads the built-in default directory (config/default in the
+// source tree). Its Dir is the working directory, so relative paths in
+// it, such as the maildir's ./var/spool, resolve against the directory
+// the server was started in.
+func Default(env func(string) (string, bool)) (*Config, error) {
+	wd, err := os.Getwd()
+	if err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	sub, err := fs.Sub(defaultDir, "default")
+	if err != nil {
+		return nil, fmt.Errorf("config: built-in default: %w", err)
+	}
+	c := &Config{Dir: wd, Embedded: true, fsys: sub}
+	if err := c.load(env); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+func (c *Config) load(env func(string) (string, bool)) error {
+	if env == nil {
+		env = noEnv
+	}
+	smtp, err := c.readINI("smtp.ini")
+	if err != nil {
+		return err
+	}
+	if err := c.applySMTP(smtp, env); err != nil {
+		return err
+	}
+	if c.Plugins, err = c.readPlugins(); err != nil {
+		return err
+	}
+	hosts, err := c.List("host_list")
+	if err != nil {
+		return err
+	}
+	for i, h := range hosts {
+		hosts[i] = strings.ToLower(h)
+	}
+	c.HostList = hosts
+	return nil
+}
+
+// Path resolves p against c.Dir unless it is absolute.
+func (c *Config) Path(p string) string {
+	if filepath.IsAbs(p) {
+		return p
+	}
+	return filepath.Join(c.Dir, p)
+}
+
+// List reads a flat list file from the config directory: one item a line,
+// trimmed, with blank lines and '#' comments skipped (a '#' starts a
+// comment at the start of a line or after a space or tab). A missing file
+// gives nil and no error. For the built-in default, a relative name is
+// read from the built-in files; an absolute name is always read from disk.
+func (c *Config) List(name string) ([]string, error) {
+	data, err := c.readFile(name)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("config: %s: %w", name, err)
+	}
+	var items []string
+	for _, l := range listLines(data) {
+		items = append(items, l.text)
+	}
+	return items, nil
+}
+
+// Plugin opens the settings of the plugin called name: the file named
+// after the last element of name plus ".ini" (queue/maildir reads
+// maildir.ini). A missing file gives an empty PluginConfig, on which
+// every getter returns its default.
+func (c *Config) Plugin(name string) (*PluginConfig, error) {
+	if !validPluginName(name) {
+		return nil, fmt.Errorf("config: %q is not a valid plugin name", name)
+	}
+	f, err := c.readINI(path.Base(name) + ".ini")
+	if err != nil {
+		return nil, err
+	}
+	return &PluginConfig{f: f, dir: c.Dir}, nil
+}
+
+// readFile reads name from the built-in files or from disk.
+func (c *Config) readFile(name string) ([]byte, error) {
+	if c.fsys != nil && !filepath.IsAbs(name) {
+		return fs.ReadFile(c.fsys, path.Clean(filepath.ToSlash(name)))
+	}
+	return os.ReadFile(c.Path(name))
+}
+
+// readINI reads and parses the ini file name; a missing file is empty.
+func (c *Config) readINI(name string) (*iniFile, error) {
+	data, err := c.readFile(name)
+	if errors.Is(err, fs.ErrNotExist) {
+		return newINI(name), nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("config: %s: %w", name, err)
+	}
+	return parseINI(name, data)
+}
+
+// readPlugins reads the plugins file. A name may appear once only: the
+// chain runs each plugin at one place in the order.
+func (c *Config) readPlugins() ([]string, error) {
+	const name = "plugins"
+	data, err := c.readFile(name)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("config: %s: %w", name, err)
+	}
+	var plugins []string
+	seen := make(map[string]bool)
+	for _, l := range listLines(data) {
+		if !validPluginName(l.text) {
+			return nil, fmt.Errorf("config: %s:%d: %q is not a valid plugin name", name, l.n, l.text)
+		}
+		if seen[l.text] {
+			return nil, fmt.Errorf("config: %s:%d: duplicate plugin %q", name, l.n, l.text)
+		}
+		seen[l.text] = true
+		plugins = append(plugins, l.text)
+	}
+	return plugins, nil
+}
+
+// listLine is one item of a flat list file and its 1-based line number.
+type listLine struct {
+	n    int
+	text string
+}
+
+// listLines splits a flat list file into its items.
+func listLines(data []byte) []listLine {
+	var out []listLine
+	for i, line := range strings.Split(string(data), "\n") {
+		if j := commentStart(line); j >= 0 {
+			line = line[:j]
+		}
+		if line = strings.TrimSpace(line); line != "" {
+			out = append(out, listLine{i + 1, line})
+		}
+	}
+	return out
+}
+
+// commentStart returns the index of the '#' that starts a comment in line,
+// or -1: a '#' at the start or after a space or tab.
+func commentStart(line string) int {
+	for i := 0; i < len(line); i++ {
+		if line[i] == '#' && (i == 0 || line[i-1] == ' ' || line[i-1] == '\t') {
+			return i
+		}
+	}
+	return -1
+}
+
+// validPluginName reports whether name can name a plugin: slash-separated
+// elements of letters, digits, '.', '_' and '-', none of them empty, "."
+// or "..".
+func validPluginName(name string) bool {
+	if name == "" {
+		return false
+	}
+	for elem := range strings.SplitSeq(name, "/") {
+		if elem == "" || elem == "." || elem == ".." {
+			return false
+		}
+		for _, c := range []byte(elem) {
+			ok := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '_' || c == '-'
+			if !ok {
+				return false
+			}
+		}
+	}
+	return true
+}

@@ -1,0 +1,467 @@
+package loop
+
+import (
+	"net/netip"
+	"strconv"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"loopmx/plugins"
+	"loopmx/smtpproto"
+)
+
+// conn is one client connection, touched only by its own loop (and, while
+// a hook runs on the workpool, by that hook through pc and call).
+type conn struct {
+	el   *eventLoop
+	fd   int
+	sess *smtpproto.Session
+	pc   plugins.Conn
+
+	in  []byte // unprocessed input; nil when there is none
+	out []byte // unsent output; nil when there is none
+
+	events     uint32 // the epoll interest currently set
+	borrowed   bool   // in points into the loop's read buffer
+	eof        bool   // the client half-closed; finish its input, then close
+	pending    bool   // a hook runs on the workpool
+	greeted    bool   // the banner was sent
+	closing    bool   // close once out is flushed
+	lingering  bool   // write side shut, reading until EOF
+	closed     bool
+	inList     bool
+	why        string // why the connection ended, for the log
+	lastActive time.Time
+	prev, next *conn
+
+	call    plugins.Call
+	callIdx int
+	result  plugins.Result
+	msg     plugins.Message
+	nTx     int
+}
+
+func newConn(el *eventLoop, fd int, peer netip.AddrPort, lfd int) *conn {
+	s := el.srv
+	c := &conn{el: el, fd: fd, sess: smtpproto.NewSession(s.opts.Proto), events: unix.EPOLLIN | unix.EPOLLRDHUP}
+	c.pc = plugins.Conn{
+		ID:         s.idPrefix + "." + strconv.FormatUint(s.connSeq.Add(1), 36),
+		RemoteIP:   peer.Addr().Unmap(),
+		RemotePort: peer.Port(),
+		Hostname:   s.opts.Proto.Hostname,
+		Log:        &s.log,
+		Started:    el.now,
+	}
+	for i, l := range s.lfds {
+		if l == lfd {
+			a := s.addrs[i]
+			if a.Addr().IsUnspecified() {
+				a = localAddr(fd)
+			}
+			c.pc.LocalIP, c.pc.LocalPort = a.Addr().Unmap(), a.Port()
+		}
+	}
+	return c
+}
+
+// start runs the connect hooks, then greets.
+func (c *conn) start() {
+	if c.el.srv.chain.Has(plugins.HookConnect) {
+		c.runHook(plugins.Call{Hook: plugins.HookConnect})
+	} else {
+		c.greet()
+	}
+	c.flush()
+}
+
+func (c *conn) greet() {
+	c.greeted = true
+	c.write(c.el.srv.opts.Proto.Banner())
+	c.process()
+}
+
+func (c *conn) onEvent(ev uint32) {
+	if ev&unix.EPOLLOUT != 0 && len(c.out) > 0 {
+		c.flush()
+		if c.closed {
+			return
+		}
+	}
+	if ev&(unix.EPOLLIN|unix.EPOLLHUP|unix.EPOLLERR|unix.EPOLLRDHUP) != 0 {
+		c.onReadable()
+	}
+}
+
+func (c *conn) onReadable() {
+	el := c.el
+	n, e := rawRead(c.fd, el.rbuf)
+	if e == unix.EAGAIN || e == unix.EINTR {
+		return
+	}
+	if n <= 0 || e != 0 {
+		if e == 0 && !c.lingering && (c.pending || len(c.in) > 0 || len(c.out) > 0) {
+			// Half-close after pipelined commands: answer them, then close.
+			c.eof = true
+			c.setEvents(c.events &^ (unix.EPOLLIN | unix.EPOLLRDHUP))
+			return
+		}
+		// EOF or reset: the client is gone. A message whose DATA did not
+		// end is dropped: it was never acknowledged.
+		c.close("client closed")
+		return
+	}
+	if c.lingering {
+		return // discard what arrives after our last reply
+	}
+	el.touch(c)
+	if len(c.in) == 0 {
+		c.in = el.rbuf[:n]
+		c.borrowed = true
+	} else {
+		c.in = append(c.in, el.rbuf[:n]...)
+	}
+	c.process()
+	c.flush()
+}
+
+// process feeds buffered input to the session until it needs more input, a
+// hook goes to the workpool, or the connection is to close. Whatever input
+// is left is copied out of the loop's read buffer.
+func (c *conn) process() {
+	for c.greeted && !c.pending && !c.closing && !c.closed && len(c.out) < maxOutPending {
+		n, ev := c.sess.Next(c.in)
+		c.in = c.in[n:]
+		if len(ev.Reply) > 0 {
+			c.write(ev.Reply)
+		}
+		switch ev.Kind {
+		case smtpproto.KindNeedMore:
+			c.keepInput()
+			if c.eof {
+				c.shutdown("client closed")
+			}
+			return
+		case smtpproto.KindHelo:
+			c.runHook(plugins.Call{Hook: plugins.HookHelo, Arg: ev.Arg})
+		case smtpproto.KindMail:
+			c.runHook(plugins.Call{Hook: plugins.HookMail, Arg: ev.Arg})
+		case smtpproto.KindRcpt:
+			c.runHook(plugins.Call{Hook: plugins.HookRcpt, Arg: ev.Arg})
+		case smtpproto.KindData:
+			c.runHook(plugins.Call{Hook: plugins.HookData})
+		case smtpproto.KindMessage:
+			c.msg = plugins.Message{Body: c.sess.Body(), Protocol: c.sess.Protocol()}
+			c.runHook(plugins.Call{Hook: plugins.HookQueue, Msg: &c.msg})
+		case smtpproto.KindReset:
+			c.endTx("reset", 0, 0)
+		}
+		if ev.Close {
+			why := "too many errors"
+			if ev.Kind == smtpproto.KindQuit {
+				why = "quit"
+			}
+			c.shutdown(why)
+		}
+		if !c.closing && c.el.draining {
+			c.drainCheck()
+		}
+	}
+	c.keepInput()
+}
+
+// keepInput makes sure unprocessed input no longer points into the loop's
+// shared read buffer, and releases the buffer when there is none.
+func (c *conn) keepInput() {
+	if len(c.in) == 0 {
+		c.in = nil
+		c.borrowed = false
+		return
+	}
+	if c.borrowed {
+		own := make([]byte, len(c.in), len(c.in)+512)
+		copy(own, c.in)
+		c.in = own
+		c.borrowed = false
+	}
+	if len(c.in) > c.el.srv.opts.MaxPipelineBuffer {
+		c.setEvents(c.events &^ unix.EPOLLIN)
+	}
+}
+
+// runHook runs call's plugins inline until one blocks; the rest run on the
+// workpool and come back through hookDone.
+func (c *conn) runHook(call plugins.Call) {
+	ch := c.el.srv.chain
+	if call.Hook == plugins.HookHelo {
+		c.pc.PendingEHLO = c.sess.PendingEHLO()
+	}
+	res, next, done := ch.Step(&c.pc, &call, 0)
+	if done {
+		c.resolve(call, res)
+		return
+	}
+	c.pending = true
+	c.call = call
+	c.callIdx = next
+	c.el.removeIdle(c)
+	if !c.el.srv.pool.Submit(c.runBlocking) {
+		// RFC 5321 4.2.2 421: the pool queue is full; shed this client
+		// politely rather than queueing without bound.
+		c.pending = false
+		c.el.pushIdle(c)
+		c.write(c.el.srv.opts.Proto.BusyReply())
+		c.shutdown("workpool full")
+	}
+}
+
+// runBlocking runs on a workpool goroutine.
+func (c *conn) runBlocking() {
+	c.result = c.el.srv.chain.RunFrom(&c.pc, &c.call, c.callIdx)
+	c.el.post(c)
+}
+
+// hookDone runs on the loop when a blocking hook has finished.
+func (c *conn) hookDone() {
+	c.pending = false
+	if c.closed {
+		c.finish()
+		return
+	}
+	c.el.pushIdle(c)
+	c.resolve(c.call, c.result)
+	c.process()
+	c.flush()
+}
+
+// resolve turns a chain result into the session's reply.
+func (c *conn) resolve(call plugins.Call, res plugins.Result) {
+	rep := plugins.ReplyFor(call.Hook, res)
+	ok := rep.Positive()
+	switch call.Hook {
+	case plugins.HookConnect:
+		if ok {
+			c.greet()
+		} else {
+			c.write(rep.AppendTo(nil))
+			c.logReject(call, res, rep)
+			c.shutdown("rejected at connect")
+		}
+		return
+	case plugins.HookHelo:
+		if ok {
+			c.endTx("reset", 0, 0)
+		}
+	}
+	out := c.sess.Resolve(rep)
+	c.write(out)
+	switch call.Hook {
+	case plugins.HookHelo:
+		if ok {
+			c.pc.Helo, c.pc.Extended = c.sess.Helo, c.sess.Extended
+		}
+	case plugins.HookMail:
+		if ok {
+			c.nTx++
+			c.pc.BeginTx(call.Arg, c.el.now).SMTPUTF8 = c.sess.Tx().SMTPUTF8
+		}
+	case plugins.HookRcpt:
+		if ok && c.pc.Tx != nil {
+			c.pc.Tx.Rcpts = append(c.pc.Tx.Rcpts, call.Arg)
+		}
+	case plugins.HookQueue:
+		result := "queued"
+		if !ok {
+			result = "refused"
+			c.logReject(call, res, rep)
+		}
+		c.endTx(result, rep.Code, len(c.msg.Body))
+		c.msg = plugins.Message{}
+	}
+	if !ok && call.Hook != plugins.HookQueue {
+		c.logReject(call, res, rep)
+	}
+	if res.Action.Disconnects() {
+		c.shutdown("disconnected by " + res.Plugin)
+	}
+}
+
+func (c *conn) logReject(call plugins.Call, res plugins.Result, rep smtpproto.Reply) {
+	l := c.el.srv.log.Info()
+	if !l.Enabled() {
+		return
+	}
+	l.Str("conn", c.pc.ID).Str("ip", c.pc.RemoteIP.String()).Str("hook", call.Hook.String()).
+		Str("plugin", res.Plugin).Int("code", rep.Code).Str("arg", call.Arg).Msg("rejected")
+}
+
+// endTx writes the transaction's log line and forgets it.
+func (c *conn) endTx(result string, code, size int) {
+	tx := c.pc.Tx
+	if tx == nil {
+		return
+	}
+	if l := c.el.srv.log.Info(); l.Enabled() {
+		l.Str("tx", tx.ID).Str("ip", c.pc.RemoteIP.String()).Str("helo", c.pc.Helo).
+			Str("from", tx.From).Strs("rcpts", tx.Rcpts).Int("size", size).
+			Str("result", result).Int("code", code).Dur("duration", c.el.now.Sub(tx.Started)).Msg("transaction")
+	}
+	c.pc.EndTx()
+}
+
+// drainCheck closes the connection during a shutdown once it is outside a
+// transaction.
+func (c *conn) drainCheck() {
+	if c.pending || c.closing || c.closed || c.sess.Tx().Active {
+		return
+	}
+	c.write(c.el.srv.replyShutdown)
+	c.flush()
+	c.shutdown("shutdown")
+}
+
+func (c *conn) write(b []byte) {
+	if c.out != nil {
+		c.out = append(c.out, b...)
+		return
+	}
+	c.el.wbuf = append(c.el.wbuf, b...)
+}
+
+// flush writes what the connection owes. A short write keeps the rest and
+// asks epoll for writability.
+func (c *conn) flush() {
+	el := c.el
+	if c.closed {
+		el.wbuf = el.wbuf[:0]
+		return
+	}
+	buf := c.out
+	if buf == nil {
+		buf = el.wbuf
+	}
+	if len(buf) > 0 {
+		n, e := rawWrite(c.fd, buf)
+		if n < 0 {
+			n = 0
+		}
+		switch {
+		case n == len(buf):
+			c.out = nil
+		case e == 0 || e == unix.EAGAIN || e == unix.EINTR:
+			rest := buf[n:]
+			if c.out == nil {
+				c.out = append(make([]byte, 0, len(rest)), rest...)
+			} else {
+				c.out = rest
+			}
+		default:
+			el.wbuf = el.wbuf[:0]
+			c.close("write error")
+			return
+		}
+		el.wbuf = el.wbuf[:0]
+	}
+	want := c.events | unix.EPOLLIN
+	if len(c.in) > el.srv.opts.MaxPipelineBuffer || len(c.out) >= maxOutPending {
+		want &^= unix.EPOLLIN
+	}
+	if len(c.out) > 0 {
+		want |= unix.EPOLLOUT
+	} else {
+		want &^= unix.EPOLLOUT
+		if c.closing && !c.lingering {
+			c.linger()
+			return
+		}
+		if !c.pending && len(c.in) > 0 && c.events&unix.EPOLLIN == 0 {
+			// The client caught up with its replies: go on with its
+			// pipelined input.
+			c.setEvents(want)
+			c.process()
+			c.flush()
+			return
+		}
+	}
+	c.setEvents(want)
+}
+
+func (c *conn) setEvents(ev uint32) {
+	if ev == c.events || c.closed {
+		return
+	}
+	c.events = ev
+	rawEpollCtl(c.el.epfd, unix.EPOLL_CTL_MOD, c.fd, ev)
+}
+
+// shutdown closes the connection once its replies are written.
+func (c *conn) shutdown(why string) {
+	if c.closing || c.closed {
+		return
+	}
+	c.closing = true
+	if c.why == "" {
+		c.why = why
+	}
+	if len(c.out) == 0 && len(c.el.wbuf) == 0 {
+		c.linger()
+	}
+}
+
+// linger shuts the write side and reads until the client closes (or a
+// short timeout), so our last reply is not destroyed by a reset caused by
+// unread input.
+func (c *conn) linger() {
+	if c.lingering || c.closed {
+		return
+	}
+	c.lingering = true
+	rawShutdownWrite(c.fd)
+	c.in = nil
+	c.setEvents(unix.EPOLLIN | unix.EPOLLRDHUP)
+	c.el.touch(c)
+}
+
+// close releases the descriptor now.
+func (c *conn) close(why string) {
+	if c.closed {
+		return
+	}
+	if c.why == "" {
+		c.why = why
+	}
+	c.closed = true
+	el := c.el
+	rawClose(c.fd)
+	el.conns[c.fd] = nil
+	el.nconns--
+	el.removeIdle(c)
+	el.srv.conns.Add(-1)
+	el.srv.releaseIP(c.pc.RemoteIP)
+	c.in, c.out = nil, nil
+	if !c.pending {
+		c.finish()
+	}
+}
+
+// finish runs disconnect hooks and writes the connection's log line once
+// no hook is outstanding.
+func (c *conn) finish() {
+	c.endTx("aborted", 0, 0)
+	ch := c.el.srv.chain
+	if ch.Has(plugins.HookDisconnect) {
+		call := plugins.Call{Hook: plugins.HookDisconnect}
+		if _, next, done := ch.Step(&c.pc, &call, 0); !done {
+			pc := c.pc
+			if !c.el.srv.pool.Submit(func() { ch.RunFrom(&pc, &call, next) }) {
+				c.el.srv.log.Warn().Str("conn", c.pc.ID).Msg("workpool full: disconnect hooks skipped")
+			}
+		}
+	}
+	if l := c.el.srv.log.Info(); l.Enabled() {
+		l.Str("conn", c.pc.ID).Str("ip", c.pc.RemoteIP.String()).Str("helo", c.pc.Helo).
+			Int("transactions", c.nTx).Int("errors", c.sess.Errors()).Str("end", c.why).
+			Dur("duration", c.el.now.Sub(c.pc.Started)).Msg("connection")
+	}
+	c.sess = nil
+}

@@ -1,0 +1,366 @@
+package loop
+
+import (
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+const (
+	readBufSize   = 64 << 10
+	maxOutPending = 256 << 10 // stop reading a client that does not read its replies
+	lingerTime    = 2 * time.Second
+	tickEvery     = 500 * time.Millisecond
+	acceptBatch   = 64
+)
+
+type ctl uint8
+
+const (
+	ctlNone ctl = iota
+	ctlDrain
+	ctlForce
+)
+
+// eventLoop is one reactor: an epoll instance, an eventfd to be woken by
+// the workpool, and the connections it accepted.
+type eventLoop struct {
+	srv    *Server
+	idx    int
+	epfd   int
+	efd    int
+	events []unix.EpollEvent
+	rbuf   []byte
+	wbuf   []byte // replies of the connection being handled; empty between handlers
+	conns  []*conn
+	nconns int
+	isLfd  map[int]bool
+	now    time.Time
+
+	// idle list: every open, non-pending connection, least recently active first
+	head, tail *conn
+
+	acceptOff    bool
+	acceptResume time.Time
+	acceptDelay  time.Duration
+	draining     bool
+	nextTick     time.Time
+
+	// done hooks and control messages, posted from other goroutines
+	mu      sync.Mutex
+	done    []*conn
+	ctls    []ctl
+	woken   atomic.Bool
+	wakeBuf [8]byte
+}
+
+func newEventLoop(s *Server, idx int) (*eventLoop, error) {
+	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	if err != nil {
+		return nil, err
+	}
+	efd, err := unix.Eventfd(0, unix.EFD_NONBLOCK|unix.EFD_CLOEXEC)
+	if err != nil {
+		unix.Close(epfd)
+		return nil, err
+	}
+	el := &eventLoop{
+		srv:    s,
+		idx:    idx,
+		epfd:   epfd,
+		efd:    efd,
+		events: make([]unix.EpollEvent, 256),
+		rbuf:   make([]byte, readBufSize),
+		wbuf:   make([]byte, 0, 4096),
+		isLfd:  map[int]bool{},
+		now:    time.Now(),
+	}
+	if e := rawEpollCtl(epfd, unix.EPOLL_CTL_ADD, efd, unix.EPOLLIN); e != 0 {
+		return nil, e
+	}
+	for _, lfd := range s.lfds {
+		el.isLfd[lfd] = true
+	}
+	if err := el.armListeners(); err != nil {
+		return nil, err
+	}
+	return el, nil
+}
+
+// armListeners waits on every listener; EPOLLEXCLUSIVE wakes only one of
+// the loops (and processes) waiting on a shared socket.
+func (el *eventLoop) armListeners() error {
+	for lfd := range el.isLfd {
+		if e := rawEpollCtl(el.epfd, unix.EPOLL_CTL_ADD, lfd, unix.EPOLLIN|unix.EPOLLEXCLUSIVE); e != 0 && e != unix.EEXIST {
+			return e
+		}
+	}
+	el.acceptOff = false
+	return nil
+}
+
+func (el *eventLoop) disarmListeners() {
+	for lfd := range el.isLfd {
+		rawEpollCtl(el.epfd, unix.EPOLL_CTL_DEL, lfd, 0)
+	}
+	el.acceptOff = true
+}
+
+// post hands a finished hook or a control message to the loop and wakes
+// it. It is the only entry point from other goroutines.
+func (el *eventLoop) post(v any) {
+	el.mu.Lock()
+	switch x := v.(type) {
+	case *conn:
+		el.done = append(el.done, x)
+	case ctl:
+		el.ctls = append(el.ctls, x)
+	}
+	el.mu.Unlock()
+	if !el.woken.Swap(true) {
+		one := [8]byte{1}
+		rawWrite(el.efd, one[:])
+	}
+}
+
+func (el *eventLoop) run() {
+	defer el.srv.stopped.Done()
+	defer unix.Close(el.epfd)
+	defer unix.Close(el.efd)
+	el.nextTick = el.now.Add(tickEvery)
+	for {
+		n, e := rawEpollWait(el.epfd, el.events, 0)
+		if n == 0 && e == 0 {
+			wait := int(el.nextTick.Sub(time.Now())/time.Millisecond) + 1
+			if wait < 1 {
+				wait = 1
+			}
+			n, e = rawEpollWait(el.epfd, el.events, wait)
+		}
+		if e != 0 {
+			n = 0 // EINTR: the runtime's preemption signal
+		}
+		el.now = time.Now()
+		for i := 0; i < n; i++ {
+			ev := &el.events[i]
+			fd := int(ev.Fd)
+			switch {
+			case fd == el.efd:
+				el.wake()
+			case el.isLfd[fd]:
+				el.accept(fd)
+			default:
+				if fd < len(el.conns) {
+					if c := el.conns[fd]; c != nil {
+						c.onEvent(ev.Events)
+					}
+				}
+			}
+		}
+		if !el.now.Before(el.nextTick) {
+			el.tick()
+			el.nextTick = el.now.Add(tickEvery)
+		}
+		if el.draining && el.nconns == 0 {
+			return
+		}
+	}
+}
+
+// wake runs the hooks that came back from the workpool and control
+// messages.
+func (el *eventLoop) wake() {
+	rawRead(el.efd, el.wakeBuf[:])
+	el.woken.Store(false)
+	el.mu.Lock()
+	done, ctls := el.done, el.ctls
+	el.done, el.ctls = nil, nil
+	el.mu.Unlock()
+	for _, c := range done {
+		c.hookDone()
+	}
+	for _, m := range ctls {
+		switch m {
+		case ctlDrain:
+			el.drain()
+		case ctlForce:
+			el.forceClose()
+		}
+	}
+}
+
+func (el *eventLoop) accept(lfd int) {
+	for i := 0; i < acceptBatch; i++ {
+		fd, peer, e := rawAccept(lfd)
+		switch e {
+		case 0:
+		case unix.EAGAIN:
+			return
+		case unix.EINTR, unix.ECONNABORTED, unix.EPROTO:
+			continue
+		case unix.EMFILE, unix.ENFILE, unix.ENOBUFS, unix.ENOMEM:
+			// Out of descriptors or memory: stop waiting on the listeners
+			// for a while instead of spinning; connections wait in the
+			// backlog. The delay doubles up to a second.
+			el.srv.logAcceptError(e)
+			if el.acceptDelay == 0 {
+				el.acceptDelay = 10 * time.Millisecond
+			} else if el.acceptDelay < time.Second {
+				el.acceptDelay *= 2
+			}
+			el.disarmListeners()
+			el.acceptResume = el.now.Add(el.acceptDelay)
+			if el.acceptResume.Before(el.nextTick) {
+				el.nextTick = el.acceptResume
+			}
+			return
+		default:
+			el.srv.logAcceptError(e)
+			return
+		}
+		el.acceptDelay = 0
+		el.open(fd, peer, lfd)
+		if el.srv.opts.SingleAccept {
+			return
+		}
+	}
+}
+
+// refuse answers a connection we will not serve and closes it.
+func refuse(fd int, reply []byte) {
+	rawWrite(fd, reply)
+	rawClose(fd)
+}
+
+func (el *eventLoop) open(fd int, peer netip.AddrPort, lfd int) {
+	s := el.srv
+	if el.draining {
+		refuse(fd, s.replyShutdown)
+		return
+	}
+	if n := s.conns.Add(1); s.opts.MaxConnections > 0 && n > int64(s.opts.MaxConnections) {
+		s.conns.Add(-1)
+		refuse(fd, s.replyTooMany)
+		return
+	}
+	ip := peer.Addr().Unmap()
+	if !s.acquireIP(ip) {
+		s.conns.Add(-1)
+		refuse(fd, s.replyTooManyIP)
+		return
+	}
+	if e := rawEpollCtl(el.epfd, unix.EPOLL_CTL_ADD, fd, unix.EPOLLIN|unix.EPOLLRDHUP); e != 0 {
+		s.conns.Add(-1)
+		s.releaseIP(ip)
+		rawClose(fd)
+		return
+	}
+	for fd >= len(el.conns) {
+		el.conns = append(el.conns, make([]*conn, len(el.conns)+64)...)
+	}
+	c := newConn(el, fd, peer, lfd)
+	el.conns[fd] = c
+	el.nconns++
+	el.pushIdle(c)
+	c.start()
+}
+
+// tick enforces timeouts and resumes accepting after a backoff.
+func (el *eventLoop) tick() {
+	if el.acceptOff && !el.draining && !el.now.Before(el.acceptResume) {
+		if err := el.armListeners(); err != nil {
+			el.srv.logAcceptError(err)
+		}
+	}
+	timeout := el.srv.opts.InactivityTimeout
+	for c := el.head; c != nil; {
+		next := c.next
+		age := el.now.Sub(c.lastActive)
+		if age < lingerTime {
+			break
+		}
+		switch {
+		case c.lingering:
+			c.close("closed")
+		case age >= timeout:
+			c.write(el.srv.replyTimeout)
+			c.flush()
+			c.shutdown("timeout")
+		}
+		c = next
+	}
+}
+
+// drain stops accepting and closes every connection that is not inside a
+// transaction; the others close when their transaction ends.
+func (el *eventLoop) drain() {
+	el.draining = true
+	el.disarmListeners()
+	for _, c := range el.conns {
+		if c != nil && !c.closed {
+			c.drainCheck()
+		}
+	}
+}
+
+// forceClose ends every connection now, after the graceful timeout.
+func (el *eventLoop) forceClose() {
+	for _, c := range el.conns {
+		if c != nil && !c.closed {
+			if !c.closing {
+				c.write(el.srv.replyShutdown)
+				c.flush()
+			}
+			c.close("shutdown")
+		}
+	}
+}
+
+// Idle list: a doubly linked list in order of last activity, so the
+// timeout scan stops at the first young connection.
+
+func (el *eventLoop) pushIdle(c *conn) {
+	c.lastActive = el.now
+	c.prev = el.tail
+	c.next = nil
+	if el.tail != nil {
+		el.tail.next = c
+	} else {
+		el.head = c
+	}
+	el.tail = c
+	c.inList = true
+}
+
+func (el *eventLoop) removeIdle(c *conn) {
+	if !c.inList {
+		return
+	}
+	if c.prev != nil {
+		c.prev.next = c.next
+	} else {
+		el.head = c.next
+	}
+	if c.next != nil {
+		c.next.prev = c.prev
+	} else {
+		el.tail = c.prev
+	}
+	c.prev, c.next = nil, nil
+	c.inList = false
+}
+
+func (el *eventLoop) touch(c *conn) {
+	if c.inList && el.tail != c {
+		el.removeIdle(c)
+		el.pushIdle(c)
+	} else {
+		c.lastActive = el.now
+	}
+}
+
+var _ = syscall.EINTR

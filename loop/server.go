@@ -1,0 +1,283 @@
+// Package loop runs SMTP sessions on event loops: each loop is one
+// goroutine with its own epoll instance that accepts connections, reads,
+// drives the smtpproto state machine, runs inline plugin hooks and writes
+// replies. Blocking hooks go to the workpool and come back to the loop of
+// their connection. No goroutine and no fixed buffer belongs to an idle
+// connection.
+//
+// Each loop waits on every listening socket with EPOLLEXCLUSIVE, so the
+// kernel wakes one loop per new connection and the loop that accepts it
+// serves it: no accept-and-hand-out thread. With single_accept a loop
+// takes one connection per wake-up, which spreads a burst over the loops
+// (and over worker processes sharing the socket), like libuv's
+// UV_TCP_SINGLE_ACCEPT.
+package loop
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"runtime"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/rs/zerolog"
+	"golang.org/x/sys/unix"
+
+	"loopmx/config"
+	"loopmx/loop/workpool"
+	"loopmx/plugins"
+	"loopmx/smtpproto"
+)
+
+// Options configure a Server.
+type Options struct {
+	// Listen are the addresses to bind ("127.0.0.1:2525", "[::1]:25").
+	Listen []string
+	// Loops is the number of event loops (>= 1).
+	Loops int
+	// SingleAccept makes a loop accept one connection per wake-up.
+	SingleAccept bool
+	// Proto holds the protocol limits; Prepare is called by New.
+	Proto *smtpproto.Config
+	// InactivityTimeout closes a silent connection with 421 4.4.2.
+	InactivityTimeout time.Duration
+	// MaxConnections and MaxConnectionsPerIP refuse new connections with
+	// 421 4.7.0 beyond them (0 means no limit).
+	MaxConnections      int
+	MaxConnectionsPerIP int
+	// MaxPipelineBuffer caps unprocessed input kept per connection; past
+	// it the loop stops reading that connection until it catches up.
+	MaxPipelineBuffer int
+	// GracefulTimeout bounds how long Shutdown lets transactions finish.
+	GracefulTimeout time.Duration
+	// Backlog is the listen(2) backlog.
+	Backlog int
+	// Log receives one line per connection and per transaction.
+	Log zerolog.Logger
+}
+
+// OptionsFrom maps a loaded config to Options.
+func OptionsFrom(cfg *config.Config, log zerolog.Logger) Options {
+	m := cfg.Main
+	return Options{
+		Listen:       m.Listen,
+		Loops:        m.Loops,
+		SingleAccept: m.SingleAccept,
+		Proto: &smtpproto.Config{
+			Hostname:            m.Me,
+			MaxLineLength:       m.MaxLineLength,
+			MaxDataLineLength:   m.MaxDataLineLength,
+			MaxMessageSize:      m.MaxMessageSize,
+			MaxRecipients:       m.MaxRecipients,
+			MaxErrors:           m.MaxErrors,
+			KeepLongLines:       m.LongLines == "keep",
+			KeepBareLineEndings: m.BareLineEndings == "keep",
+		},
+		InactivityTimeout:   m.InactivityTimeout,
+		MaxConnections:      m.MaxConnections,
+		MaxConnectionsPerIP: m.MaxConnectionsPerIP,
+		MaxPipelineBuffer:   m.MaxPipelineBuffer,
+		GracefulTimeout:     m.GracefulTimeout,
+		Backlog:             4096,
+		Log:                 log,
+	}
+}
+
+// Server owns the listeners, the event loops and the connection counts.
+type Server struct {
+	opts  Options
+	chain *plugins.Chain
+	pool  *workpool.Pool
+	log   zerolog.Logger
+
+	lfds  []int
+	addrs []netip.AddrPort
+	loops []*eventLoop
+
+	conns    atomic.Int64
+	ipMu     sync.Mutex
+	perIP    map[netip.Addr]int32
+	idPrefix string
+	connSeq  atomic.Uint64
+
+	draining atomic.Bool
+	stopped  sync.WaitGroup
+
+	replyTooMany    []byte
+	replyTooManyIP  []byte
+	replyShutdown   []byte
+	replyTimeout    []byte
+	acceptErrLogged atomic.Int64
+}
+
+// New binds the listeners. The server does nothing until Start.
+func New(opts Options, chain *plugins.Chain, pool *workpool.Pool) (*Server, error) {
+	if opts.Loops < 1 {
+		opts.Loops = runtime.NumCPU()
+	}
+	if opts.Backlog <= 0 {
+		opts.Backlog = 4096
+	}
+	if opts.MaxPipelineBuffer <= 0 {
+		opts.MaxPipelineBuffer = 64 << 10
+	}
+	if opts.InactivityTimeout <= 0 {
+		opts.InactivityTimeout = 300 * time.Second
+	}
+	if opts.Proto == nil {
+		opts.Proto = &smtpproto.Config{}
+	}
+	opts.Proto.Prepare()
+	host := opts.Proto.Hostname
+	s := &Server{
+		opts:           opts,
+		chain:          chain,
+		pool:           pool,
+		log:            opts.Log,
+		perIP:          map[netip.Addr]int32{},
+		idPrefix:       strconv.FormatInt(time.Now().UnixNano()/1e6%(1<<40)^int64(os.Getpid())<<40, 36),
+		replyTooMany:   []byte("421 4.7.0 " + host + " Too many connections, try again later\r\n"),
+		replyTooManyIP: []byte("421 4.7.0 " + host + " Too many connections from your address\r\n"),
+		replyShutdown:  []byte("421 4.3.2 " + host + " Service shutting down, try again later\r\n"),
+		replyTimeout:   []byte("421 4.4.2 " + host + " Error: timeout exceeded\r\n"),
+	}
+	for _, a := range opts.Listen {
+		ap, err := resolveListen(a)
+		if err != nil {
+			s.closeListeners()
+			return nil, fmt.Errorf("loop: listen %q: %w", a, err)
+		}
+		fd, err := listenTCP(ap, opts.Backlog)
+		if err != nil {
+			s.closeListeners()
+			return nil, fmt.Errorf("loop: listen %s: %w", a, err)
+		}
+		s.lfds = append(s.lfds, fd)
+		s.addrs = append(s.addrs, localAddr(fd))
+	}
+	if len(s.lfds) == 0 {
+		return nil, errors.New("loop: no listen address")
+	}
+	return s, nil
+}
+
+func resolveListen(a string) (netip.AddrPort, error) {
+	host, port, err := net.SplitHostPort(a)
+	if err != nil {
+		return netip.AddrPort{}, err
+	}
+	p, err := strconv.ParseUint(port, 10, 16)
+	if err != nil {
+		return netip.AddrPort{}, fmt.Errorf("bad port %q", port)
+	}
+	if host == "" {
+		return netip.AddrPortFrom(netip.IPv6Unspecified(), uint16(p)), nil
+	}
+	ip, err := netip.ParseAddr(host)
+	if err != nil {
+		ips, lerr := net.LookupIP(host)
+		if lerr != nil || len(ips) == 0 {
+			return netip.AddrPort{}, fmt.Errorf("cannot resolve host %q", host)
+		}
+		ip, _ = netip.AddrFromSlice(ips[0])
+	}
+	return netip.AddrPortFrom(ip.Unmap(), uint16(p)), nil
+}
+
+func (s *Server) closeListeners() {
+	for _, fd := range s.lfds {
+		unix.Close(fd)
+	}
+	s.lfds = nil
+}
+
+// Addrs returns the bound addresses (with the real port when 0 was asked).
+func (s *Server) Addrs() []netip.AddrPort { return s.addrs }
+
+// Start launches the event loops. The process gets one extra P per loop
+// because a loop waiting in a raw epoll_wait keeps its P (see sys_linux.go).
+func (s *Server) Start() error {
+	if runtime.GOMAXPROCS(0) < runtime.NumCPU()+s.opts.Loops {
+		runtime.GOMAXPROCS(runtime.NumCPU() + s.opts.Loops)
+	}
+	for i := 0; i < s.opts.Loops; i++ {
+		el, err := newEventLoop(s, i)
+		if err != nil {
+			return err
+		}
+		s.loops = append(s.loops, el)
+	}
+	for _, el := range s.loops {
+		s.stopped.Add(1)
+		go el.run()
+	}
+	return nil
+}
+
+// Connections is the number of open connections.
+func (s *Server) Connections() int64 { return s.conns.Load() }
+
+// Shutdown stops accepting, lets open transactions finish and closes idle
+// sessions with 421 4.3.2; when ctx ends the rest get 421 4.3.2 too. It
+// returns when every loop has stopped.
+func (s *Server) Shutdown(ctx context.Context) {
+	if s.draining.Swap(true) {
+		return
+	}
+	for _, el := range s.loops {
+		el.post(ctlDrain)
+	}
+	done := make(chan struct{})
+	go func() { s.stopped.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		for _, el := range s.loops {
+			el.post(ctlForce)
+		}
+		<-done
+	}
+	s.closeListeners()
+}
+
+func (s *Server) acquireIP(ip netip.Addr) bool {
+	if s.opts.MaxConnectionsPerIP <= 0 {
+		return true
+	}
+	s.ipMu.Lock()
+	defer s.ipMu.Unlock()
+	n := s.perIP[ip]
+	if int(n) >= s.opts.MaxConnectionsPerIP {
+		return false
+	}
+	s.perIP[ip] = n + 1
+	return true
+}
+
+func (s *Server) releaseIP(ip netip.Addr) {
+	if s.opts.MaxConnectionsPerIP <= 0 {
+		return
+	}
+	s.ipMu.Lock()
+	if n := s.perIP[ip]; n <= 1 {
+		delete(s.perIP, ip)
+	} else {
+		s.perIP[ip] = n - 1
+	}
+	s.ipMu.Unlock()
+}
+
+// logAcceptError logs accept failures at most once a second.
+func (s *Server) logAcceptError(err error) {
+	now := time.Now().Unix()
+	last := s.acceptErrLogged.Load()
+	if now != last && s.acceptErrLogged.CompareAndSwap(last, now) {
+		s.log.Error().Err(err).Msg("accept failed; backing off")
+	}
+}

@@ -1,0 +1,121 @@
+package plugins
+
+import (
+	"net/netip"
+	"strconv"
+	"time"
+
+	"github.com/rs/zerolog"
+)
+
+// Conn is what a plugin sees of a connection. The host fills it; plugins
+// read it and may use Notes. While a hook runs, the connection does nothing
+// else, so hooks may touch Conn without locks.
+type Conn struct {
+	// ID names the connection in logs ("<process>.<n>").
+	ID string
+	// RemoteIP and RemotePort are the client's address.
+	RemoteIP   netip.Addr
+	RemotePort uint16
+	// LocalIP and LocalPort are the address the client connected to.
+	LocalIP   netip.Addr
+	LocalPort uint16
+	// Hostname is the server's `me`.
+	Hostname string
+	// Helo is the accepted HELO/EHLO name; Extended is true after EHLO.
+	Helo     string
+	Extended bool
+	// PendingEHLO tells a helo hook whether the command was EHLO.
+	PendingEHLO bool
+	// Tx is the transaction, nil outside one.
+	Tx *Transaction
+	// Log is the connection's logger.
+	Log *zerolog.Logger
+	// Started is when the connection was accepted.
+	Started time.Time
+
+	notes map[string]any
+	txN   int
+}
+
+// Transaction is the mail transaction a plugin sees.
+type Transaction struct {
+	// ID is "<connection id>.<n>", the queue id given in the 250 reply.
+	ID string
+	// From is the reverse path ("" for <>); Rcpts the accepted recipients.
+	From  string
+	Rcpts []string
+	// SMTPUTF8 tells that MAIL carried SMTPUTF8.
+	SMTPUTF8 bool
+	// Started is when MAIL was accepted.
+	Started time.Time
+
+	notes map[string]any
+}
+
+// Note returns a connection-scoped note.
+func (c *Conn) Note(key string) any { return c.notes[key] }
+
+// SetNote sets a connection-scoped note.
+func (c *Conn) SetNote(key string, v any) {
+	if c.notes == nil {
+		c.notes = make(map[string]any, 4)
+	}
+	c.notes[key] = v
+}
+
+// Note returns a transaction-scoped note.
+func (t *Transaction) Note(key string) any { return t.notes[key] }
+
+// SetNote sets a transaction-scoped note.
+func (t *Transaction) SetNote(key string, v any) {
+	if t.notes == nil {
+		t.notes = make(map[string]any, 4)
+	}
+	t.notes[key] = v
+}
+
+// BeginTx starts a transaction for the sender from.
+func (c *Conn) BeginTx(from string, now time.Time) *Transaction {
+	c.txN++
+	c.Tx = &Transaction{ID: c.ID + "." + strconv.Itoa(c.txN), From: from, Started: now}
+	return c.Tx
+}
+
+// EndTx forgets the transaction.
+func (c *Conn) EndTx() { c.Tx = nil }
+
+// AppendReceived appends the Received trace header for the transaction
+// (RFC 5321 4.4): from the HELO name and the client's address, by our host
+// name, with the protocol word (RFC 3848), the transaction id, the single
+// recipient when there is exactly one (more would disclose Bcc), and the
+// date.
+func (c *Conn) AppendReceived(b []byte, protocol string, now time.Time) []byte {
+	b = append(b, "Received: from "...)
+	helo := c.Helo
+	if helo == "" {
+		helo = "unknown"
+	}
+	b = append(b, helo...)
+	b = append(b, " (["...)
+	b = append(b, c.RemoteIP.Unmap().String()...)
+	b = append(b, "]:"...)
+	b = strconv.AppendUint(b, uint64(c.RemotePort), 10)
+	b = append(b, ")\r\n\tby "...)
+	b = append(b, c.Hostname...)
+	b = append(b, " (loopmx) with "...)
+	b = append(b, protocol...)
+	if c.Tx != nil {
+		b = append(b, " id "...)
+		b = append(b, c.Tx.ID...)
+		if len(c.Tx.Rcpts) == 1 {
+			b = append(b, "\r\n\tfor <"...)
+			b = append(b, c.Tx.Rcpts[0]...)
+			b = append(b, '>')
+		}
+	}
+	b = append(b, ";\r\n\t"...)
+	b = now.AppendFormat(b, "Mon, 02 Jan 2006 15:04:05 -0700")
+	b = append(b, "\r\n"...)
+	return b
+}

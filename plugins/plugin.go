@@ -1,0 +1,147 @@
+// Package plugins is the contract between loopmx and its plugins: the hook
+// interfaces, the Result a hook returns, the registry filled by init()
+// functions, and the Chain that runs hooks in the order of the `plugins`
+// config file.
+//
+// A plugin is a value with a Name and any of the hook interfaces below.
+// Hooks that may wait (DNS, Redis, disk, network) must say so through
+// Blocker; the event loop then runs them, and every hook after them in the
+// same chain, on the bounded workpool. All other hooks run inline on the
+// event loop and must finish in microseconds.
+package plugins
+
+import (
+	"fmt"
+	"sort"
+	"sync"
+
+	"loopmx/config"
+)
+
+// Plugin is anything registered under a name.
+type Plugin interface {
+	Name() string
+}
+
+// Hook names a hook point.
+type Hook uint8
+
+// The hook points, in the order a session meets them.
+const (
+	HookConnect Hook = iota
+	HookHelo
+	HookMail
+	HookRcpt
+	HookData
+	HookQueue
+	HookDisconnect
+	numHooks
+)
+
+var hookNames = [...]string{"connect", "helo", "mail", "rcpt", "data", "queue", "disconnect"}
+
+func (h Hook) String() string {
+	if int(h) < len(hookNames) {
+		return hookNames[h]
+	}
+	return fmt.Sprintf("hook(%d)", h)
+}
+
+// ConnectHook runs when a connection opens, before the banner.
+type ConnectHook interface {
+	Connect(c *Conn) Result
+}
+
+// HeloHook runs for HELO and EHLO (c.PendingArg is the name, c.PendingEHLO
+// tells which).
+type HeloHook interface {
+	Helo(c *Conn, name string) Result
+}
+
+// MailHook runs for MAIL FROM; from is "" for the null sender.
+type MailHook interface {
+	Mail(c *Conn, from string) Result
+}
+
+// RcptHook runs for each RCPT TO.
+type RcptHook interface {
+	Rcpt(c *Conn, to string) Result
+}
+
+// DataHook runs at DATA, or the first BDAT of a transaction.
+type DataHook interface {
+	Data(c *Conn) Result
+}
+
+// QueueHook takes a complete message. Returning Accept means the message is
+// durable or the next hop has it (the client is told 250); anything else
+// makes the client retry or give up. A queue hook should always block.
+type QueueHook interface {
+	Queue(c *Conn, m *Message) Result
+}
+
+// DisconnectHook runs after the connection has closed. Its Result is
+// ignored.
+type DisconnectHook interface {
+	Disconnect(c *Conn)
+}
+
+// Blocker is implemented by plugins that have hooks which may wait.
+type Blocker interface {
+	// Blocks reports whether the plugin's hook h may wait for I/O.
+	Blocks(h Hook) bool
+}
+
+// Closer is implemented by plugins holding resources to release at exit.
+type Closer interface {
+	Close() error
+}
+
+// Factory builds a plugin from the config directory. It reads its own
+// <name>.ini through cfg.Plugin and reports bad settings as errors that name
+// file, key and value.
+type Factory func(cfg *config.Config) (Plugin, error)
+
+var (
+	regMu    sync.Mutex
+	registry = map[string]Factory{}
+)
+
+// Register makes a plugin available under name. It is called from init()
+// and panics on a duplicate name, which is a programming error.
+func Register(name string, f Factory) {
+	regMu.Lock()
+	defer regMu.Unlock()
+	if _, dup := registry[name]; dup {
+		panic("plugins: duplicate registration of " + name)
+	}
+	registry[name] = f
+}
+
+// Registered lists the registered plugin names in sorted order.
+func Registered() []string {
+	regMu.Lock()
+	defer regMu.Unlock()
+	names := make([]string, 0, len(registry))
+	for n := range registry {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	return names
+}
+
+func lookup(name string) (Factory, bool) {
+	regMu.Lock()
+	defer regMu.Unlock()
+	f, ok := registry[name]
+	return f, ok
+}
+
+// Message is what data_post and queue hooks see of a message.
+type Message struct {
+	// Body is the message as received: CRLF line ends, dot-unstuffed, no
+	// headers added by loopmx. It is valid only during the hook.
+	Body []byte
+	// Protocol is the Received "with" word (SMTP, ESMTP, UTF8SMTP, ...).
+	Protocol string
+}

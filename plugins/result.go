@@ -1,0 +1,107 @@
+package plugins
+
+import "loopmx/smtpproto"
+
+// Action is a hook's verdict.
+type Action uint8
+
+const (
+	// Continue has no opinion: the next plugin in the chain decides.
+	Continue Action = iota
+	// Accept ends the chain and accepts the command.
+	Accept
+	// Reject ends the chain with a permanent failure (5xx).
+	Reject
+	// TempFail ends the chain with a temporary failure (4xx).
+	TempFail
+	// RejectDisconnect rejects (5xx), then closes the connection.
+	RejectDisconnect
+	// TempFailDisconnect tempfails (4xx), then closes the connection.
+	TempFailDisconnect
+)
+
+var actionNames = [...]string{"continue", "accept", "reject", "tempfail", "reject_disconnect", "tempfail_disconnect"}
+
+func (a Action) String() string {
+	if int(a) < len(actionNames) {
+		return actionNames[a]
+	}
+	return "action?"
+}
+
+// Disconnects reports whether the action closes the connection.
+func (a Action) Disconnects() bool { return a == RejectDisconnect || a == TempFailDisconnect }
+
+// Result is what a hook returns: an action and an optional reply. A zero
+// Reply gets the default text for the hook and action.
+type Result struct {
+	Action Action
+	Reply  smtpproto.Reply
+	// Plugin is filled in by the Chain with the name of the deciding plugin.
+	Plugin string
+}
+
+// Constructors for the common results.
+
+// Next is the no-opinion result.
+func Next() Result { return Result{} }
+
+// OK accepts with the default reply.
+func OK() Result { return Result{Action: Accept} }
+
+// Deny rejects with a 5xx reply.
+func Deny(code int, enhanced, text string) Result {
+	return Result{Action: Reject, Reply: smtpproto.Reply{Code: code, Enhanced: enhanced, Text: text}}
+}
+
+// DenySoft tempfails with a 4xx reply.
+func DenySoft(code int, enhanced, text string) Result {
+	return Result{Action: TempFail, Reply: smtpproto.Reply{Code: code, Enhanced: enhanced, Text: text}}
+}
+
+// InternalError is the generic answer to a failure inside loopmx: the
+// client sees 451 4.3.0, the detail goes to the log (ARCHITECTURE.md, mail
+// safety rule 2).
+func InternalError() Result { return DenySoft(451, "4.3.0", "Internal error, try again later") }
+
+// replyFor returns the reply the client gets for r at hook h.
+func replyFor(h Hook, r Result) smtpproto.Reply {
+	rep := r.Reply
+	switch r.Action {
+	case Continue, Accept:
+		if h == HookQueue && rep.IsZero() {
+			return smtpproto.Reply{Code: 250, Enhanced: "2.0.0", Text: "Ok: queued"}
+		}
+		return rep
+	case Reject, RejectDisconnect:
+		if rep.Code < 500 || rep.Code > 599 {
+			rep.Code = 550
+			if h == HookConnect {
+				rep.Code = 554
+			}
+			if rep.Text == "" {
+				rep.Text = "Rejected"
+			}
+			if rep.Enhanced == "" || rep.Enhanced[0] != '5' {
+				rep.Enhanced = "5.7.1"
+			}
+		}
+	default:
+		if rep.Code < 400 || rep.Code > 499 {
+			rep.Code = 451
+			if h == HookConnect {
+				rep.Code = 421
+			}
+			if rep.Text == "" {
+				rep.Text = "Temporary failure, try again later"
+			}
+			if rep.Enhanced == "" || rep.Enhanced[0] != '4' {
+				rep.Enhanced = "4.3.0"
+			}
+		}
+	}
+	return rep
+}
+
+// ReplyFor is replyFor for hosts (the loop) and tests.
+func ReplyFor(h Hook, r Result) smtpproto.Reply { return replyFor(h, r) }

@@ -1,0 +1,101 @@
+package smtpproto
+
+import (
+	"strconv"
+)
+
+// Config holds the limits and names shared by every Session of a server.
+// It is read-only once Prepare has run, so one Config serves all loops.
+type Config struct {
+	// Hostname is the server's name in the banner and EHLO reply.
+	Hostname string
+	// MaxLineLength caps a command line including CRLF
+	// (RFC 5321 4.5.3.1.4: at least 512 octets).
+	MaxLineLength int
+	// MaxDataLineLength caps a DATA line including CRLF
+	// (RFC 5321 4.5.3.1.6: 1000 octets); 0 means no cap.
+	MaxDataLineLength int
+	// MaxMessageSize caps the message body; advertised as SIZE (RFC 1870).
+	MaxMessageSize int64
+	// MaxRecipients caps RCPT commands per transaction (452 4.5.3 beyond).
+	MaxRecipients int
+	// MaxErrors is the number of protocol errors after which the session
+	// answers 421 and asks the host to close.
+	MaxErrors int
+	// KeepLongLines keeps messages with lines over MaxDataLineLength;
+	// otherwise they are refused after their terminator.
+	KeepLongLines bool
+	// KeepBareLineEndings keeps messages with a bare CR or LF; otherwise they
+	// are refused after their terminator.
+	KeepBareLineEndings bool
+	// Extensions are extra EHLO keywords offered after the built-in ones.
+	Extensions []string
+
+	banner       []byte
+	ehloReply    []byte
+	heloReply    []byte
+	longLineRepl []byte
+	busyReply    []byte
+}
+
+// Prepare fills defaults and builds the fixed replies. Call it once before
+// the Config is shared.
+func (c *Config) Prepare() {
+	if c.Hostname == "" {
+		c.Hostname = "localhost"
+	}
+	if c.MaxLineLength < 512 {
+		c.MaxLineLength = 512
+	}
+	if c.MaxMessageSize <= 0 {
+		c.MaxMessageSize = 25 << 20
+	}
+	if c.MaxRecipients <= 0 {
+		c.MaxRecipients = 100
+	}
+	if c.MaxErrors <= 0 {
+		c.MaxErrors = 10
+	}
+	c.banner = []byte("220 " + c.Hostname + " ESMTP loopmx\r\n")
+	c.heloReply = []byte("250 " + c.Hostname + "\r\n")
+	ext := []string{
+		"PIPELINING",
+		"SIZE " + strconv.FormatInt(c.MaxMessageSize, 10),
+		"8BITMIME",
+		"ENHANCEDSTATUSCODES",
+		"SMTPUTF8",
+		"CHUNKING",
+	}
+	ext = append(ext, c.Extensions...)
+	c.ehloReply = EHLOReply(c.Hostname, ext)
+	c.longLineRepl = []byte("550 5.5.2 Message refused: a line is longer than " +
+		strconv.Itoa(c.MaxDataLineLength) + " octets including CRLF\r\n")
+	c.busyReply = []byte("421 4.3.2 " + c.Hostname + " Service busy, try again later\r\n")
+}
+
+// Banner is the 220 greeting (RFC 5321 4.3.1).
+func (c *Config) Banner() []byte { return c.banner }
+
+// EHLOReply formats a multi-line 250 EHLO reply listing keywords
+// (RFC 5321 4.1.1.1). Hosts call it when plugins change the list.
+func EHLOReply(hostname string, keywords []string) []byte {
+	var b []byte
+	b = append(b, "250"...)
+	if len(keywords) == 0 {
+		b = append(b, ' ')
+	} else {
+		b = append(b, '-')
+	}
+	b = append(b, hostname...)
+	b = append(b, '\r', '\n')
+	for i, k := range keywords {
+		if i == len(keywords)-1 {
+			b = append(b, "250 "...)
+		} else {
+			b = append(b, "250-"...)
+		}
+		b = append(b, k...)
+		b = append(b, '\r', '\n')
+	}
+	return b
+}

@@ -1,0 +1,266 @@
+package smtpproto
+
+import (
+	"bytes"
+	"math"
+	"sync"
+)
+
+// DATA dot-states. The only end of data is CRLF "." CRLF (RFC 5321
+// 4.1.1.4); a line start is reached only through CRLF, so "\n.\n",
+// "\r.\r", "\n.\r\n" and "\r\n.\n" never end a message (SMTP smuggling,
+// CVE-2023-51764/5/6).
+const (
+	dsLineStart uint8 = iota // just after CRLF (or after the DATA command)
+	dsDot                    // a line that began with '.'
+	dsDotCR                  // "." CR at the start of a line
+	dsMid                    // inside a line
+	dsCR                     // a CR inside (or at the start of) a line
+)
+
+// data consumes DATA input. It returns the bytes used and whether the
+// terminator was seen (the terminator is consumed, the rest is not).
+func (s *Session) data(in []byte) (int, bool) {
+	i := 0
+	for i < len(in) {
+		c := in[i]
+		switch s.dst {
+		case dsMid:
+			// Fast path: copy the run up to the next CR or LF at once.
+			j := i
+			for j < len(in) && in[j] != '\r' && in[j] != '\n' {
+				j++
+			}
+			if j > i {
+				s.lineLen += j - i
+				s.put(in[i:j])
+				i = j
+				continue
+			}
+			if c == '\r' {
+				s.dst = dsCR
+			} else { // bare LF
+				s.bareEOL = true
+				s.lineLen++
+				s.put(in[i : i+1])
+			}
+			i++
+		case dsLineStart:
+			switch c {
+			case '.':
+				s.dst = dsDot
+			case '\r':
+				s.dst = dsCR
+			case '\n':
+				s.bareEOL = true
+				s.lineLen++
+				s.put(in[i : i+1])
+				s.dst = dsMid
+			default:
+				s.lineLen++
+				s.put(in[i : i+1])
+				s.dst = dsMid
+			}
+			i++
+		case dsDot:
+			// RFC 5321 4.5.2: a leading dot is removed; what follows is
+			// the line's content.
+			switch c {
+			case '\r':
+				s.dst = dsDotCR
+				i++
+			default:
+				s.dst = dsMid
+			}
+		case dsDotCR:
+			if c == '\n' {
+				s.checkLine()
+				s.dst = dsLineStart
+				return i + 1, true
+			}
+			// "." CR not followed by LF: a bare CR inside the line.
+			s.bareEOL = true
+			s.lineLen++
+			s.put(crByte)
+			s.dst = dsMid
+			if c == '\r' {
+				s.dst = dsCR
+				i++
+			}
+		case dsCR:
+			if c == '\n' {
+				s.put(crlfBytes)
+				s.checkLine()
+				s.dst = dsLineStart
+				i++
+				continue
+			}
+			// A CR not followed by LF is a bare CR; keep it and go on.
+			s.bareEOL = true
+			s.lineLen++
+			s.put(crByte)
+			s.dst = dsMid
+			if c == '\r' {
+				s.dst = dsCR
+				i++
+			}
+		}
+	}
+	return i, false
+}
+
+var (
+	crByte    = []byte{'\r'}
+	crlfBytes = []byte{'\r', '\n'}
+)
+
+// checkLine notes a line over the DATA line limit and starts a new line.
+// RFC 5321 4.5.3.1.6: 1000 octets including CRLF.
+func (s *Session) checkLine() {
+	if max := s.cfg.MaxDataLineLength; max > 0 && s.lineLen > max-2 {
+		s.longLine = true
+	}
+	s.lineLen = 0
+}
+
+// put appends message bytes unless the message is already over the size
+// limit, in which case the rest is drained and dropped.
+func (s *Session) put(b []byte) {
+	if s.tooBig {
+		return
+	}
+	if s.bodySize+int64(len(b)) > s.cfg.MaxMessageSize {
+		s.tooBig = true
+		releaseBody(s.body)
+		s.body = nil
+		return
+	}
+	s.bodySize += int64(len(b))
+	s.body = append(s.body, b...)
+}
+
+func (s *Session) startBody() {
+	if s.body == nil {
+		s.body = getBody()
+	}
+	s.lineLen = 0
+}
+
+// bodyPool recycles message buffers between transactions so an idle
+// connection holds none.
+var bodyPool = sync.Pool{New: func() any { b := make([]byte, 0, 8192); return &b }}
+
+func getBody() []byte { return (*bodyPool.Get().(*[]byte))[:0] }
+
+func releaseBody(b []byte) {
+	if cap(b) < 4096 || cap(b) > 1<<20 {
+		return
+	}
+	b = b[:0]
+	bodyPool.Put(&b)
+}
+
+var replyChunkOK = []byte("250 2.0.0 Ok: chunk received\r\n")
+
+// bdatCmd parses "BDAT count [LAST]" (RFC 3030 2). Whenever count parses,
+// exactly count octets are read as the chunk whatever the reply, so an
+// erroneous BDAT never loses the framing.
+func (s *Session) bdatCmd(arg []byte) Event {
+	fields := bytes.Fields(arg)
+	if len(fields) == 0 {
+		s.st = stClosed
+		s.errors++
+		return Event{Kind: KindReply, Reply: replyBdatBroken, Close: true}
+	}
+	count, ok := parseCount(fields[0])
+	if !ok {
+		// Without a count the chunk's end is unknown; its bytes would be
+		// read as commands. Refuse and close.
+		s.st = stClosed
+		s.errors++
+		return Event{Kind: KindReply, Reply: replyBdatBroken, Close: true}
+	}
+	s.bdatLeft = count
+	s.bdatLast = false
+	s.bdatReject = nil
+	s.bdatDiscard = false
+	s.bdatCountErr = true
+	switch {
+	case len(fields) > 2 || (len(fields) == 2 && !verbIs(fields[1], "LAST")):
+		s.bdatReject = replySyntaxBdat
+	case !s.tx.Active:
+		s.bdatReject = replyNeedMail
+	case s.usedData:
+		s.bdatReject = replyMixedBdat
+	case len(s.tx.Rcpts) == 0:
+		s.bdatReject = replyNoValidRcpt
+	default:
+		s.bdatCountErr = false
+		s.bdatLast = len(fields) == 2
+		if !s.usedBdat {
+			s.bdatPending = true
+			return s.pend(KindData, "")
+		}
+	}
+	if s.bdatReject != nil {
+		s.bdatDiscard = true
+	}
+	s.st = stBdat
+	return Event{Kind: KindReply}
+}
+
+// parseCount reads a decimal octet count; values past int64 saturate (the
+// chunk is then drained until the connection times out or closes).
+func parseCount(b []byte) (int64, bool) {
+	if len(b) == 0 || len(b) > 20 {
+		return 0, false
+	}
+	var n uint64
+	for _, c := range b {
+		if c < '0' || c > '9' {
+			return 0, false
+		}
+		d := uint64(c - '0')
+		if n > (math.MaxInt64-d)/10 {
+			n = math.MaxInt64
+			continue
+		}
+		n = n*10 + d
+	}
+	return int64(n), true
+}
+
+// bdatChunk reads the octets of a BDAT chunk and, at its end, answers it.
+func (s *Session) bdatChunk(in []byte) (int, Event) {
+	take := len(in)
+	if int64(take) > s.bdatLeft {
+		take = int(s.bdatLeft)
+	}
+	if !s.bdatDiscard {
+		s.put(in[:take])
+	}
+	s.bdatLeft -= int64(take)
+	if s.bdatLeft > 0 {
+		return take, Event{}
+	}
+	s.st = stCommand
+	if r := s.bdatReject; r != nil {
+		s.bdatReject = nil
+		s.bdatDiscard = false
+		if s.bdatCountErr {
+			return take, s.fail(r)
+		}
+		// A refused transaction is over (RFC 3030 2: the client must not
+		// send more chunks).
+		s.resetTx()
+		return take, reply(r)
+	}
+	if s.tooBig {
+		s.resetTx()
+		return take, reply(replyTooBig)
+	}
+	if !s.bdatLast {
+		return take, reply(replyChunkOK)
+	}
+	return take, s.pend(KindMessage, "")
+}

@@ -1,0 +1,74 @@
+package smtpproto
+
+import (
+	"bytes"
+	"fmt"
+)
+
+// testConfig is the Config most tests use: small limits so edge cases are
+// cheap to reach.
+func testConfig() *Config {
+	c := &Config{Hostname: "mx.test", MaxMessageSize: 1000, MaxRecipients: 3, MaxErrors: 5, MaxDataLineLength: 1000}
+	c.Prepare()
+	return c
+}
+
+// drive feeds the pieces to a new session in order, accepting every
+// decision, and returns the transcript: every reply written and, for each
+// message, a line "MSG from=... rcpts=... body=%q". It stops at Close.
+//
+// The envelope in the MSG line is the one the host accepted through the
+// KindMail and KindRcpt events (their Arg); TestTxEnvelope checks that
+// Session.Tx agrees with it.
+func drive(cfg *Config, pieces ...[]byte) string {
+	s := NewSession(cfg)
+	var out bytes.Buffer
+	var buf []byte
+	var from string
+	var rcpts []string
+	for _, p := range pieces {
+		buf = append(buf, p...)
+		for {
+			n, ev := s.Next(buf)
+			buf = buf[n:]
+			out.Write(ev.Reply)
+			switch ev.Kind {
+			case KindMail:
+				from, rcpts = ev.Arg, nil
+			case KindRcpt:
+				rcpts = append(rcpts, ev.Arg)
+			}
+			switch ev.Kind {
+			case KindHelo, KindMail, KindRcpt, KindData:
+				out.Write(s.Resolve(Reply{}))
+			case KindMessage:
+				fmt.Fprintf(&out, "MSG from=%s rcpts=%v body=%q\n", from, rcpts, s.Body())
+				out.Write(s.Resolve(Reply{Code: 250, Enhanced: "2.0.0", Text: "Ok: queued as X"}))
+			}
+			if ev.Close {
+				out.WriteString("CLOSE\n")
+				return out.String()
+			}
+			if ev.Kind == KindNeedMore {
+				break
+			}
+		}
+	}
+	return out.String()
+}
+
+// splits returns the input whole, byte by byte, and split in two at every
+// point.
+func splits(in []byte) [][][]byte {
+	var all [][][]byte
+	all = append(all, [][]byte{in})
+	var bytewise [][]byte
+	for i := range in {
+		bytewise = append(bytewise, in[i:i+1])
+	}
+	all = append(all, bytewise)
+	for i := 1; i < len(in); i++ {
+		all = append(all, [][]byte{in[:i], in[i:]})
+	}
+	return all
+}
