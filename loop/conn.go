@@ -156,12 +156,12 @@ func (c *conn) process() {
 		case smtpproto.KindReset:
 			c.endTx("reset", 0, 0)
 		}
+		if ev.Kind == smtpproto.KindQuit {
+			c.quit()
+			return
+		}
 		if ev.Close {
-			why := "too many errors"
-			if ev.Kind == smtpproto.KindQuit {
-				why = "quit"
-			}
-			c.shutdown(why)
+			c.shutdown("too many errors")
 		}
 		if !c.closing && c.el.draining {
 			c.drainCheck()
@@ -406,6 +406,17 @@ func (c *conn) shutdown(why string) {
 	if len(c.out) == 0 && len(c.el.wbuf) == 0 {
 		c.linger()
 	}
+}
+
+// quit closes right after the 221 is written: the client asked to end and
+// has nothing more to send, so there is no reset to fear.
+func (c *conn) quit() {
+	c.flush()
+	if len(c.out) == 0 && !c.closed {
+		c.close("quit")
+		return
+	}
+	c.shutdown("quit")
 }
 
 // linger shuts the write side and reads until the client closes (or a

@@ -1,0 +1,53 @@
+# loopmx: the two commands a new user needs are `make run` and `make test`.
+GO      ?= go
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -s -w -X main.version=$(VERSION)
+
+.PHONY: all build run test test-unit test-e2e vet fmt-check fuzz bench bench-compare deps clean
+
+all: build
+
+build:
+	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/loopmx .
+	@if [ -d bench ] && ls bench/*.go >/dev/null 2>&1; then $(GO) build -trimpath -o bin/loopmx-bench ./bench; fi
+
+# Runs the server in the foreground on the embedded default config:
+# 127.0.0.1:2525, mail for localhost and example.com lands in ./var/spool/new.
+run: build
+	./bin/loopmx
+
+# Installs what the tests need (swaks, smtp-source from postfix) when
+# missing and root can install it, then runs everything with -race.
+test: deps vet fmt-check
+	$(GO) test -race -count=1 -timeout 8m ./...
+
+deps:
+	@missing=""; \
+	command -v swaks >/dev/null 2>&1 || missing="$$missing swaks"; \
+	[ -x /usr/sbin/smtp-source ] || missing="$$missing postfix"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing:$$missing"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing >/dev/null || \
+	      { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing >/dev/null; }; \
+	  else echo "note:$$missing not installed; tests that need them are skipped"; fi; \
+	fi
+
+vet:
+	$(GO) vet ./...
+
+fmt-check:
+	@out=$$(gofmt -l . 2>/dev/null | grep -v '^bin/'); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+
+# A short fuzz run of every parser (the corpus lives in testdata/).
+fuzz:
+	$(GO) test -run XXX -fuzz FuzzSession -fuzztime 30s ./smtpproto/
+
+bench: build
+	./scripts/bench.sh
+
+bench-compare: build
+	./scripts/bench-compare.sh
+
+clean:
+	rm -rf bin var
