@@ -133,14 +133,11 @@ func (el *eventLoop) run() {
 	defer unix.Close(el.efd)
 	el.nextTick = el.now.Add(tickEvery)
 	for {
-		n, e := rawEpollWait(el.epfd, el.events, 0)
-		if n == 0 && e == 0 {
-			wait := int(el.nextTick.Sub(time.Now())/time.Millisecond) + 1
-			if wait < 1 {
-				wait = 1
-			}
-			n, e = rawEpollWait(el.epfd, el.events, wait)
+		wait := int(el.nextTick.Sub(el.now)/time.Millisecond) + 1
+		if wait < 1 {
+			wait = 1
 		}
+		n, e := rawEpollWait(el.epfd, el.events, wait)
 		if e != 0 {
 			n = 0 // EINTR: the runtime's preemption signal
 		}
