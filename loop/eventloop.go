@@ -38,6 +38,7 @@ type eventLoop struct {
 	wbuf   []byte // replies of the connection being handled; empty between handlers
 	conns  []*conn
 	nconns int
+	served uint64 // connections accepted by this loop
 	isLfd  map[int]bool
 	now    time.Time
 
@@ -131,6 +132,9 @@ func (el *eventLoop) run() {
 	defer el.srv.stopped.Done()
 	defer unix.Close(el.epfd)
 	defer unix.Close(el.efd)
+	defer func() {
+		el.srv.log.Info().Int("loop", el.idx).Uint64("connections", el.served).Msg("event loop stopped")
+	}()
 	el.nextTick = el.now.Add(tickEvery)
 	for {
 		wait := int(el.nextTick.Sub(el.now)/time.Millisecond) + 1
@@ -220,6 +224,7 @@ func (el *eventLoop) accept(lfd int) {
 			return
 		}
 		el.acceptDelay = 0
+		el.served++
 		el.open(fd, peer, lfd)
 		if el.srv.opts.SingleAccept {
 			return
