@@ -39,10 +39,10 @@ func (s *Session) data(in []byte) (int, bool) {
 			}
 			if c == '\r' {
 				s.dst = dsCR
-			} else { // bare LF
+			} else { // bare LF: kept under KeepBareLineEndings, ends a line
 				s.bareEOL = true
-				s.lineLen++
 				s.put(in[i : i+1])
+				s.checkLine()
 			}
 			i++
 		case dsLineStart:
@@ -53,8 +53,8 @@ func (s *Session) data(in []byte) (int, bool) {
 				s.dst = dsCR
 			case '\n':
 				s.bareEOL = true
-				s.lineLen++
 				s.put(in[i : i+1])
+				s.checkLine()
 				s.dst = dsMid
 			default:
 				s.lineLen++
@@ -237,6 +237,7 @@ func (s *Session) bdatChunk(in []byte) (int, Event) {
 		take = int(s.bdatLeft)
 	}
 	if !s.bdatDiscard {
+		s.scanChunk(in[:take])
 		s.put(in[:take])
 	}
 	s.bdatLeft -= int64(take)
@@ -262,5 +263,42 @@ func (s *Session) bdatChunk(in []byte) (int, Event) {
 	if !s.bdatLast {
 		return take, reply(replyChunkOK)
 	}
+	s.checkLine()
+	// The same body policies as DATA: a message taken by BDAT may later be
+	// relayed with DATA, where a bare LF could end it early.
+	switch {
+	case s.bareEOL && !s.cfg.KeepBareLineEndings:
+		s.resetTx()
+		return take, reply(replyBareEOL)
+	case s.longLine && !s.cfg.KeepLongLines:
+		s.resetTx()
+		return take, reply(s.cfg.longLineRepl)
+	}
 	return take, s.pend(KindMessage, "")
+}
+
+// scanChunk tracks line lengths and bare CR or LF in BDAT content, which
+// is not dot-stuffed but is held to the same line policies as DATA.
+func (s *Session) scanChunk(b []byte) {
+	for _, c := range b {
+		switch {
+		case s.dst == dsCR && c == '\n':
+			s.checkLine()
+			s.dst = dsMid
+			continue
+		case s.dst == dsCR:
+			s.bareEOL = true
+			s.lineLen++
+		}
+		s.dst = dsMid
+		switch c {
+		case '\r':
+			s.dst = dsCR
+		case '\n':
+			s.bareEOL = true
+			s.checkLine()
+		default:
+			s.lineLen++
+		}
+	}
 }

@@ -35,11 +35,11 @@ func drive(cfg *Config, pieces ...[]byte) string {
 			switch ev.Kind {
 			case KindMail:
 				from, rcpts = ev.Arg, nil
+				out.Write(s.Resolve(Reply{}))
 			case KindRcpt:
 				rcpts = append(rcpts, ev.Arg)
-			}
-			switch ev.Kind {
-			case KindHelo, KindMail, KindRcpt, KindData:
+				out.Write(s.Resolve(Reply{}))
+			case KindHelo, KindData:
 				out.Write(s.Resolve(Reply{}))
 			case KindMessage:
 				fmt.Fprintf(&out, "MSG from=%s rcpts=%v body=%q\n", from, rcpts, s.Body())

@@ -67,9 +67,15 @@ func parsePath(p []byte, rcpt, smtputf8 bool) (string, []byte) {
 		}
 	}
 	if p[0] == '@' {
+		// A-d-l = At-domain *( "," At-domain ); accepted and ignored.
 		i := bytes.IndexByte(p, ':')
 		if i < 0 {
 			return "", replyBadRcpt
+		}
+		for _, hop := range bytes.Split(p[:i], []byte{','}) {
+			if len(hop) < 2 || hop[0] != '@' || !validDomain(hop[1:]) {
+				return "", replyBadRcpt
+			}
 		}
 		p = p[i+1:]
 	}
@@ -178,7 +184,7 @@ func validDomain(d []byte) bool {
 		}
 		// General-address-literal: Standardized-tag ":" dcontent.
 		i := strings.IndexByte(lit, ':')
-		return i > 0 && i < len(lit)-1 && !strings.ContainsAny(lit, "[]\\ ")
+		return i > 0 && i < len(lit)-1 && ldhStr(lit[:i]) && !strings.ContainsAny(lit, "[]\\ ")
 	}
 	for _, label := range bytes.Split(d, []byte{'.'}) {
 		if len(label) == 0 || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' {
@@ -188,6 +194,21 @@ func validDomain(d []byte) bool {
 			if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c >= 0x80) {
 				return false
 			}
+		}
+	}
+	return true
+}
+
+// ldhStr checks the Standardized-tag of a General-address-literal: letters,
+// digits and hyphens, not ending in a hyphen (RFC 5321 4.1.3).
+func ldhStr(t string) bool {
+	if t == "" || t[len(t)-1] == '-' {
+		return false
+	}
+	for i := 0; i < len(t); i++ {
+		c := t[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-') {
+			return false
 		}
 	}
 	return true

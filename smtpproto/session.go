@@ -299,6 +299,7 @@ func (s *Session) helo(arg []byte, extended bool) Event {
 func (s *Session) pend(k Kind, arg string) Event {
 	s.st = stPending
 	s.pending = k
+	s.pendArg = arg
 	return Event{Kind: k, Arg: arg}
 }
 
@@ -392,6 +393,10 @@ func (s *Session) Resolve(r Reply) []byte {
 	ok := r.Positive()
 	var out []byte
 	if !r.IsZero() {
+		if r.Code == 0 {
+			// A text without a code accepts with that text.
+			r.Code, r.Enhanced = acceptCode(s.pending, s.bdatPending)
+		}
 		out = r.AppendTo(nil)
 	}
 	switch s.pending {
@@ -454,6 +459,21 @@ func (s *Session) Resolve(r Reply) []byte {
 	}
 	s.pendArg = ""
 	return out
+}
+
+// acceptCode is the positive reply code of a pending event.
+func acceptCode(k Kind, bdat bool) (int, string) {
+	switch k {
+	case KindMail:
+		return 250, "2.1.0"
+	case KindRcpt:
+		return 250, "2.1.5"
+	case KindData:
+		if !bdat {
+			return 354, ""
+		}
+	}
+	return 250, "2.0.0"
 }
 
 // endOfMessage applies the body policies once the terminator is seen.
