@@ -109,7 +109,7 @@ func serve(cfg *config.Config, stderr io.Writer) int {
 	log := newLogger(cfg, stderr)
 	chain, err := plugins.Build(cfg)
 	if err != nil {
-		log.Error().Msg(err.Error())
+		fmt.Fprintln(stderr, err)
 		return 1
 	}
 	defer chain.Close()

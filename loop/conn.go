@@ -130,6 +130,12 @@ func (c *conn) onReadable() {
 // is left is copied out of the loop's read buffer.
 func (c *conn) process() {
 	for c.greeted && !c.pending && !c.closing && !c.closed && len(c.out) < maxOutPending {
+		if c.el.draining && !c.sess.Tx().Active {
+			// Shutting down: a session outside a transaction ends here,
+			// before it can start another one.
+			c.drainCheck()
+			break
+		}
 		n, ev := c.sess.Next(c.in)
 		c.in = c.in[n:]
 		if len(ev.Reply) > 0 {
@@ -138,6 +144,9 @@ func (c *conn) process() {
 		switch ev.Kind {
 		case smtpproto.KindNeedMore:
 			c.keepInput()
+			if c.el.draining {
+				c.drainCheck()
+			}
 			if c.eof {
 				c.shutdown("client closed")
 			}
@@ -162,9 +171,6 @@ func (c *conn) process() {
 		}
 		if ev.Close {
 			c.shutdown("too many errors")
-		}
-		if !c.closing && c.el.draining {
-			c.drainCheck()
 		}
 	}
 	c.keepInput()
