@@ -22,6 +22,7 @@ import (
 	"path"
 	"path/filepath"
 	"strings"
+	"time"
 )
 
 // defaultDir is the built-in configuration directory that Default loads.
@@ -160,8 +161,19 @@ func (c *Config) Plugin(name string) (*PluginConfig, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &PluginConfig{f: f, dir: c.Dir}, nil
+	p := &PluginConfig{f: f, dir: c.Dir}
+	// Every plugin has "timeout": how long the chain waits for one of its
+	// blocking hooks (see plugins.Chain). Reading it here marks it known.
+	p.timeout = p.Duration("", "timeout", DefaultPluginTimeout)
+	if p.timeout <= 0 {
+		p.f.fail("", "timeout", fmt.Errorf("%q must be more than 0", p.String("", "timeout", "")))
+	}
+	return p, nil
 }
+
+// DefaultPluginTimeout bounds a blocking hook when <name>.ini sets no
+// "timeout".
+const DefaultPluginTimeout = 30 * time.Second
 
 // readFile reads name from the built-in files or from disk.
 func (c *Config) readFile(name string) ([]byte, error) {

@@ -21,9 +21,14 @@ import (
 // A plugin reads all its settings once, at setup, then calls Check. A
 // PluginConfig is not safe for concurrent use.
 type PluginConfig struct {
-	f   *iniFile
-	dir string // the config directory, for Path
+	f       *iniFile
+	dir     string // the config directory, for Path
+	timeout time.Duration
 }
+
+// Timeout is the plugin's "timeout" key (default DefaultPluginTimeout):
+// the longest the chain waits for one of its blocking hooks.
+func (p *PluginConfig) Timeout() time.Duration { return p.timeout }
 
 // File returns the name of the ini file, relative to the config directory
 // (for example "maildir.ini"), as errors name it.

@@ -17,7 +17,7 @@ type conn struct {
 	el   *eventLoop
 	fd   int
 	sess *smtpproto.Session
-	pc   plugins.Conn
+	pc   *plugins.Conn
 
 	in  []byte // unprocessed input; nil when there is none
 	out []byte // unsent output; nil when there is none
@@ -35,23 +35,29 @@ type conn struct {
 	lastActive time.Time
 	prev, next *conn
 
-	call    plugins.Call
-	callIdx int
-	result  plugins.Result
-	msg     plugins.Message
-	nTx     int
+	call      plugins.Call
+	callIdx   int
+	gen       uint32 // counts blocking hooks; a result of an older one is dropped
+	timerKind uint8
+	timerIdx  int // position in the loop's timer heap, -1 when none
+	deadline  time.Time
+	earlyTalk bool // input arrived before the banner
+	msg       *plugins.Message
+	nTx       int
 }
 
 func newConn(el *eventLoop, fd int, peer netip.AddrPort, lfd int) *conn {
 	s := el.srv
 	c := &conn{el: el, fd: fd, sess: smtpproto.NewSession(s.opts.Proto), events: unix.EPOLLIN | unix.EPOLLRDHUP}
-	c.pc = plugins.Conn{
+	c.timerIdx = -1
+	c.pc = &plugins.Conn{
 		ID:         s.idPrefix + "." + strconv.FormatUint(s.connSeq.Add(1), 36),
 		RemoteIP:   peer.Addr().Unmap(),
 		RemotePort: peer.Port(),
 		Hostname:   s.opts.Proto.Hostname,
 		Log:        &s.log,
 		Started:    el.now,
+		Server:     el,
 	}
 	for i, l := range s.lfds {
 		if l == lfd {
@@ -68,7 +74,7 @@ func newConn(el *eventLoop, fd int, peer netip.AddrPort, lfd int) *conn {
 // start runs the connect hooks, then greets.
 func (c *conn) start() {
 	if c.el.srv.chain.Has(plugins.HookConnect) {
-		c.runHook(plugins.Call{Hook: plugins.HookConnect})
+		c.runHook(plugins.Call{Hook: plugins.HookConnect}, 0)
 	} else {
 		c.greet()
 	}
@@ -114,6 +120,9 @@ func (c *conn) onReadable() {
 	if c.lingering {
 		return // discard what arrives after our last reply
 	}
+	if !c.greeted {
+		c.earlyTalk = true
+	}
 	el.touch(c)
 	if len(c.in) == 0 {
 		c.in = el.rbuf[:n]
@@ -152,18 +161,33 @@ func (c *conn) process() {
 			}
 			return
 		case smtpproto.KindHelo:
-			c.runHook(plugins.Call{Hook: plugins.HookHelo, Arg: ev.Arg})
+			h := plugins.HookHelo
+			if c.sess.PendingEHLO() {
+				h = plugins.HookEhlo
+			}
+			c.pc.PendingEHLO = h == plugins.HookEhlo
+			c.runHook(plugins.Call{Hook: h, Arg: ev.Arg}, 0)
 		case smtpproto.KindMail:
-			c.runHook(plugins.Call{Hook: plugins.HookMail, Arg: ev.Arg})
+			c.runHook(plugins.Call{Hook: plugins.HookMail, Arg: ev.Arg}, 0)
 		case smtpproto.KindRcpt:
-			c.runHook(plugins.Call{Hook: plugins.HookRcpt, Arg: ev.Arg})
+			c.runHook(plugins.Call{Hook: plugins.HookRcpt, Arg: ev.Arg}, 0)
 		case smtpproto.KindData:
-			c.runHook(plugins.Call{Hook: plugins.HookData})
+			c.runHook(plugins.Call{Hook: plugins.HookData}, 0)
 		case smtpproto.KindMessage:
-			c.msg = plugins.Message{Body: c.sess.Body(), Protocol: c.sess.Protocol()}
-			c.runHook(plugins.Call{Hook: plugins.HookQueue, Msg: &c.msg})
+			c.msg = &plugins.Message{Body: c.sess.Body(), Protocol: c.sess.Protocol()}
+			h := plugins.HookQueue
+			if c.el.srv.chain.Has(plugins.HookDataPost) {
+				h = plugins.HookDataPost
+			}
+			c.runHook(plugins.Call{Hook: h, Msg: c.msg}, 0)
+		case smtpproto.KindUnknown:
+			c.runHook(plugins.Call{Hook: plugins.HookUnrecognized, Arg: ev.Arg}, 0)
 		case smtpproto.KindReset:
 			c.endTx("reset", 0, 0)
+		case smtpproto.KindReply:
+			if ev.EndTx {
+				c.endTx("refused", replyCode(ev.Reply), 0)
+			}
 		}
 		if ev.Kind == smtpproto.KindQuit {
 			c.quit()
@@ -195,112 +219,6 @@ func (c *conn) keepInput() {
 	}
 }
 
-// runHook runs call's plugins inline until one blocks; the rest run on the
-// workpool and come back through hookDone.
-func (c *conn) runHook(call plugins.Call) {
-	ch := c.el.srv.chain
-	if call.Hook == plugins.HookHelo {
-		c.pc.PendingEHLO = c.sess.PendingEHLO()
-	}
-	res, next, done := ch.Step(&c.pc, &call, 0)
-	if done {
-		c.resolve(call, res)
-		return
-	}
-	c.pending = true
-	c.call = call
-	c.callIdx = next
-	c.el.removeIdle(c)
-	if !c.el.srv.pool.Submit(c.runBlocking) {
-		// RFC 5321 4.2.2 421: the pool queue is full; shed this client
-		// politely rather than queueing without bound.
-		c.pending = false
-		c.el.pushIdle(c)
-		c.write(c.el.srv.opts.Proto.BusyReply())
-		c.shutdown("workpool full")
-	}
-}
-
-// runBlocking runs on a workpool goroutine.
-func (c *conn) runBlocking() {
-	c.result = c.el.srv.chain.RunFrom(&c.pc, &c.call, c.callIdx)
-	c.el.post(c)
-}
-
-// hookDone runs on the loop when a blocking hook has finished.
-func (c *conn) hookDone() {
-	c.pending = false
-	if c.closed {
-		c.finish()
-		return
-	}
-	c.el.pushIdle(c)
-	c.resolve(c.call, c.result)
-	c.process()
-	c.flush()
-}
-
-// resolve turns a chain result into the session's reply.
-func (c *conn) resolve(call plugins.Call, res plugins.Result) {
-	rep := plugins.ReplyFor(call.Hook, res)
-	ok := rep.Positive()
-	switch call.Hook {
-	case plugins.HookConnect:
-		if ok {
-			c.greet()
-		} else {
-			c.write(rep.AppendTo(nil))
-			c.logReject(call, res, rep)
-			c.shutdown("rejected at connect")
-		}
-		return
-	case plugins.HookHelo:
-		if ok {
-			c.endTx("reset", 0, 0)
-		}
-	}
-	out := c.sess.Resolve(rep)
-	c.write(out)
-	switch call.Hook {
-	case plugins.HookHelo:
-		if ok {
-			c.pc.Helo, c.pc.Extended = c.sess.Helo, c.sess.Extended
-		}
-	case plugins.HookMail:
-		if ok {
-			c.nTx++
-			c.pc.BeginTx(call.Arg, c.el.now).SMTPUTF8 = c.sess.Tx().SMTPUTF8
-		}
-	case plugins.HookRcpt:
-		if ok && c.pc.Tx != nil {
-			c.pc.Tx.Rcpts = append(c.pc.Tx.Rcpts, call.Arg)
-		}
-	case plugins.HookQueue:
-		result := "queued"
-		if !ok {
-			result = "refused"
-			c.logReject(call, res, rep)
-		}
-		c.endTx(result, rep.Code, len(c.msg.Body))
-		c.msg = plugins.Message{}
-	}
-	if !ok && call.Hook != plugins.HookQueue {
-		c.logReject(call, res, rep)
-	}
-	if res.Action.Disconnects() {
-		c.shutdown("disconnected by " + res.Plugin)
-	}
-}
-
-func (c *conn) logReject(call plugins.Call, res plugins.Result, rep smtpproto.Reply) {
-	l := c.el.srv.log.Info()
-	if !l.Enabled() {
-		return
-	}
-	l.Str("conn", c.pc.ID).Str("ip", c.pc.RemoteIP.String()).Str("hook", call.Hook.String()).
-		Str("plugin", res.Plugin).Int("code", rep.Code).Str("arg", call.Arg).Msg("rejected")
-}
-
 // endTx writes the transaction's log line and forgets it.
 func (c *conn) endTx(result string, code, size int) {
 	tx := c.pc.Tx
@@ -313,6 +231,14 @@ func (c *conn) endTx(result string, code, size int) {
 			Str("result", result).Int("code", code).Dur("duration", c.el.now.Sub(tx.Started)).Msg("transaction")
 	}
 	c.pc.EndTx()
+}
+
+// replyCode reads the code of a wire reply.
+func replyCode(r []byte) int {
+	if len(r) < 3 {
+		return 0
+	}
+	return int(r[0]-'0')*100 + int(r[1]-'0')*10 + int(r[2]-'0')
 }
 
 // drainCheck closes the connection during a shutdown once it is outside a
@@ -409,6 +335,7 @@ func (c *conn) shutdown(why string) {
 	if c.why == "" {
 		c.why = why
 	}
+	c.el.touch(c)
 	if len(c.out) == 0 && len(c.el.wbuf) == 0 {
 		c.linger()
 	}
@@ -456,6 +383,11 @@ func (c *conn) close(why string) {
 	el.srv.conns.Add(-1)
 	el.srv.releaseIP(c.pc.RemoteIP)
 	c.in, c.out = nil, nil
+	if c.pending && c.timerKind == timerDelay {
+		// Nothing runs elsewhere during a delay: end it now.
+		el.removeTimer(c)
+		c.pending = false
+	}
 	if !c.pending {
 		c.finish()
 	}
@@ -468,9 +400,9 @@ func (c *conn) finish() {
 	ch := c.el.srv.chain
 	if ch.Has(plugins.HookDisconnect) {
 		call := plugins.Call{Hook: plugins.HookDisconnect}
-		if _, next, done := ch.Step(&c.pc, &call, 0); !done {
+		if _, next, done := ch.Step(c.pc, &call, 0); !done {
 			pc := c.pc
-			if !c.el.srv.pool.Submit(func() { ch.RunFrom(&pc, &call, next) }) {
+			if !c.el.srv.pool.Submit(func() { ch.RunFrom(pc, &call, next) }) {
 				c.el.srv.log.Warn().Str("conn", c.pc.ID).Msg("workpool full: disconnect hooks skipped")
 			}
 		}

@@ -2,6 +2,8 @@ package loop
 
 import (
 	"net/netip"
+
+	"loopmx/plugins"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -51,11 +53,19 @@ type eventLoop struct {
 	draining     bool
 	nextTick     time.Time
 
+	timers timerHeap
+
+	// load: the longest batch of work per window, for toobusy
+	batchMax time.Duration
+	lagPrev  atomic.Int64
+	lagCur   atomic.Int64
+
 	// done hooks and control messages, posted from other goroutines
 	mu      sync.Mutex
-	done    []*conn
+	done    []hookResult
 	ctls    []ctl
 	woken   atomic.Bool
+	exited  bool // guarded by mu; set before efd is closed
 	wakeBuf [8]byte
 }
 
@@ -115,13 +125,16 @@ func (el *eventLoop) disarmListeners() {
 // it. It is the only entry point from other goroutines.
 func (el *eventLoop) post(v any) {
 	el.mu.Lock()
+	defer el.mu.Unlock()
+	if el.exited {
+		return // a late hook result after the loop stopped: nobody to tell
+	}
 	switch x := v.(type) {
-	case *conn:
+	case hookResult:
 		el.done = append(el.done, x)
 	case ctl:
 		el.ctls = append(el.ctls, x)
 	}
-	el.mu.Unlock()
 	if !el.woken.Swap(true) {
 		one := [8]byte{1}
 		rawWrite(el.efd, one[:])
@@ -131,13 +144,22 @@ func (el *eventLoop) post(v any) {
 func (el *eventLoop) run() {
 	defer el.srv.stopped.Done()
 	defer unix.Close(el.epfd)
-	defer unix.Close(el.efd)
+	defer func() {
+		el.mu.Lock()
+		el.exited = true
+		unix.Close(el.efd)
+		el.mu.Unlock()
+	}()
 	defer func() {
 		el.srv.log.Info().Int("loop", el.idx).Uint64("connections", el.served).Msg("event loop stopped")
 	}()
 	el.nextTick = el.now.Add(tickEvery)
 	for {
-		wait := int(el.nextTick.Sub(el.now)/time.Millisecond) + 1
+		next := el.nextTick
+		if len(el.timers) > 0 && el.timers[0].deadline.Before(next) {
+			next = el.timers[0].deadline
+		}
+		wait := int(next.Sub(el.now)/time.Millisecond) + 1
 		if wait < 1 {
 			wait = 1
 		}
@@ -162,6 +184,16 @@ func (el *eventLoop) run() {
 				}
 			}
 		}
+		if len(el.timers) > 0 {
+			el.runTimers()
+		}
+		if n > 0 {
+			// How long this batch kept every other event waiting.
+			if busy := time.Since(el.now); busy > el.batchMax {
+				el.batchMax = busy
+				el.lagCur.Store(int64(busy))
+			}
+		}
 		if !el.now.Before(el.nextTick) {
 			el.tick()
 			el.nextTick = el.now.Add(tickEvery)
@@ -181,8 +213,8 @@ func (el *eventLoop) wake() {
 	done, ctls := el.done, el.ctls
 	el.done, el.ctls = nil, nil
 	el.mu.Unlock()
-	for _, c := range done {
-		c.hookDone()
+	for _, r := range done {
+		r.c.hookDone(r)
 	}
 	for _, m := range ctls {
 		switch m {
@@ -271,23 +303,54 @@ func (el *eventLoop) open(fd int, peer netip.AddrPort, lfd int) {
 	c.start()
 }
 
+// Load implements plugins.LoadReporter for the connections of this loop.
+// LoopLag is the longest batch of work of the current or the previous
+// half-second window: how long a new event could have waited.
+func (el *eventLoop) Load() plugins.LoadInfo {
+	lag := el.lagCur.Load()
+	if p := el.lagPrev.Load(); p > lag {
+		lag = p
+	}
+	s := el.srv
+	return plugins.LoadInfo{
+		LoopLag:     time.Duration(lag),
+		PoolQueued:  s.pool.Queued(),
+		PoolBusy:    s.pool.Busy(),
+		PoolWorkers: s.pool.Workers(),
+		Connections: s.conns.Load(),
+	}
+}
+
 // tick enforces timeouts and resumes accepting after a backoff.
 func (el *eventLoop) tick() {
+	if late := el.now.Sub(el.nextTick); late > el.batchMax {
+		el.batchMax = late
+	}
+	el.lagPrev.Store(int64(el.batchMax))
+	el.lagCur.Store(0)
+	el.batchMax = 0
 	if el.acceptOff && !el.draining && !el.now.Before(el.acceptResume) {
 		if err := el.armListeners(); err != nil {
 			el.srv.logAcceptError(err)
 		}
 	}
 	timeout := el.srv.opts.InactivityTimeout
+	young := lingerTime
+	if timeout < young {
+		young = timeout
+	}
 	for c := el.head; c != nil; {
 		next := c.next
 		age := el.now.Sub(c.lastActive)
-		if age < lingerTime {
+		if age < young {
 			break
 		}
 		switch {
-		case c.lingering:
+		case c.closing && age >= lingerTime:
+			// Lingering for the client's FIN, or closing with replies
+			// the client does not read: give up on it.
 			c.close("closed")
+		case c.closing:
 		case age >= timeout:
 			c.write(el.srv.replyTimeout)
 			c.flush()
@@ -302,6 +365,10 @@ func (el *eventLoop) tick() {
 func (el *eventLoop) drain() {
 	el.draining = true
 	el.disarmListeners()
+	// The server closes the listeners once every loop got here; their
+	// numbers may then come back as connections.
+	el.isLfd = map[int]bool{}
+	el.srv.drained.Done()
 	for _, c := range el.conns {
 		if c != nil && !c.closed {
 			c.drainCheck()

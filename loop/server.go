@@ -107,6 +107,7 @@ type Server struct {
 	connSeq  atomic.Uint64
 
 	draining atomic.Bool
+	drained  sync.WaitGroup // loops that have not yet stopped accepting
 	stopped  sync.WaitGroup
 
 	replyTooMany    []byte
@@ -230,9 +231,15 @@ func (s *Server) Shutdown(ctx context.Context) {
 	if s.draining.Swap(true) {
 		return
 	}
+	s.drained.Add(len(s.loops))
 	for _, el := range s.loops {
 		el.post(ctlDrain)
 	}
+	// Once no loop waits on the listeners, close them: new clients are
+	// refused by the kernel instead of waiting in a backlog nobody reads
+	// (with several worker processes, the others take them).
+	s.drained.Wait()
+	s.closeListeners()
 	done := make(chan struct{})
 	go func() { s.stopped.Wait(); close(done) }()
 	select {

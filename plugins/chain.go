@@ -4,20 +4,24 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 
 	"loopmx/config"
 )
 
 type entry struct {
-	name   string
-	p      Plugin
-	blocks [numHooks]bool
+	name    string
+	p       Plugin
+	blocks  [numHooks]bool
+	timeout time.Duration
 }
 
 // Chain runs the hooks of the configured plugins in config order.
 type Chain struct {
 	entries []entry
 	byHook  [numHooks][]int // indexes into entries, per hook
+	caps    []int           // plugins with a capabilities hook
+	denied  []int           // plugins with a deny hook
 }
 
 // Build creates every plugin named in cfg.Plugins, in order. An unknown
@@ -30,14 +34,29 @@ func Build(cfg *config.Config) (*Chain, error) {
 			ch.Close()
 			return nil, fmt.Errorf("config: plugins: unknown plugin %q (known: %s)", name, strings.Join(Registered(), ", "))
 		}
+		pc, err := cfg.Plugin(name)
+		if err != nil {
+			ch.Close()
+			return nil, err
+		}
 		p, err := f(cfg)
 		if err != nil {
 			ch.Close()
 			return nil, err
 		}
 		ch.add(name, p)
+		ch.entries[len(ch.entries)-1].timeout = pc.Timeout()
 	}
 	return ch, nil
+}
+
+// SetTimeout changes the timeout of the named plugin's blocking hooks.
+func (ch *Chain) SetTimeout(name string, d time.Duration) {
+	for i := range ch.entries {
+		if ch.entries[i].name == name {
+			ch.entries[i].timeout = d
+		}
+	}
 }
 
 // NewChain builds a chain from ready plugin values, for tests and embedders.
@@ -50,9 +69,15 @@ func NewChain(ps ...Plugin) *Chain {
 }
 
 func (ch *Chain) add(name string, p Plugin) {
-	e := entry{name: name, p: p}
+	e := entry{name: name, p: p, timeout: config.DefaultPluginTimeout}
 	b, _ := p.(Blocker)
 	idx := len(ch.entries)
+	if _, ok := p.(CapabilitiesHook); ok {
+		ch.caps = append(ch.caps, idx)
+	}
+	if _, ok := p.(DenyHook); ok {
+		ch.denied = append(ch.denied, idx)
+	}
 	for h := Hook(0); h < numHooks; h++ {
 		if !implements(p, h) {
 			continue
@@ -72,6 +97,12 @@ func implements(p Plugin, h Hook) bool {
 		_, ok = p.(ConnectHook)
 	case HookHelo:
 		_, ok = p.(HeloHook)
+	case HookEhlo:
+		_, ok = p.(EhloHook)
+	case HookDataPost:
+		_, ok = p.(DataPostHook)
+	case HookUnrecognized:
+		_, ok = p.(UnrecognizedHook)
 	case HookMail:
 		_, ok = p.(MailHook)
 	case HookRcpt:
@@ -122,7 +153,8 @@ type Call struct {
 // Step runs the plugins of call.Hook from position i while their hooks do
 // not block. It returns done with the chain's result, or !done with the
 // position of the first blocking hook, which the caller must hand to
-// RunFrom on the workpool.
+// RunOne (or RunFrom) on the workpool. A Continue result with a Delay is
+// returned as done, with next at the plugin that asked for it.
 func (ch *Chain) Step(c *Conn, call *Call, i int) (res Result, next int, done bool) {
 	list := ch.byHook[call.Hook]
 	for ; i < len(list); i++ {
@@ -130,11 +162,78 @@ func (ch *Chain) Step(c *Conn, call *Call, i int) (res Result, next int, done bo
 		if e.blocks[call.Hook] {
 			return Result{}, i, false
 		}
-		if r := ch.invoke(e, c, call); r.Action != Continue {
+		if r := ch.invoke(e, c, call); r.Action != Continue || r.Delay > 0 {
 			return r, i, true
 		}
 	}
 	return ch.fallthrough_(call.Hook), i, true
+}
+
+// RunOne runs only the plugin at position i of call.Hook. The loop uses
+// it for a blocking hook on the workpool, so that each blocking hook has
+// its own timeout, then goes on with Step(i+1) on the loop.
+func (ch *Chain) RunOne(c *Conn, call *Call, i int) Result {
+	list := ch.byHook[call.Hook]
+	if i >= len(list) {
+		return ch.fallthrough_(call.Hook)
+	}
+	return ch.invoke(&ch.entries[list[i]], c, call)
+}
+
+// Timeout is how long the loop waits for the blocking hook at position i
+// of h before it answers 451 4.3.0 and drops the late result.
+func (ch *Chain) Timeout(h Hook, i int) time.Duration {
+	list := ch.byHook[h]
+	if i >= len(list) {
+		return config.DefaultPluginTimeout
+	}
+	return ch.entries[list[i]].timeout
+}
+
+// PluginAt names the plugin at position i of h.
+func (ch *Chain) PluginAt(h Hook, i int) string {
+	list := ch.byHook[h]
+	if i >= len(list) {
+		return ""
+	}
+	return ch.entries[list[i]].name
+}
+
+// HasCapabilities reports whether any plugin edits EHLO keywords.
+func (ch *Chain) HasCapabilities() bool { return len(ch.caps) > 0 }
+
+// Capabilities lets every capabilities hook edit the EHLO keywords.
+func (ch *Chain) Capabilities(c *Conn, caps []string) []string {
+	for _, i := range ch.caps {
+		e := &ch.entries[i]
+		func() {
+			defer func() {
+				if v := recover(); v != nil && c.Log != nil {
+					c.Log.Error().Str("plugin", e.name).Str("hook", "capabilities").Interface("panic", v).Msg("plugin panicked")
+				}
+			}()
+			caps = e.p.(CapabilitiesHook).Capabilities(c, caps)
+		}()
+	}
+	return caps
+}
+
+// HasDenied reports whether any plugin has a deny hook.
+func (ch *Chain) HasDenied() bool { return len(ch.denied) > 0 }
+
+// Denied tells every deny hook about a rejection or temporary failure.
+func (ch *Chain) Denied(c *Conn, h Hook, r Result) {
+	for _, i := range ch.denied {
+		e := &ch.entries[i]
+		func() {
+			defer func() {
+				if v := recover(); v != nil && c.Log != nil {
+					c.Log.Error().Str("plugin", e.name).Str("hook", "deny").Interface("panic", v).Msg("plugin panicked")
+				}
+			}()
+			e.p.(DenyHook).Denied(c, h, r)
+		}()
+	}
 }
 
 // RunFrom runs the plugins of call.Hook from position i to a decision,
@@ -175,6 +274,12 @@ func (ch *Chain) invoke(e *entry, c *Conn, call *Call) (r Result) {
 		r = e.p.(ConnectHook).Connect(c)
 	case HookHelo:
 		r = e.p.(HeloHook).Helo(c, call.Arg)
+	case HookEhlo:
+		r = e.p.(EhloHook).Ehlo(c, call.Arg)
+	case HookDataPost:
+		r = e.p.(DataPostHook).DataPost(c, call.Msg)
+	case HookUnrecognized:
+		r = e.p.(UnrecognizedHook).Unrecognized(c, call.Arg)
 	case HookMail:
 		r = e.p.(MailHook).Mail(c, call.Arg)
 	case HookRcpt:

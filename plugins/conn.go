@@ -33,6 +33,11 @@ type Conn struct {
 	Log *zerolog.Logger
 	// Started is when the connection was accepted.
 	Started time.Time
+	// Server reports the server's load; set by the host.
+	Server LoadReporter
+	// EarlyTalker is set by the host when the client sent data before the
+	// banner was written (only meaningful while a connect hook delays it).
+	EarlyTalker bool
 
 	notes map[string]any
 	txN   int
@@ -118,4 +123,56 @@ func (c *Conn) AppendReceived(b []byte, protocol string, now time.Time) []byte {
 	b = now.AppendFormat(b, "Mon, 02 Jan 2006 15:04:05 -0700")
 	b = append(b, "\r\n"...)
 	return b
+}
+
+// Clone returns a copy of c that shares nothing mutable with it: the loop
+// switches to the copy when a blocking hook times out, so the late hook can
+// go on touching the old one without a data race.
+func (c *Conn) Clone() *Conn {
+	n := *c
+	n.notes = cloneNotes(c.notes)
+	if c.Tx != nil {
+		tx := *c.Tx
+		tx.Rcpts = append([]string(nil), c.Tx.Rcpts...)
+		tx.notes = cloneNotes(c.Tx.notes)
+		n.Tx = &tx
+	}
+	return &n
+}
+
+func cloneNotes(m map[string]any) map[string]any {
+	if m == nil {
+		return nil
+	}
+	n := make(map[string]any, len(m))
+	for k, v := range m {
+		n[k] = v
+	}
+	return n
+}
+
+// LoadInfo is what the server reports of its own load, for plugins such as
+// toobusy.
+type LoadInfo struct {
+	// LoopLag is how long an event on this connection's event loop waits
+	// before it is handled, at worst over the last second.
+	LoopLag time.Duration
+	// PoolQueued, PoolBusy and PoolWorkers describe the workpool.
+	PoolQueued, PoolBusy, PoolWorkers int
+	// Connections is the number of open connections of the process.
+	Connections int64
+}
+
+// LoadReporter is implemented by the host.
+type LoadReporter interface {
+	Load() LoadInfo
+}
+
+// Load returns the server's load as the host reports it (zero without a
+// host, as in unit tests).
+func (c *Conn) Load() LoadInfo {
+	if c.Server == nil {
+		return LoadInfo{}
+	}
+	return c.Server.Load()
 }

@@ -11,7 +11,11 @@
 package plugins
 
 import (
+	"bufio"
+	"bytes"
 	"fmt"
+	"net/mail"
+	"net/textproto"
 	"sort"
 	"sync"
 
@@ -30,15 +34,18 @@ type Hook uint8
 const (
 	HookConnect Hook = iota
 	HookHelo
+	HookEhlo
 	HookMail
 	HookRcpt
 	HookData
+	HookDataPost
 	HookQueue
+	HookUnrecognized
 	HookDisconnect
 	numHooks
 )
 
-var hookNames = [...]string{"connect", "helo", "mail", "rcpt", "data", "queue", "disconnect"}
+var hookNames = [...]string{"connect", "helo", "ehlo", "mail", "rcpt", "data", "data_post", "queue", "unrecognized_command", "disconnect"}
 
 func (h Hook) String() string {
 	if int(h) < len(hookNames) {
@@ -52,10 +59,21 @@ type ConnectHook interface {
 	Connect(c *Conn) Result
 }
 
-// HeloHook runs for HELO and EHLO (c.PendingArg is the name, c.PendingEHLO
-// tells which).
+// HeloHook runs for HELO.
 type HeloHook interface {
 	Helo(c *Conn, name string) Result
+}
+
+// EhloHook runs for EHLO.
+type EhloHook interface {
+	Ehlo(c *Conn, name string) Result
+}
+
+// CapabilitiesHook edits the EHLO keywords offered to a client (add or
+// remove entries of caps and return it). It runs inline, after the EHLO
+// hooks accepted, and must not block.
+type CapabilitiesHook interface {
+	Capabilities(c *Conn, caps []string) []string
 }
 
 // MailHook runs for MAIL FROM; from is "" for the null sender.
@@ -73,6 +91,12 @@ type DataHook interface {
 	Data(c *Conn) Result
 }
 
+// DataPostHook runs when the whole message is in, before the queue hooks;
+// m.Header() parses its header.
+type DataPostHook interface {
+	DataPost(c *Conn, m *Message) Result
+}
+
 // QueueHook takes a complete message. Returning Accept means the message is
 // durable or the next hop has it (the client is told 250); anything else
 // makes the client retry or give up. A queue hook should always block.
@@ -80,10 +104,23 @@ type QueueHook interface {
 	Queue(c *Conn, m *Message) Result
 }
 
+// UnrecognizedHook sees commands loopmx does not implement (line is the
+// whole command). Continue gives the default 500/502 reply; Accept with a
+// Reply answers the command instead.
+type UnrecognizedHook interface {
+	Unrecognized(c *Conn, line string) Result
+}
+
 // DisconnectHook runs after the connection has closed. Its Result is
 // ignored.
 type DisconnectHook interface {
 	Disconnect(c *Conn)
+}
+
+// DenyHook sees every rejection or temporary failure any hook decided
+// (for logging, reputation, karma). It runs inline and must not block.
+type DenyHook interface {
+	Denied(c *Conn, h Hook, r Result)
 }
 
 // Blocker is implemented by plugins that have hooks which may wait.
@@ -144,4 +181,46 @@ type Message struct {
 	Body []byte
 	// Protocol is the Received "with" word (SMTP, ESMTP, UTF8SMTP, ...).
 	Protocol string
+
+	header    mail.Header
+	headerLen int
+	parsed    bool
+}
+
+// Size is the message size in octets as received.
+func (m *Message) Size() int { return len(m.Body) }
+
+// Header parses the message header on first use (RFC 5322 2.2). A message
+// without a blank line is all header; a header that does not parse gives
+// an empty map.
+func (m *Message) Header() mail.Header {
+	if !m.parsed {
+		m.parsed = true
+		m.headerLen = headerEnd(m.Body)
+		r := textproto.NewReader(bufio.NewReader(bytes.NewReader(m.Body[:m.headerLen])))
+		h, err := r.ReadMIMEHeader()
+		if err != nil && len(h) == 0 {
+			h = textproto.MIMEHeader{}
+		}
+		m.header = mail.Header(h)
+	}
+	return m.header
+}
+
+// HeaderBytes returns the raw header block, including the blank line that
+// ends it.
+func (m *Message) HeaderBytes() []byte {
+	return m.Body[:headerEnd(m.Body)]
+}
+
+// headerEnd finds the end of the header block: just after the first empty
+// line, or the whole body when there is none.
+func headerEnd(b []byte) int {
+	if bytes.HasPrefix(b, []byte("\r\n")) {
+		return 2
+	}
+	if i := bytes.Index(b, []byte("\r\n\r\n")); i >= 0 {
+		return i + 4
+	}
+	return len(b)
 }

@@ -1,6 +1,10 @@
 package plugins
 
-import "loopmx/smtpproto"
+import (
+	"time"
+
+	"loopmx/smtpproto"
+)
 
 // Action is a hook's verdict.
 type Action uint8
@@ -39,6 +43,11 @@ type Result struct {
 	Reply  smtpproto.Reply
 	// Plugin is filled in by the Chain with the name of the deciding plugin.
 	Plugin string
+	// Delay, with Continue, asks the loop to wait this long (a timer, no
+	// goroutine) and then call the same plugin's hook again. A connect
+	// hook uses it to hold the banner back (early_talker); input that
+	// arrives meanwhile sets Conn.EarlyTalker.
+	Delay time.Duration
 }
 
 // Constructors for the common results.

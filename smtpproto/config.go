@@ -30,7 +30,11 @@ type Config struct {
 	KeepBareLineEndings bool
 	// Extensions are extra EHLO keywords offered after the built-in ones.
 	Extensions []string
+	// UnknownToHost passes unimplemented commands to the host as
+	// KindUnknown events instead of answering them at once.
+	UnknownToHost bool
 
+	keywords     []string
 	banner       []byte
 	ehloReply    []byte
 	heloReply    []byte
@@ -67,11 +71,15 @@ func (c *Config) Prepare() {
 		"CHUNKING",
 	}
 	ext = append(ext, c.Extensions...)
+	c.keywords = ext
 	c.ehloReply = EHLOReply(c.Hostname, ext)
 	c.longLineRepl = []byte("550 5.5.2 Message refused: a line is longer than " +
 		strconv.Itoa(c.MaxDataLineLength) + " octets including CRLF\r\n")
 	c.busyReply = []byte("421 4.3.2 " + c.Hostname + " Service busy, try again later\r\n")
 }
+
+// Keywords returns a copy of the EHLO keywords the server offers.
+func (c *Config) Keywords() []string { return append([]string(nil), c.keywords...) }
 
 // Banner is the 220 greeting (RFC 5321 4.3.1).
 func (c *Config) Banner() []byte { return c.banner }

@@ -253,12 +253,10 @@ func (s *Session) bdatChunk(in []byte) (int, Event) {
 		}
 		// A refused transaction is over (RFC 3030 2: the client must not
 		// send more chunks).
-		s.resetTx()
-		return take, reply(r)
+		return take, s.refuseMessage(r)
 	}
 	if s.tooBig {
-		s.resetTx()
-		return take, reply(replyTooBig)
+		return take, s.refuseMessage(replyTooBig)
 	}
 	if !s.bdatLast {
 		return take, reply(replyChunkOK)
@@ -268,11 +266,9 @@ func (s *Session) bdatChunk(in []byte) (int, Event) {
 	// relayed with DATA, where a bare LF could end it early.
 	switch {
 	case s.bareEOL && !s.cfg.KeepBareLineEndings:
-		s.resetTx()
-		return take, reply(replyBareEOL)
+		return take, s.refuseMessage(replyBareEOL)
 	case s.longLine && !s.cfg.KeepLongLines:
-		s.resetTx()
-		return take, reply(s.cfg.longLineRepl)
+		return take, s.refuseMessage(s.cfg.longLineRepl)
 	}
 	return take, s.pend(KindMessage, "")
 }

@@ -28,6 +28,10 @@ const (
 	KindReset
 	// KindQuit: QUIT; write Event.Reply, then close.
 	KindQuit
+	// KindUnknown: a command the session does not implement; Event.Arg is
+	// the whole command line. The zero Reply gives the default error (500
+	// or 502, counted toward MaxErrors); a plugin may answer it instead.
+	KindUnknown
 )
 
 // Event is what Next returns: a reply to write, or a command to decide.
@@ -39,6 +43,9 @@ type Event struct {
 	Close bool
 	// Arg is the HELO name or the mail path of KindHelo/KindMail/KindRcpt.
 	Arg string
+	// EndTx tells that the session ended the transaction on its own (a
+	// message refused by size or line policy, a refused BDAT).
+	EndTx bool
 }
 
 // Tx is the current mail transaction as the host sees it.
@@ -81,10 +88,12 @@ type Session struct {
 	Extended bool
 	errors   int
 
-	tx      Tx
-	pendArg string // path or name of the pending event
-	pendTx  Tx     // MAIL parameters waiting for the decision
-	pendExt bool   // the pending KindHelo came from EHLO
+	tx           Tx
+	pendArg      string   // path or name of the pending event
+	pendTx       Tx       // MAIL parameters waiting for the decision
+	pendExt      bool     // the pending KindHelo came from EHLO
+	pendDefault  []byte   // the default reply of a pending KindUnknown
+	ehloKeywords []string // keywords chosen by the host for the pending EHLO
 
 	// message body state
 	body     []byte
@@ -125,6 +134,18 @@ func (s *Session) Tx() *Tx { return &s.tx }
 // Body returns the message of a KindMessage event. It stays valid until
 // Resolve is called.
 func (s *Session) Body() []byte { return s.body }
+
+// SetEHLOKeywords replaces the keywords of the EHLO reply that the next
+// Resolve of a pending EHLO sends (a capabilities hook chose them).
+func (s *Session) SetEHLOKeywords(kw []string) { s.ehloKeywords = kw }
+
+// CloseAfterReply reports whether the session ended with the last reply
+// (too many errors), so the host must close once it is written.
+func (s *Session) CloseAfterReply() bool { return s.st == stClosed }
+
+// DetachBody gives the message buffer up without recycling it: a hook
+// that timed out may still be reading it.
+func (s *Session) DetachBody() { s.body = nil }
 
 // PendingEHLO reports whether the pending KindHelo came from EHLO.
 func (s *Session) PendingEHLO() bool { return s.pendExt }
@@ -272,7 +293,7 @@ func (s *Session) dispatch(verb, arg []byte) Event {
 		return reply(replyHelp)
 	case verbIs(verb, "EXPN"), verbIs(verb, "STARTTLS"), verbIs(verb, "AUTH"),
 		verbIs(verb, "ETRN"), verbIs(verb, "TURN"), verbIs(verb, "ATRN"):
-		return s.fail(replyNotImpl)
+		return s.unknown(verb, arg, replyNotImpl)
 	}
 	if isHTTPVerb(verb) {
 		return s.fail(replyHTTP)
@@ -280,7 +301,21 @@ func (s *Session) dispatch(verb, arg []byte) Event {
 	if len(verb) > 1 && verb[len(verb)-1] == ':' {
 		return s.fail(replyHeaderCmd)
 	}
-	return s.fail(replyUnknown)
+	return s.unknown(verb, arg, replyUnknown)
+}
+
+// unknown hands a command we do not implement to the host, which may let
+// a plugin answer it; def is the reply when none does.
+func (s *Session) unknown(verb, arg []byte, def []byte) Event {
+	if !s.cfg.UnknownToHost {
+		return s.fail(def)
+	}
+	s.pendDefault = def
+	line := string(verb)
+	if arg != nil {
+		line += " " + string(arg)
+	}
+	return s.pend(KindUnknown, line)
 }
 
 func (s *Session) helo(arg []byte, extended bool) Event {
@@ -390,6 +425,19 @@ func (s *Session) Resolve(r Reply) []byte {
 		return nil
 	}
 	s.st = stCommand
+	if s.pending == KindUnknown {
+		s.pendArg = ""
+		switch {
+		case r.IsZero():
+			return s.fail(s.pendDefault).Reply
+		case r.Code >= 500:
+			return s.fail(r.AppendTo(nil)).Reply
+		}
+		if r.Code == 0 {
+			r.Code = 250
+		}
+		return r.AppendTo(nil)
+	}
 	ok := r.Positive()
 	var out []byte
 	if !r.IsZero() {
@@ -408,6 +456,10 @@ func (s *Session) Resolve(r Reply) []byte {
 			s.Extended = s.pendExt
 			if s.Extended {
 				out = s.cfg.ehloReply
+				if s.ehloKeywords != nil {
+					out = EHLOReply(s.cfg.Hostname, s.ehloKeywords)
+					s.ehloKeywords = nil
+				}
 			} else if out == nil {
 				out = s.cfg.heloReply
 			}
@@ -480,16 +532,19 @@ func acceptCode(k Kind, bdat bool) (int, string) {
 func (s *Session) endOfMessage() Event {
 	switch {
 	case s.tooBig:
-		s.resetTx()
-		return reply(replyTooBig)
+		return s.refuseMessage(replyTooBig)
 	case s.bareEOL && !s.cfg.KeepBareLineEndings:
-		s.resetTx()
-		return reply(replyBareEOL)
+		return s.refuseMessage(replyBareEOL)
 	case s.longLine && !s.cfg.KeepLongLines:
-		s.resetTx()
-		return reply(s.cfg.longLineRepl)
+		return s.refuseMessage(s.cfg.longLineRepl)
 	}
 	return s.pend(KindMessage, "")
+}
+
+// refuseMessage ends the transaction with a policy refusal of its message.
+func (s *Session) refuseMessage(r []byte) Event {
+	s.resetTx()
+	return Event{Kind: KindReply, Reply: r, EndTx: true}
 }
 
 // BusyReply is the 421 4.3.2 answer for an overloaded server.
