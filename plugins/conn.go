@@ -2,6 +2,7 @@ package plugins
 
 import (
 	"net/netip"
+	"sort"
 	"strconv"
 	"time"
 
@@ -175,4 +176,19 @@ func (c *Conn) Load() LoadInfo {
 		return LoadInfo{}
 	}
 	return c.Server.Load()
+}
+
+// NoteKeys returns the keys of the connection's notes in sorted order.
+func (c *Conn) NoteKeys() []string { return sortedKeys(c.notes) }
+
+// NoteKeys returns the keys of the transaction's notes in sorted order.
+func (t *Transaction) NoteKeys() []string { return sortedKeys(t.notes) }
+
+func sortedKeys(m map[string]any) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
 }
