@@ -72,6 +72,10 @@ func TestLoadEmptyDirGivesDefaults(t *testing.T) {
 		GracefulTimeout:     30 * time.Second,
 		MaxPipelineBuffer:   65536,
 		WorkQueueSize:       1024,
+		SchedPolicy:         "shared",
+		Backlog:             4096,
+		TCPKeepalive:        120 * time.Second,
+		RestartBackoffMax:   30 * time.Second,
 	}
 	if !reflect.DeepEqual(c.Main, want) {
 		t.Errorf("Main =\n%+v\nwant\n%+v", c.Main, want)
@@ -182,8 +186,7 @@ func TestBadValueErrors(t *testing.T) {
 		{"listen = 1.2.3.4:25,,[::1]:25", `config: smtp.ini: [main] listen: "1.2.3.4:25,,[::1]:25" has an empty entry`},
 		{"listen = [::g]:25", `config: smtp.ini: [main] listen: "[::g]:25" has a host that is neither an IP address nor a host name`},
 		{"listen = :25, :25", `config: smtp.ini: [main] listen: ":25" is listed twice`},
-		{"nodes = 2", `config: smtp.ini: [main] nodes: "2" is not supported yet (only 0)`},
-		{"nodes = cpus", `config: smtp.ini: [main] nodes: "cpus" is not supported yet (only 0)`},
+		{"nodes = 2000", `config: smtp.ini: [main] nodes: "2000" is out of range 0..1024`},
 		{"nodes = -1", `config: smtp.ini: [main] nodes: "-1" is out of range (minimum 0)`},
 		{"nodes = two", `config: smtp.ini: [main] nodes: "two" is not a number`},
 		{"loops = 0", `config: smtp.ini: [main] loops: "0" is out of range (minimum 1)`},

@@ -13,7 +13,7 @@ import (
 // key; the comment after each field names its key.
 type Main struct {
 	Listen              []string      // listen: host:port addresses, IPv6 in brackets
-	Nodes               int           // nodes: worker processes; only 0 (no supervisor) for now
+	Nodes               int           // nodes: worker processes under a supervisor; 0 = one process, no supervisor
 	Loops               int           // loops: event loops per process
 	SingleAccept        bool          // single_accept: yield after each accept
 	ThreadpoolSize      int           // threadpool_size: workpool workers; UV_THREADPOOL_SIZE overrides
@@ -31,6 +31,14 @@ type Main struct {
 	GracefulTimeout     time.Duration // graceful_timeout: how long a drain waits for open sessions
 	MaxPipelineBuffer   int           // max_pipeline_buffer: unprocessed input kept while a hook runs
 	WorkQueueSize       int           // work_queue_size: workpool queue length
+	User                string        // user: run workers as this user when started as root ("" = do not change)
+	Group               string        // group: run workers with this group ("" = the user's primary group)
+	SchedPolicy         string        // sched_policy: "shared" (one socket, every worker accepts) or "reuseport"
+	Backlog             int           // backlog: listen(2) backlog (capped by net.core.somaxconn)
+	TCPKeepalive        time.Duration // tcp_keepalive: keepalive idle time on accepted sockets; 0 = off
+	RecvBuffer          int           // recv_buffer: SO_RCVBUF of accepted sockets in bytes; 0 = kernel default
+	SendBuffer          int           // send_buffer: SO_SNDBUF of accepted sockets in bytes; 0 = kernel default
+	RestartBackoffMax   time.Duration // restart_backoff_max: longest wait before restarting a worker that keeps dying
 }
 
 // Log holds the [log] section of smtp.ini.
@@ -73,6 +81,10 @@ func defaultMain() Main {
 		MaxErrors:         10,
 		MaxPipelineBuffer: 65536,
 		WorkQueueSize:     1024,
+		SchedPolicy:       "shared",
+		Backlog:           4096,
+		TCPKeepalive:      120 * time.Second,
+		RestartBackoffMax: 30 * time.Second,
 	}
 }
 
@@ -147,12 +159,12 @@ var mainSettings = []setting{
 	{
 		key: "nodes",
 		parse: func(c *Config, v string) error {
-			n, cpus, err := parseCount(v, 0)
+			n, _, err := parseCount(v, 0)
 			if err != nil {
 				return err
 			}
-			if cpus || n != 0 {
-				return &valueError{v, "is not supported yet (only 0)", nil}
+			if n > 1024 {
+				return &valueError{v, "is out of range 0..1024", nil}
 			}
 			c.Main.Nodes = n
 			return nil
@@ -234,6 +246,28 @@ var mainSettings = []setting{
 	durationSetting("graceful_timeout", func(c *Config) *time.Duration { return &c.Main.GracefulTimeout }, 0),
 	intSetting("max_pipeline_buffer", func(c *Config) *int { return &c.Main.MaxPipelineBuffer }, minPipelineBuffer, noMax),
 	intSetting("work_queue_size", func(c *Config) *int { return &c.Main.WorkQueueSize }, 1, noMax),
+	{
+		key: "user",
+		parse: func(c *Config, v string) error {
+			c.Main.User = strings.TrimSpace(v)
+			return nil
+		},
+		show: func(c *Config) string { return c.Main.User },
+	},
+	{
+		key: "group",
+		parse: func(c *Config, v string) error {
+			c.Main.Group = strings.TrimSpace(v)
+			return nil
+		},
+		show: func(c *Config) string { return c.Main.Group },
+	},
+	choiceSetting("sched_policy", func(c *Config) *string { return &c.Main.SchedPolicy }, "shared", "reuseport"),
+	intSetting("backlog", func(c *Config) *int { return &c.Main.Backlog }, 1, 1<<20),
+	durationSetting("tcp_keepalive", func(c *Config) *time.Duration { return &c.Main.TCPKeepalive }, 0),
+	intSetting("recv_buffer", func(c *Config) *int { return &c.Main.RecvBuffer }, 0, 1<<30),
+	intSetting("send_buffer", func(c *Config) *int { return &c.Main.SendBuffer }, 0, 1<<30),
+	durationSetting("restart_backoff_max", func(c *Config) *time.Duration { return &c.Main.RestartBackoffMax }, time.Second),
 }
 
 // logSettings lists the keys of [log].

@@ -33,7 +33,14 @@ func (c *Config) Summary() string {
 			notes = append(notes, "default")
 		}
 		notes = append(notes, c.valueNote(s.key)...)
-		fmt.Fprintf(&b, "%-*s = %s", width, s.key, s.show(c))
+		v := s.show(c)
+		if v == "" && len(notes) > 0 {
+			// An empty value cannot carry an inline comment: it would read
+			// back as the value.
+			fmt.Fprintf(&b, "; %s: %s\n", s.key, strings.Join(notes, ", "))
+			notes = nil
+		}
+		fmt.Fprintf(&b, "%-*s = %s", width, s.key, v)
 		if len(notes) > 0 {
 			fmt.Fprintf(&b, "  ; %s", strings.Join(notes, ", "))
 		}
