@@ -2,6 +2,7 @@
 //
 //	loopmx [-c DIR]                run in the foreground (embedded default config without -c)
 //	loopmx check-config [-c DIR]   validate a config directory and print the effective settings
+//	loopmx doctor [-c DIR]         check kernel settings and limits against the config
 //	loopmx --version               print the version
 package main
 
@@ -24,6 +25,7 @@ import (
 	"loopmx/loop"
 	"loopmx/loop/workpool"
 	"loopmx/plugins"
+	"loopmx/supervisor"
 
 	// The built-in plugins register themselves.
 	_ "loopmx/plugins/queue/discard"
@@ -48,7 +50,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	dir := fs.String("c", "", "config directory (default: the embedded default config)")
 	showVersion := fs.Bool("version", false, "print the version and exit")
 	fs.Usage = func() {
-		fmt.Fprintf(stderr, "usage:\n  loopmx [-c DIR]               run the server in the foreground\n  loopmx check-config [-c DIR]  validate a config directory and print the effective settings\n  loopmx --version\n\nflags:\n")
+		fmt.Fprintf(stderr, "usage:\n  loopmx [-c DIR]               run the server in the foreground\n  loopmx check-config [-c DIR]  validate a config directory and print the effective settings\n  loopmx doctor [-c DIR]        check kernel settings and limits against the config\n  loopmx --version\n\nflags:\n")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
@@ -69,7 +71,21 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	switch cmd {
 	case "serve":
-		return serve(cfg, stderr)
+		w, isWorker, err := supervisor.WorkerEnv()
+		if err != nil {
+			fmt.Fprintln(stderr, err)
+			return 1
+		}
+		if isWorker {
+			return serve(cfg, stderr, w.Listeners, w.Ready, w.ID)
+		}
+		if cfg.Main.Nodes >= 1 {
+			return superviseRun(cfg, *dir, stderr)
+		}
+		// One process, no supervisor: systemd may have opened the sockets.
+		return serve(cfg, stderr, supervisor.SystemdListeners(), func() { supervisor.Notify("READY=1") }, 0)
+	case "doctor":
+		return supervisor.Doctor(cfg, stdout)
 	case "check-config":
 		chain, err := plugins.Build(cfg)
 		if err != nil {
@@ -105,8 +121,42 @@ func newLogger(cfg *config.Config, w io.Writer) zerolog.Logger {
 	return zerolog.New(w).Level(lvl).With().Timestamp().Int("pid", os.Getpid()).Logger()
 }
 
-func serve(cfg *config.Config, stderr io.Writer) int {
+// superviseRun runs this process as the supervisor of cfg.Main.Nodes
+// worker processes.
+func superviseRun(cfg *config.Config, dir string, stderr io.Writer) int {
+	log := newLogger(cfg, stderr).With().Str("role", "supervisor").Logger()
+	exe, err := os.Executable()
+	if err != nil {
+		fmt.Fprintln(stderr, "loopmx: cannot find my own binary:", err)
+		return 1
+	}
+	return supervisor.Run(cfg, supervisor.Options{
+		ConfigDir: dir,
+		Exe:       exe,
+		Load: func() (*config.Config, error) {
+			c, err := loadConfig(dir)
+			if err != nil {
+				return nil, err
+			}
+			chain, err := plugins.Build(c)
+			if err != nil {
+				return nil, err
+			}
+			chain.Close()
+			return c, nil
+		},
+		Listen: loop.ListenFile,
+		Log:    log,
+	})
+}
+
+// serve runs the SMTP server in this process: on listeners handed over by
+// a supervisor or systemd, or on its own. ready is called once it accepts.
+func serve(cfg *config.Config, stderr io.Writer, listeners []*os.File, ready func(), worker int) int {
 	log := newLogger(cfg, stderr)
+	if worker > 0 {
+		log = log.With().Int("worker", worker).Logger()
+	}
 	chain, err := plugins.Build(cfg)
 	if err != nil {
 		fmt.Fprintln(stderr, err)
@@ -114,7 +164,9 @@ func serve(cfg *config.Config, stderr io.Writer) int {
 	}
 	defer chain.Close()
 	pool := workpool.New(cfg.Main.ThreadpoolSize, cfg.Main.WorkQueueSize)
-	srv, err := loop.New(loop.OptionsFrom(cfg, log), chain, pool)
+	opts := loop.OptionsFrom(cfg, log)
+	opts.Listeners = listeners
+	srv, err := loop.New(opts, chain, pool)
 	if err != nil {
 		log.Error().Err(err).Msg("cannot listen")
 		return 1
@@ -129,6 +181,7 @@ func serve(cfg *config.Config, stderr io.Writer) int {
 	}
 	log.Info().Strs("listen", addrs).Int("loops", cfg.Main.Loops).Int("threadpool_size", pool.Workers()).
 		Strs("plugins", chain.Names()).Str("config", cfgName(cfg)).Str("version", version).Msg("loopmx ready")
+	ready()
 
 	sigs := make(chan os.Signal, 2)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
@@ -140,6 +193,9 @@ func serve(cfg *config.Config, stderr io.Writer) int {
 		log.Warn().Str("signal", s.String()).Msg("second signal: exiting now")
 		os.Exit(1)
 	}()
+	if worker == 0 {
+		supervisor.Notify("STOPPING=1")
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), cfg.Main.GracefulTimeout)
 	srv.Shutdown(ctx)
 	cancel()

@@ -39,6 +39,14 @@ import (
 type Options struct {
 	// Listen are the addresses to bind ("127.0.0.1:2525", "[::1]:25").
 	Listen []string
+	// Listeners, when set, are already-open listening sockets (from a
+	// supervisor or systemd) used instead of binding Listen. The server
+	// takes ownership of them.
+	Listeners []*os.File
+	// Socket tuning applied to the listening sockets, from which Linux
+	// copies it to every accepted socket (no syscall per connection).
+	TCPKeepalive           time.Duration
+	RecvBuffer, SendBuffer int
 	// Loops is the number of event loops (>= 1).
 	Loops int
 	// SingleAccept makes a loop accept one connection per wake-up.
@@ -84,7 +92,10 @@ func OptionsFrom(cfg *config.Config, log zerolog.Logger) Options {
 		MaxConnectionsPerIP: m.MaxConnectionsPerIP,
 		MaxPipelineBuffer:   m.MaxPipelineBuffer,
 		GracefulTimeout:     m.GracefulTimeout,
-		Backlog:             4096,
+		Backlog:             m.Backlog,
+		TCPKeepalive:        m.TCPKeepalive,
+		RecvBuffer:          m.RecvBuffer,
+		SendBuffer:          m.SendBuffer,
 		Log:                 log,
 	}
 }
@@ -148,24 +159,67 @@ func New(opts Options, chain *plugins.Chain, pool *workpool.Pool) (*Server, erro
 		replyShutdown:  []byte("421 4.3.2 " + host + " Service shutting down, try again later\r\n"),
 		replyTimeout:   []byte("421 4.4.2 " + host + " Error: timeout exceeded\r\n"),
 	}
-	for _, a := range opts.Listen {
-		ap, err := resolveListen(a)
-		if err != nil {
-			s.closeListeners()
-			return nil, fmt.Errorf("loop: listen %q: %w", a, err)
+	if len(opts.Listeners) > 0 {
+		for _, f := range opts.Listeners {
+			fd, err := unix.Dup(int(f.Fd()))
+			f.Close()
+			if err != nil {
+				s.closeListeners()
+				return nil, fmt.Errorf("loop: inherited listener: %w", err)
+			}
+			unix.CloseOnExec(fd)
+			if err := unix.SetNonblock(fd, true); err != nil {
+				unix.Close(fd)
+				s.closeListeners()
+				return nil, fmt.Errorf("loop: inherited listener: %w", err)
+			}
+			s.lfds = append(s.lfds, fd)
 		}
-		fd, err := listenTCP(ap, opts.Backlog)
-		if err != nil {
-			s.closeListeners()
-			return nil, fmt.Errorf("loop: listen %s: %w", a, err)
+	} else {
+		for _, a := range opts.Listen {
+			fd, err := ListenFD(a, opts.Backlog, false)
+			if err != nil {
+				s.closeListeners()
+				return nil, err
+			}
+			s.lfds = append(s.lfds, fd)
 		}
-		s.lfds = append(s.lfds, fd)
+	}
+	for _, fd := range s.lfds {
+		tuneListener(fd, opts.TCPKeepalive, opts.RecvBuffer, opts.SendBuffer)
 		s.addrs = append(s.addrs, localAddr(fd))
 	}
 	if len(s.lfds) == 0 {
 		return nil, errors.New("loop: no listen address")
 	}
 	return s, nil
+}
+
+// ListenFD opens a non-blocking listening socket on a ("host:port"), with
+// SO_REUSEPORT when reuseport is set (one socket per worker process).
+func ListenFD(a string, backlog int, reuseport bool) (int, error) {
+	ap, err := resolveListen(a)
+	if err != nil {
+		return -1, fmt.Errorf("loop: listen %q: %w", a, err)
+	}
+	if backlog <= 0 {
+		backlog = 4096
+	}
+	fd, err := listenTCP(ap, backlog, reuseport)
+	if err != nil {
+		return -1, fmt.Errorf("loop: listen %s: %w", a, err)
+	}
+	return fd, nil
+}
+
+// ListenFile is ListenFD wrapped in an *os.File, for a supervisor that
+// hands listeners to worker processes.
+func ListenFile(a string, backlog int, reuseport bool) (*os.File, error) {
+	fd, err := ListenFD(a, backlog, reuseport)
+	if err != nil {
+		return nil, err
+	}
+	return os.NewFile(uintptr(fd), "listen "+a), nil
 }
 
 func resolveListen(a string) (netip.AddrPort, error) {

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"net/netip"
 	"syscall"
+	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -90,7 +91,7 @@ func localAddr(fd int) netip.AddrPort {
 }
 
 // listenTCP opens a non-blocking listening socket on addr ("host:port").
-func listenTCP(ap netip.AddrPort, backlog int) (int, error) {
+func listenTCP(ap netip.AddrPort, backlog int, reuseport bool) (int, error) {
 	family := unix.AF_INET
 	if ap.Addr().Is6() && !ap.Addr().Is4In6() {
 		family = unix.AF_INET6
@@ -102,6 +103,12 @@ func listenTCP(ap netip.AddrPort, backlog int) (int, error) {
 	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1); err != nil {
 		unix.Close(fd)
 		return -1, err
+	}
+	if reuseport {
+		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEPORT, 1); err != nil {
+			unix.Close(fd)
+			return -1, err
+		}
 	}
 	var sa unix.Sockaddr
 	if family == unix.AF_INET6 {
@@ -119,4 +126,26 @@ func listenTCP(ap netip.AddrPort, backlog int) (int, error) {
 		return -1, err
 	}
 	return fd, nil
+}
+
+// tuneListener sets keepalive and buffer sizes on a listening socket;
+// Linux copies them to each accepted socket. Failures are ignored: the
+// kernel's defaults still work.
+func tuneListener(fd int, keepalive time.Duration, rcv, snd int) {
+	if keepalive > 0 {
+		secs := int(keepalive / time.Second)
+		if secs < 1 {
+			secs = 1
+		}
+		_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_KEEPALIVE, 1)
+		_ = unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_KEEPIDLE, secs)
+		_ = unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_KEEPINTVL, max(secs/5, 1))
+		_ = unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_KEEPCNT, 5)
+	}
+	if rcv > 0 {
+		_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUF, rcv)
+	}
+	if snd > 0 {
+		_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUF, snd)
+	}
 }
