@@ -30,11 +30,15 @@ type Config struct {
 	KeepBareLineEndings bool
 	// Extensions are extra EHLO keywords offered after the built-in ones.
 	Extensions []string
+	// StartTLS offers STARTTLS (RFC 3207) on plain connections.
+	StartTLS bool
 	// UnknownToHost passes unimplemented commands to the host as
 	// KindUnknown events instead of answering them at once.
 	UnknownToHost bool
 
 	keywords     []string
+	keywordsTLS  []string
+	ehloReplyTLS []byte
 	banner       []byte
 	ehloReply    []byte
 	heloReply    []byte
@@ -71,6 +75,11 @@ func (c *Config) Prepare() {
 		"CHUNKING",
 	}
 	ext = append(ext, c.Extensions...)
+	c.keywordsTLS = append([]string(nil), ext...)
+	c.ehloReplyTLS = EHLOReply(c.Hostname, ext)
+	if c.StartTLS {
+		ext = append(ext, "STARTTLS")
+	}
 	c.keywords = ext
 	c.ehloReply = EHLOReply(c.Hostname, ext)
 	c.longLineRepl = []byte("550 5.5.2 Message refused: a line is longer than " +
@@ -78,8 +87,14 @@ func (c *Config) Prepare() {
 	c.busyReply = []byte("421 4.3.2 " + c.Hostname + " Service busy, try again later\r\n")
 }
 
-// Keywords returns a copy of the EHLO keywords the server offers.
-func (c *Config) Keywords() []string { return append([]string(nil), c.keywords...) }
+// Keywords returns a copy of the EHLO keywords the server offers; tls
+// selects the list for a session already under TLS (no STARTTLS).
+func (c *Config) Keywords(tls bool) []string {
+	if tls {
+		return append([]string(nil), c.keywordsTLS...)
+	}
+	return append([]string(nil), c.keywords...)
+}
 
 // Banner is the 220 greeting (RFC 5321 4.3.1).
 func (c *Config) Banner() []byte { return c.banner }

@@ -149,5 +149,8 @@ var (
 	replyTooBig       = []byte("552 5.3.4 Message size exceeds fixed limit\r\n")
 	replyBareEOL      = []byte("550 5.6.0 Message refused: bare CR or LF in message; lines must end with CRLF\r\n")
 	replyTooManyError = []byte("421 4.7.0 Too many errors, closing connection\r\n")
+	replyTLSGo        = []byte("220 2.0.0 Ready to start TLS\r\n")
+	replyTLSActive    = []byte("503 5.5.1 Error: TLS already active\r\n")
+	replyEhloFirst    = []byte("503 5.5.1 Error: send EHLO first\r\n")
 	replyBdatBroken   = []byte("501 5.5.4 Syntax: BDAT count [LAST]; closing connection, framing is lost\r\n")
 )

@@ -28,6 +28,10 @@ const (
 	KindReset
 	// KindQuit: QUIT; write Event.Reply, then close.
 	KindQuit
+	// KindStartTLS: STARTTLS was accepted (RFC 3207); write Event.Reply,
+	// drop any input that followed the command, then start the TLS
+	// handshake and call StartedTLS.
+	KindStartTLS
 	// KindUnknown: a command the session does not implement; Event.Arg is
 	// the whole command line. The zero Reply gives the default error (500
 	// or 502, counted toward MaxErrors); a plugin may answer it instead.
@@ -93,6 +97,7 @@ type Session struct {
 	pendTx       Tx       // MAIL parameters waiting for the decision
 	pendExt      bool     // the pending KindHelo came from EHLO
 	pendDefault  []byte   // the default reply of a pending KindUnknown
+	tls          bool     // the session runs over TLS (STARTTLS or implicit)
 	ehloKeywords []string // keywords chosen by the host for the pending EHLO
 
 	// message body state
@@ -162,14 +167,22 @@ func (s *Session) Closed() bool { return s.st == stClosed }
 // Protocol returns the "with" word of the Received header for the current
 // transaction (RFC 3848, RFC 6531 3.7.3): SMTP, ESMTP or UTF8SMTP.
 func (s *Session) Protocol() string {
+	p := "SMTP"
 	switch {
 	case s.tx.SMTPUTF8:
-		return "UTF8SMTP"
+		p = "UTF8SMTP"
 	case s.Extended:
-		return "ESMTP"
-	default:
-		return "SMTP"
+		p = "ESMTP"
 	}
+	if s.tls {
+		// RFC 3848 2: ESMTPS; RFC 6531 3.7.3: UTF8SMTPS. Plain SMTP over
+		// TLS has no word of its own.
+		if p == "SMTP" {
+			p = "ESMTP"
+		}
+		p += "S"
+	}
+	return p
 }
 
 func (s *Session) resetTx() {
@@ -291,6 +304,8 @@ func (s *Session) dispatch(verb, arg []byte) Event {
 		return reply(replyVrfy)
 	case verbIs(verb, "HELP"):
 		return reply(replyHelp)
+	case verbIs(verb, "STARTTLS") && s.cfg.StartTLS:
+		return s.startTLS(arg)
 	case verbIs(verb, "EXPN"), verbIs(verb, "STARTTLS"), verbIs(verb, "AUTH"),
 		verbIs(verb, "ETRN"), verbIs(verb, "TURN"), verbIs(verb, "ATRN"):
 		return s.unknown(verb, arg, replyNotImpl)
@@ -303,6 +318,30 @@ func (s *Session) dispatch(verb, arg []byte) Event {
 	}
 	return s.unknown(verb, arg, replyUnknown)
 }
+
+// startTLS answers STARTTLS (RFC 3207 4).
+func (s *Session) startTLS(arg []byte) Event {
+	switch {
+	case s.tls:
+		return s.fail(replyTLSActive)
+	case len(bytes.TrimSpace(arg)) > 0:
+		return s.fail(replySyntaxNoArg)
+	case s.Helo == "" || !s.Extended:
+		return s.fail(replyEhloFirst)
+	}
+	s.st = stClosed // nothing is parsed until StartedTLS
+	return Event{Kind: KindStartTLS, Reply: replyTLSGo}
+}
+
+// StartedTLS resets the session after a successful TLS handshake: RFC 3207
+// 4.2 says the client must greet again and forget what it knew.
+func (s *Session) StartedTLS() {
+	s.Reset()
+	s.tls = true
+}
+
+// TLS reports whether the session runs over TLS.
+func (s *Session) TLS() bool { return s.tls }
 
 // unknown hands a command we do not implement to the host, which may let
 // a plugin answer it; def is the reply when none does.
@@ -456,6 +495,9 @@ func (s *Session) Resolve(r Reply) []byte {
 			s.Extended = s.pendExt
 			if s.Extended {
 				out = s.cfg.ehloReply
+				if s.tls {
+					out = s.cfg.ehloReplyTLS
+				}
 				if s.ehloKeywords != nil {
 					out = EHLOReply(s.cfg.Hostname, s.ehloKeywords)
 					s.ehloKeywords = nil

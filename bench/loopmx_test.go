@@ -1,0 +1,101 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// TestAgainstLoopmx builds the server of this module, starts it with the
+// bench config (queue/discard, unlimited connections) the way scripts/bench.sh
+// does, and runs a short bench with -pid. It skips when the server does not
+// build, so that the generator can be tested on its own.
+func TestAgainstLoopmx(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and starts the server")
+	}
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "loopmx")
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	build := exec.CommandContext(ctx, "go", "build", "-o", bin, ".")
+	build.Dir = ".."
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Skipf("loopmx does not build: %v\n%.2000s", err, out)
+	}
+
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	cfg := filepath.Join(dir, "config")
+	if err := os.Mkdir(cfg, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	ini := fmt.Sprintf("[main]\nlisten = %s\nmax_connections = 0\n[log]\nlevel = warn\n", addr)
+	if err := os.WriteFile(filepath.Join(cfg, "smtp.ini"), []byte(ini), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(cfg, "plugins"), []byte("queue/discard\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+
+	srv := exec.Command(bin, "-c", cfg)
+	var logs bytes.Buffer
+	srv.Stderr = &logs
+	if err := srv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- srv.Wait() }()
+	stopped := false
+	stop := func() {
+		if stopped {
+			return
+		}
+		stopped = true
+		srv.Process.Signal(syscall.SIGTERM)
+		select {
+		case err := <-exited:
+			if err != nil {
+				t.Errorf("loopmx after SIGTERM: %v\n%s", err, logs.String())
+			}
+		case <-time.After(10 * time.Second):
+			srv.Process.Kill()
+			<-exited
+			t.Errorf("loopmx did not stop within 10s of SIGTERM")
+		}
+	}
+	defer stop()
+
+	code, out, rep := bench(t, "-wait", "10s", "-warmup", "20", "-scenario", "session,pipeline,idle,mix",
+		"-n", "200", "-c", "10", "-pid", fmt.Sprint(srv.Process.Pid), "-label", "loopmx", addr)
+	if code != 0 {
+		stop()
+		t.Fatalf("exit %d:\n%s\nserver log:\n%s", code, out, logs.String())
+	}
+	for _, r := range rep.Results {
+		noErrors(t, r)
+		if r.Skipped != "" {
+			t.Errorf("%s skipped: %s", r.Params.Scenario, r.Skipped)
+		}
+		if r.Server == nil || r.Server.Procs < 1 {
+			t.Errorf("%s: no server figures for pid %d", r.Params.Scenario, srv.Process.Pid)
+		}
+	}
+	if s := result(t, rep, "session"); s.Messages != 200 {
+		t.Errorf("session: %d messages delivered, want 200", s.Messages)
+	}
+	if idle := result(t, rep, "idle"); idle.Sessions != 200 {
+		t.Errorf("idle: held %d connections, want 200", idle.Sessions)
+	}
+}

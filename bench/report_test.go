@@ -1,0 +1,148 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"math"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func near(a, b float64) bool { return math.Abs(a-b) <= 1e-9*math.Max(1, math.Abs(b)) }
+
+func TestRatesAndCostsPerSessionAndMessage(t *testing.T) {
+	st := &stats{}
+	st.sessions.Store(2000)
+	st.messages.Store(1500)
+	st.errs[errReply4].Store(3)
+	srv := &serverDelta{
+		pid:    42,
+		before: procTree{CPU: 1 * time.Second, RSS: 10 << 20, Procs: 2},
+		after:  procTree{CPU: 1500 * time.Millisecond, RSS: 11 << 20, Procs: 2},
+	}
+	p := params{Scenario: "mix"}
+	r := buildResult(p, st, 2*time.Second, 300*time.Millisecond, srv)
+	for _, c := range []struct {
+		name      string
+		got, want float64
+	}{
+		{"sessions/s", r.SessionsPerSec, 1000},
+		{"messages/s", r.MessagesPerSec, 750},
+		{"server CPU/session µs", r.Server.CPUPerSessionUS, 250},
+		{"server CPU/message µs", r.Server.CPUPerMessageUS, 500.0 * 1000 / 1500},
+		{"client CPU/session µs", r.Client.CPUPerSessionUS, 150},
+		{"client CPU/message µs", r.Client.CPUPerMessageUS, 200},
+		{"server RSS peak KB", r.Server.RSSPeakKB, 11 * 1024},
+	} {
+		if !near(c.got, c.want) {
+			t.Errorf("%s = %v, want %v", c.name, c.got, c.want)
+		}
+	}
+	if r.errorCount() != 3 || r.Errors["4xx"] != 3 {
+		t.Errorf("errors = %v, want 3 of 4xx", r.Errors)
+	}
+
+	// Kept sessions are counted per message only: CPU per session of 50
+	// long sessions would mean nothing.
+	st.sessions.Store(50)
+	k := buildResult(params{Scenario: "keepalive"}, st, time.Second, time.Second, srv)
+	if k.Server.CPUPerSessionUS != 0 || k.Client.CPUPerSessionUS != 0 || k.Server.CPUPerMessageUS == 0 {
+		t.Errorf("keepalive: server %+v client %+v; want per message only", k.Server, k.Client)
+	}
+}
+
+func TestRSSPerIdleConnection(t *testing.T) {
+	st := &stats{}
+	st.sessions.Store(1000)
+	srv := &serverDelta{
+		before:    procTree{RSS: 10 << 20},
+		held:      &procTree{RSS: 10<<20 + 1000*11*1024}, // 11 KB more per connection
+		heldConns: 1000,
+		after:     procTree{RSS: 12 << 20},
+	}
+	r := buildResult(params{Scenario: "idle"}, st, time.Second, 0, srv)
+	if !near(r.Server.RSSPerConnKB, 11) {
+		t.Errorf("RSS per connection = %v KB, want 11", r.Server.RSSPerConnKB)
+	}
+	if !near(r.Server.RSSPeakKB, r.Server.RSSHeldKB) {
+		t.Errorf("peak RSS %v KB is not the held one %v KB", r.Server.RSSPeakKB, r.Server.RSSHeldKB)
+	}
+}
+
+func TestFormats(t *testing.T) {
+	for _, c := range []struct {
+		us   float64
+		want string
+	}{{0, "-"}, {4.25, "4.2µs"}, {812.4, "812µs"}, {1234, "1.23ms"}, {45678, "45.7ms"}, {456789, "457ms"}, {2.5e6, "2.50s"}} {
+		if got := fmtUS(c.us); got != c.want {
+			t.Errorf("fmtUS(%v) = %q, want %q", c.us, got, c.want)
+		}
+	}
+}
+
+func TestMedianAndRatio(t *testing.T) {
+	for _, c := range []struct {
+		in   []float64
+		want float64
+	}{{[]float64{3, 1, 2}, 2}, {[]float64{4, 1, 3, 2}, 2.5}, {[]float64{0, 5, 0}, 5}, {nil, 0}} {
+		if got := median(c.in); got != c.want {
+			t.Errorf("median(%v) = %v, want %v", c.in, got, c.want)
+		}
+	}
+	if got := ratio(150, 300); got != "0.50x" {
+		t.Errorf("ratio(150, 300) = %q", got)
+	}
+	if got := ratio(150, 0); got != "-" {
+		t.Errorf("ratio against a missing figure = %q, want -", got)
+	}
+}
+
+// TestCompareTakesMediansOverRuns writes three runs of two servers, one
+// with an outlier, and reads the comparison table.
+func TestCompareTakesMediansOverRuns(t *testing.T) {
+	dir := t.TempDir()
+	var files []string
+	write := func(label string, run int, cpuUS, rssKB float64) {
+		rep := Report{Label: label, Results: []Result{
+			{Params: params{Scenario: "session"}, Server: &ServerStats{CPUPerSessionUS: cpuUS}, SessionsPerSec: 1000},
+			{Params: params{Scenario: "idle"}, Server: &ServerStats{RSSPerConnKB: rssKB}},
+			{Params: params{Scenario: "pipeline"}, Skipped: "server does not offer PIPELINING"},
+		}}
+		b, _ := json.Marshal(rep)
+		f := filepath.Join(dir, label+string(rune('0'+run))+".json")
+		if err := os.WriteFile(f, b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		files = append(files, f)
+	}
+	for i, cpu := range []float64{100, 900, 110} { // median 110, not the mean
+		write("peer", i, 2*cpu, 10)
+		write("loopmx", i, cpu, 2)
+	}
+	var out bytes.Buffer
+	if err := compareMain(files, "loopmx", &out); err != nil {
+		t.Fatal(err)
+	}
+	text := out.String()
+	lines := map[string]string{}
+	for l := range strings.Lines(text) {
+		f := strings.Fields(l)
+		if len(f) > 2 {
+			lines[f[0]+" "+f[len(f)-1]] = l
+		}
+	}
+	for _, want := range []string{"session 0.50x", "idle 0.20x", "session 1.00x"} {
+		if lines[want] == "" {
+			t.Errorf("no line ending %q in\n%s", want, text)
+		}
+	}
+	if !strings.Contains(text, "110µs") || !strings.Contains(text, "loopmx 3, peer 3") {
+		t.Errorf("want the median 110µs and the run counts in\n%s", text)
+	}
+	if strings.Contains(text, "pipeline") {
+		t.Errorf("skipped scenarios must not show figures:\n%s", text)
+	}
+}

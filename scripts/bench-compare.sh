@@ -1,0 +1,179 @@
+#!/usr/bin/env bash
+# bench-compare.sh: what `make bench-compare` runs. The standard scenarios
+# against loopmx and each installed peer of shared/peers (smtp-sink, the
+# go-smtp sink, floor.c, Haraka), in ROUNDS interleaved rounds, then the
+# median of each figure per server and the ratio loopmx/peer.
+#
+# Server and client are pinned to the SAME core (CORE, default 0), as the
+# peers README advises: on a small shared machine that cuts run-to-run
+# spread from about 2x to a few percent, every server gets the same one
+# core (Go servers see GOMAXPROCS=1), and the figures compared, the
+# server's CPU per session and per message from /proc, do not depend on how
+# the scheduler spread the two programs over the cores.
+#
+# A peer that is not installed is named as skipped. Haraka is never
+# installed from here (it takes minutes): run shared/peers/haraka.sh install
+# once to include it. Every server is started and stopped by its pid.
+#
+# Environment:
+#   ROUNDS      rounds (default 3); the median is over rounds
+#   CORE        the core both sides run on (default 0)
+#   SCALE       multiplies each scenario's default -n (default 0.5, which
+#               keeps a round of five servers near two minutes)
+#   BENCH_ARGS  extra loopmx-bench flags for every run
+#   PEERS_DIR   where the peers live (default ../shared/peers)
+#   HARAKA_BASE where haraka.sh installed Haraka (default $TMPDIR/haraka-peer)
+#   KEEP        a directory to keep each run's table and JSON in
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+ROUNDS=${ROUNDS:-3}
+CORE=${CORE:-0}
+SCALE=${SCALE:-0.5}
+PEERS_DIR=$(cd "${PEERS_DIR:-../shared/peers}" 2>/dev/null && pwd || echo "${PEERS_DIR:-../shared/peers}")
+HARAKA_BASE=${HARAKA_BASE:-${TMPDIR:-/tmp}/haraka-peer}
+
+go build -o bin/loopmx .
+go build -o bin/loopmx-bench ./bench
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/loopmx-compare.XXXXXX")
+out=${KEEP:-$tmp/results}
+mkdir -p "$out"
+pid=""
+stop_cmd=""
+
+# stop_tree stops a process and the processes it started, by pid.
+stop_tree() {
+	local root=$1 kids p
+	kids=$(pgrep -P "$root" 2>/dev/null || true)
+	kill -TERM "$root" 2>/dev/null || true
+	for _ in $(seq 1 50); do
+		kill -0 "$root" 2>/dev/null || break
+		sleep 0.1
+	done
+	for p in $root $kids; do
+		kill -0 "$p" 2>/dev/null && kill -KILL "$p" 2>/dev/null || true
+	done
+	wait "$root" 2>/dev/null || true
+}
+
+stop_server() {
+	if [ -n "$stop_cmd" ]; then
+		$stop_cmd >/dev/null 2>&1 || true
+	fi
+	if [ -n "$pid" ]; then
+		stop_tree "$pid"
+	fi
+	pid="" stop_cmd=""
+}
+
+cleanup() {
+	stop_server
+	rm -rf "$tmp"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+pin="taskset -c $CORE"
+if ! command -v taskset >/dev/null 2>&1; then
+	echo "bench-compare.sh: taskset not found (util-linux); running unpinned" >&2
+	pin=""
+fi
+
+# Which servers can run here. Each has a start_NAME PORT function that sets
+# pid (and stop_cmd when the server has its own way to stop).
+servers=(loopmx)
+skipped=()
+
+start_loopmx() {
+	mkdir -p "$tmp/loopmx"
+	printf '[main]\nlisten = 127.0.0.1:%s\nmax_connections = 0\n[log]\nlevel = warn\n' "$1" > "$tmp/loopmx/smtp.ini"
+	echo "queue/discard" > "$tmp/loopmx/plugins"
+	$pin bin/loopmx -c "$tmp/loopmx" 2>>"$tmp/loopmx.log" &
+	pid=$!
+}
+
+SMTP_SINK=$(command -v smtp-sink || echo /usr/sbin/smtp-sink)
+if [ -x "$SMTP_SINK" ]; then
+	servers+=(smtp-sink)
+else
+	skipped+=("smtp-sink: not installed (apt-get install postfix)")
+fi
+start_smtp-sink() {
+	local user=()
+	[ "$(id -u)" = 0 ] && user=(-u nobody)
+	$pin "$SMTP_SINK" "${user[@]}" -m 8000 "127.0.0.1:$1" 4096 2>>"$tmp/smtp-sink.log" &
+	pid=$!
+}
+
+if [ -d "$PEERS_DIR/gosmtp-sink" ] && (cd "$PEERS_DIR/gosmtp-sink" && go build -o "$tmp/gosmtp-sink" .) 2>"$tmp/gosmtp-build.log"; then
+	servers+=(gosmtp-sink)
+else
+	skipped+=("gosmtp-sink: does not build from $PEERS_DIR/gosmtp-sink ($(tail -1 "$tmp/gosmtp-build.log" 2>/dev/null))")
+fi
+start_gosmtp-sink() {
+	$pin "$tmp/gosmtp-sink" -addr "127.0.0.1:$1" 2>>"$tmp/gosmtp-sink.log" &
+	pid=$!
+}
+
+if [ -f "$PEERS_DIR/floor.c" ] && command -v gcc >/dev/null 2>&1 && gcc -O2 -o "$tmp/floor" "$PEERS_DIR/floor.c" 2>"$tmp/floor-build.log"; then
+	servers+=(floor)
+else
+	skipped+=("floor: needs gcc and $PEERS_DIR/floor.c")
+fi
+start_floor() {
+	$pin "$tmp/floor" "$1" 2>>"$tmp/floor.log" &
+	pid=$!
+}
+
+if [ -x "$HARAKA_BASE/node_modules/.bin/haraka" ] && [ -d "$HARAKA_BASE/h" ]; then
+	servers+=(haraka)
+else
+	skipped+=("haraka: not installed (run $PEERS_DIR/haraka.sh install first)")
+fi
+start_haraka() {
+	PORT=$1 BASE=$HARAKA_BASE $pin "$PEERS_DIR/haraka.sh" start 0 >>"$tmp/haraka.log" 2>&1 || return 1
+	pid=$(cat "$HARAKA_BASE/haraka.pid")
+	stop_cmd="env BASE=$HARAKA_BASE $PEERS_DIR/haraka.sh stop"
+}
+
+n=${#servers[@]}
+echo "bench-compare: ${servers[*]}; $ROUNDS rounds, server and client on core $CORE, -scale $SCALE" >&2
+for ((r = 1; r <= ROUNDS; r++)); do
+	for ((i = 0; i < n; i++)); do
+		# Each round starts one server later, so no server is always first.
+		name=${servers[$(((i + r - 1) % n))]}
+		port=$(bin/loopmx-bench -free-port)
+		if ! "start_$name" "$port"; then
+			echo "  round $r: $name did not start; see its log" >&2
+			continue
+		fi
+		t0=$SECONDS
+		status=0
+		# shellcheck disable=SC2086 # BENCH_ARGS is a list of flags
+		$pin bin/loopmx-bench -progress off -wait 30s -scenario standard -scale "$SCALE" -pid "$pid" \
+			-label "$name" -json "$out/$name.$r.json" ${BENCH_ARGS:-} "127.0.0.1:$port" \
+			>"$out/$name.$r.txt" 2>&1 || status=$?
+		stop_server
+		if [ "$status" -ne 0 ]; then
+			echo "  round $r: $name: loopmx-bench exited $status:" >&2
+			tail -5 "$out/$name.$r.txt" >&2
+			rm -f "$out/$name.$r.json"
+		else
+			echo "  round $r: $name done in $((SECONDS - t0))s" >&2
+		fi
+	done
+done
+
+echo
+shopt -s nullglob
+results=("$out"/*.json)
+if [ ${#results[@]} -eq 0 ]; then
+	echo "bench-compare.sh: no run finished" >&2
+	exit 1
+fi
+bin/loopmx-bench -compare -base loopmx "${results[@]}"
+for s in "${skipped[@]}"; do
+	echo "skipped $s"
+done
