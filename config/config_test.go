@@ -76,6 +76,7 @@ func TestLoadEmptyDirGivesDefaults(t *testing.T) {
 		Backlog:             4096,
 		TCPKeepalive:        120 * time.Second,
 		RestartBackoffMax:   30 * time.Second,
+		ProxyTimeout:        10 * time.Second,
 	}
 	if !reflect.DeepEqual(c.Main, want) {
 		t.Errorf("Main =\n%+v\nwant\n%+v", c.Main, want)

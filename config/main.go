@@ -2,6 +2,7 @@ package config
 
 import (
 	"fmt"
+	"net/netip"
 	"os"
 	"runtime"
 	"strconv"
@@ -12,33 +13,61 @@ import (
 // Main holds the [main] section of smtp.ini. docs/config.md describes each
 // key; the comment after each field names its key.
 type Main struct {
-	Listen              []string      // listen: host:port addresses, IPv6 in brackets
-	Nodes               int           // nodes: worker processes under a supervisor; 0 = one process, no supervisor
-	Loops               int           // loops: event loops per process
-	SingleAccept        bool          // single_accept: yield after each accept
-	ThreadpoolSize      int           // threadpool_size: workpool workers; UV_THREADPOOL_SIZE overrides
-	Me                  string        // me: host name for the banner and Received
-	InactivityTimeout   time.Duration // inactivity_timeout: idle time before a client is dropped
-	MaxMessageSize      int64         // max_message_size: bytes, advertised as SIZE
-	MaxRecipients       int           // max_recipients: RCPT TO per transaction
-	MaxLineLength       int           // max_line_length: command line bytes incl. CRLF
-	MaxDataLineLength   int           // max_data_line_length: message line bytes incl. CRLF; 0 = unlimited
-	LongLines           string        // long_lines: "reject" or "keep"
-	BareLineEndings     string        // bare_line_endings: "reject" or "keep"
-	MaxConnections      int           // max_connections: per process; 0 = unlimited
-	MaxConnectionsPerIP int           // max_connections_per_ip: 0 = unlimited
-	MaxErrors           int           // max_errors: protocol errors before the connection is closed
-	GracefulTimeout     time.Duration // graceful_timeout: how long a drain waits for open sessions
-	MaxPipelineBuffer   int           // max_pipeline_buffer: unprocessed input kept while a hook runs
-	WorkQueueSize       int           // work_queue_size: workpool queue length
-	User                string        // user: run workers as this user when started as root ("" = do not change)
-	Group               string        // group: run workers with this group ("" = the user's primary group)
-	SchedPolicy         string        // sched_policy: "shared" (one socket, every worker accepts) or "reuseport"
-	Backlog             int           // backlog: listen(2) backlog (capped by net.core.somaxconn)
-	TCPKeepalive        time.Duration // tcp_keepalive: keepalive idle time on accepted sockets; 0 = off
-	RecvBuffer          int           // recv_buffer: SO_RCVBUF of accepted sockets in bytes; 0 = kernel default
-	SendBuffer          int           // send_buffer: SO_SNDBUF of accepted sockets in bytes; 0 = kernel default
-	RestartBackoffMax   time.Duration // restart_backoff_max: longest wait before restarting a worker that keeps dying
+	Listen              []string       // listen: host:port addresses, IPv6 in brackets
+	Nodes               int            // nodes: worker processes under a supervisor; 0 = one process, no supervisor
+	Loops               int            // loops: event loops per process
+	SingleAccept        bool           // single_accept: yield after each accept
+	ThreadpoolSize      int            // threadpool_size: workpool workers; UV_THREADPOOL_SIZE overrides
+	Me                  string         // me: host name for the banner and Received
+	InactivityTimeout   time.Duration  // inactivity_timeout: idle time before a client is dropped
+	MaxMessageSize      int64          // max_message_size: bytes, advertised as SIZE
+	MaxRecipients       int            // max_recipients: RCPT TO per transaction
+	MaxLineLength       int            // max_line_length: command line bytes incl. CRLF
+	MaxDataLineLength   int            // max_data_line_length: message line bytes incl. CRLF; 0 = unlimited
+	LongLines           string         // long_lines: "reject" or "keep"
+	BareLineEndings     string         // bare_line_endings: "reject" or "keep"
+	MaxConnections      int            // max_connections: per process; 0 = unlimited
+	MaxConnectionsPerIP int            // max_connections_per_ip: 0 = unlimited
+	MaxErrors           int            // max_errors: protocol errors before the connection is closed
+	GracefulTimeout     time.Duration  // graceful_timeout: how long a drain waits for open sessions
+	MaxPipelineBuffer   int            // max_pipeline_buffer: unprocessed input kept while a hook runs
+	WorkQueueSize       int            // work_queue_size: workpool queue length
+	User                string         // user: run workers as this user when started as root ("" = do not change)
+	Group               string         // group: run workers with this group ("" = the user's primary group)
+	SchedPolicy         string         // sched_policy: "shared" (one socket, every worker accepts) or "reuseport"
+	Backlog             int            // backlog: listen(2) backlog (capped by net.core.somaxconn)
+	TCPKeepalive        time.Duration  // tcp_keepalive: keepalive idle time on accepted sockets; 0 = off
+	RecvBuffer          int            // recv_buffer: SO_RCVBUF of accepted sockets in bytes; 0 = kernel default
+	SendBuffer          int            // send_buffer: SO_SNDBUF of accepted sockets in bytes; 0 = kernel default
+	RestartBackoffMax   time.Duration  // restart_backoff_max: longest wait before restarting a worker that keeps dying
+	SMTPSListen         []string       // smtps_listen: addresses speaking implicit TLS (RFC 8314, port 465 style)
+	ProxyListen         []string       // proxy_listen: addresses that expect a PROXY protocol v1/v2 header first
+	ProxyTrusted        []netip.Prefix // proxy_trusted: who may send a PROXY header (CIDRs)
+	ProxyTimeout        time.Duration  // proxy_timeout: how long a PROXY header may take to arrive
+}
+
+// Listener is one listening address and what it speaks.
+type Listener struct {
+	Addr  string
+	TLS   bool // implicit TLS from the first byte
+	Proxy bool // a PROXY protocol header comes first
+}
+
+// Listeners returns every listening address in a fixed order (listen,
+// then smtps_listen, then proxy_listen). A supervisor hands sockets to its
+// workers in this order.
+func (m Main) Listeners() []Listener {
+	var out []Listener
+	for _, a := range m.Listen {
+		out = append(out, Listener{Addr: a})
+	}
+	for _, a := range m.SMTPSListen {
+		out = append(out, Listener{Addr: a, TLS: true})
+	}
+	for _, a := range m.ProxyListen {
+		out = append(out, Listener{Addr: a, Proxy: true})
+	}
+	return out
 }
 
 // Log holds the [log] section of smtp.ini.
@@ -85,6 +114,7 @@ func defaultMain() Main {
 		Backlog:           4096,
 		TCPKeepalive:      120 * time.Second,
 		RestartBackoffMax: 30 * time.Second,
+		ProxyTimeout:      10 * time.Second,
 	}
 }
 
@@ -268,6 +298,58 @@ var mainSettings = []setting{
 	intSetting("recv_buffer", func(c *Config) *int { return &c.Main.RecvBuffer }, 0, 1<<30),
 	intSetting("send_buffer", func(c *Config) *int { return &c.Main.SendBuffer }, 0, 1<<30),
 	durationSetting("restart_backoff_max", func(c *Config) *time.Duration { return &c.Main.RestartBackoffMax }, time.Second),
+	optionalListen("smtps_listen", func(c *Config) *[]string { return &c.Main.SMTPSListen }),
+	optionalListen("proxy_listen", func(c *Config) *[]string { return &c.Main.ProxyListen }),
+	{
+		key: "proxy_trusted",
+		parse: func(c *Config, v string) error {
+			var out []netip.Prefix
+			for item := range strings.SplitSeq(v, ",") {
+				item = strings.TrimSpace(item)
+				if item == "" {
+					continue
+				}
+				p, err := netip.ParsePrefix(item)
+				if err != nil {
+					a, aerr := netip.ParseAddr(item)
+					if aerr != nil {
+						return &valueError{item, "is not an IP address or CIDR", err}
+					}
+					p = netip.PrefixFrom(a, a.BitLen())
+				}
+				out = append(out, p.Masked())
+			}
+			c.Main.ProxyTrusted = out
+			return nil
+		},
+		show: func(c *Config) string {
+			var parts []string
+			for _, p := range c.Main.ProxyTrusted {
+				parts = append(parts, p.String())
+			}
+			return strings.Join(parts, ", ")
+		},
+	},
+	durationSetting("proxy_timeout", func(c *Config) *time.Duration { return &c.Main.ProxyTimeout }, time.Second),
+}
+
+// optionalListen is a listen list that may be empty.
+func optionalListen(key string, field func(*Config) *[]string) setting {
+	return setting{
+		key: key,
+		parse: func(c *Config, v string) error {
+			if strings.TrimSpace(v) == "" {
+				*field(c) = nil
+				return nil
+			}
+			addrs, err := parseListen(v)
+			if err == nil {
+				*field(c) = addrs
+			}
+			return err
+		},
+		show: func(c *Config) string { return strings.Join(*field(c), ", ") },
+	}
 }
 
 // logSettings lists the keys of [log].
