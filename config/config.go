@@ -47,6 +47,7 @@ type Config struct {
 	fsys              fs.FS           // the built-in files; nil when reading Dir on disk
 	setIn             map[string]bool // slot(section, key) of each smtp.ini key the file sets
 	loopsPerCPU       bool            // loops is "cpus" (or left at that default)
+	pluginLines       []int           // line of each entry of Plugins
 	threadpoolFromEnv bool            // UV_THREADPOOL_SIZE overrode threadpool_size
 }
 
@@ -217,8 +218,18 @@ func (c *Config) readPlugins() ([]string, error) {
 		}
 		seen[l.text] = true
 		plugins = append(plugins, l.text)
+		c.pluginLines = append(c.pluginLines, l.n)
 	}
 	return plugins, nil
+}
+
+// PluginLine returns the line of the plugins file that names Plugins[i]
+// (0 when unknown), for error messages.
+func (c *Config) PluginLine(i int) int {
+	if i < 0 || i >= len(c.pluginLines) {
+		return 0
+	}
+	return c.pluginLines[i]
 }
 
 // listLine is one item of a flat list file and its 1-based line number.

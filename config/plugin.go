@@ -26,6 +26,15 @@ type PluginConfig struct {
 	timeout time.Duration
 }
 
+// CheckTimeout reports a bad "timeout" value (the chain checks it even
+// for plugins whose setup never opens their ini).
+func (p *PluginConfig) CheckTimeout() error {
+	if p.f.err != nil && strings.Contains(p.f.err.Error(), " timeout: ") {
+		return p.f.err
+	}
+	return nil
+}
+
 // Timeout is the plugin's "timeout" key (default DefaultPluginTimeout):
 // the longest the chain waits for one of its blocking hooks.
 func (p *PluginConfig) Timeout() time.Duration { return p.timeout }

@@ -44,6 +44,11 @@ type conn struct {
 	earlyTalk bool // input arrived before the banner
 	msg       *plugins.Message
 	nTx       int
+
+	kind      listenKind // what the listener it came from speaks
+	wantTLS   bool       // hand over to TLS once the output is written
+	proxyWait bool       // waiting for the PROXY header
+	t         *tlsState  // set once the connection left the loop for TLS
 }
 
 func newConn(el *eventLoop, fd int, peer netip.AddrPort, lfd int) *conn {
@@ -61,6 +66,7 @@ func newConn(el *eventLoop, fd int, peer netip.AddrPort, lfd int) *conn {
 	}
 	for i, l := range s.lfds {
 		if l == lfd {
+			c.kind = s.kinds[i]
 			a := s.addrs[i]
 			if a.Addr().IsUnspecified() {
 				a = localAddr(fd)
@@ -82,6 +88,10 @@ func (c *conn) start() {
 }
 
 func (c *conn) greet() {
+	if c.kind.TLS && !c.inTLS() {
+		c.startTLS() // implicit TLS: handshake first, banner after
+		return
+	}
 	c.greeted = true
 	c.write(c.el.srv.opts.Proto.Banner())
 	c.process()
@@ -106,7 +116,7 @@ func (c *conn) onReadable() {
 		return
 	}
 	if n <= 0 || e != 0 {
-		if e == 0 && !c.lingering && (c.pending || len(c.in) > 0 || len(c.out) > 0) {
+		if e == 0 && c.greeted && !c.lingering && (c.pending || len(c.in) > 0 || len(c.out) > 0) {
 			// Half-close after pipelined commands: answer them, then close.
 			c.eof = true
 			c.setEvents(c.events &^ (unix.EPOLLIN | unix.EPOLLRDHUP))
@@ -139,7 +149,7 @@ func (c *conn) onReadable() {
 // is left is copied out of the loop's read buffer.
 func (c *conn) process() {
 	for c.greeted && !c.pending && !c.closing && !c.closed && len(c.out) < maxOutPending {
-		if c.el.draining && !c.sess.Tx().Active {
+		if c.draining() && !c.sess.Tx().Active {
 			// Shutting down: a session outside a transaction ends here,
 			// before it can start another one.
 			c.drainCheck()
@@ -153,7 +163,7 @@ func (c *conn) process() {
 		switch ev.Kind {
 		case smtpproto.KindNeedMore:
 			c.keepInput()
-			if c.el.draining {
+			if c.draining() {
 				c.drainCheck()
 			}
 			if c.eof {
@@ -193,6 +203,10 @@ func (c *conn) process() {
 			c.quit()
 			return
 		}
+		if ev.Kind == smtpproto.KindStartTLS {
+			c.startTLS()
+			return
+		}
 		if ev.Close {
 			c.shutdown("too many errors")
 		}
@@ -203,6 +217,12 @@ func (c *conn) process() {
 // keepInput makes sure unprocessed input no longer points into the loop's
 // shared read buffer, and releases the buffer when there is none.
 func (c *conn) keepInput() {
+	if c.t != nil {
+		if len(c.in) == 0 {
+			c.in = nil
+		}
+		return
+	}
 	if len(c.in) == 0 {
 		c.in = nil
 		c.borrowed = false
@@ -228,7 +248,7 @@ func (c *conn) endTx(result string, code, size int) {
 	if l := c.el.srv.log.Info(); l.Enabled() {
 		l.Str("tx", tx.ID).Str("ip", c.pc.RemoteIP.String()).Str("helo", c.pc.Helo).
 			Str("from", tx.From).Strs("rcpts", tx.Rcpts).Int("size", size).
-			Str("result", result).Int("code", code).Dur("duration", c.el.now.Sub(tx.Started)).Msg("transaction")
+			Str("result", result).Int("code", code).Dur("duration", c.now().Sub(tx.Started)).Msg("transaction")
 	}
 	c.pc.EndTx()
 }
@@ -253,7 +273,7 @@ func (c *conn) drainCheck() {
 }
 
 func (c *conn) write(b []byte) {
-	if c.out != nil {
+	if c.out != nil || c.t != nil {
 		c.out = append(c.out, b...)
 		return
 	}
@@ -263,6 +283,10 @@ func (c *conn) write(b []byte) {
 // flush writes what the connection owes. A short write keeps the rest and
 // asks epoll for writability.
 func (c *conn) flush() {
+	if c.t != nil {
+		c.flushTLS()
+		return
+	}
 	el := c.el
 	if c.closed {
 		el.wbuf = el.wbuf[:0]
@@ -302,6 +326,10 @@ func (c *conn) flush() {
 		want |= unix.EPOLLOUT
 	} else {
 		want &^= unix.EPOLLOUT
+		if c.wantTLS {
+			c.handOff()
+			return
+		}
 		if c.closing && !c.lingering {
 			c.linger()
 			return
@@ -319,7 +347,7 @@ func (c *conn) flush() {
 }
 
 func (c *conn) setEvents(ev uint32) {
-	if ev == c.events || c.closed {
+	if ev == c.events || c.closed || c.t != nil {
 		return
 	}
 	c.events = ev
@@ -334,6 +362,9 @@ func (c *conn) shutdown(why string) {
 	c.closing = true
 	if c.why == "" {
 		c.why = why
+	}
+	if c.t != nil {
+		return // the TLS goroutine closes after its next flush
 	}
 	c.el.touch(c)
 	if len(c.out) == 0 && len(c.el.wbuf) == 0 {
@@ -359,6 +390,10 @@ func (c *conn) linger() {
 	if c.lingering || c.closed {
 		return
 	}
+	if c.t != nil {
+		c.closeTLS("")
+		return
+	}
 	c.lingering = true
 	rawShutdownWrite(c.fd)
 	c.in = nil
@@ -369,6 +404,10 @@ func (c *conn) linger() {
 // close releases the descriptor now.
 func (c *conn) close(why string) {
 	if c.closed {
+		return
+	}
+	if c.t != nil {
+		c.closeTLS(why)
 		return
 	}
 	if c.why == "" {
@@ -410,7 +449,7 @@ func (c *conn) finish() {
 	if l := c.el.srv.log.Info(); l.Enabled() {
 		l.Str("conn", c.pc.ID).Str("ip", c.pc.RemoteIP.String()).Str("helo", c.pc.Helo).
 			Int("transactions", c.nTx).Int("errors", c.sess.Errors()).Str("end", c.why).
-			Dur("duration", c.el.now.Sub(c.pc.Started)).Msg("connection")
+			Dur("duration", c.now().Sub(c.pc.Started)).Msg("connection")
 	}
 	c.sess = nil
 }

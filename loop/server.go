@@ -39,6 +39,15 @@ import (
 type Options struct {
 	// Listen are the addresses to bind ("127.0.0.1:2525", "[::1]:25").
 	Listen []string
+	// Specs, when set, replace Listen: each listener with what it speaks
+	// (implicit TLS, PROXY header). Inherited Listeners follow this order.
+	Specs []config.Listener
+	// TLS enables STARTTLS and implicit-TLS listeners; nil disables both.
+	TLS *TLSConfig
+	// ProxyTrusted are the peers allowed to send a PROXY header;
+	// ProxyTimeout bounds its arrival.
+	ProxyTrusted []netip.Prefix
+	ProxyTimeout time.Duration
 	// Listeners, when set, are already-open listening sockets (from a
 	// supervisor or systemd) used instead of binding Listen. The server
 	// takes ownership of them.
@@ -75,6 +84,9 @@ func OptionsFrom(cfg *config.Config, log zerolog.Logger) Options {
 	m := cfg.Main
 	return Options{
 		Listen:       m.Listen,
+		Specs:        m.Listeners(),
+		ProxyTrusted: m.ProxyTrusted,
+		ProxyTimeout: m.ProxyTimeout,
 		Loops:        m.Loops,
 		SingleAccept: m.SingleAccept,
 		Proto: &smtpproto.Config{
@@ -100,6 +112,12 @@ func OptionsFrom(cfg *config.Config, log zerolog.Logger) Options {
 	}
 }
 
+// listenKind says what a listener speaks before SMTP.
+type listenKind struct {
+	TLS   bool // implicit TLS
+	Proxy bool // a PROXY protocol header first
+}
+
 // Server owns the listeners, the event loops and the connection counts.
 type Server struct {
 	opts  Options
@@ -108,8 +126,13 @@ type Server struct {
 	log   zerolog.Logger
 
 	lfds  []int
+	kinds []listenKind
 	addrs []netip.AddrPort
-	loops []*eventLoop
+
+	tlsMu    sync.Mutex
+	tlsConns map[*conn]struct{}
+	tlsWG    sync.WaitGroup
+	loops    []*eventLoop
 
 	conns    atomic.Int64
 	ipMu     sync.Mutex
@@ -145,6 +168,24 @@ func New(opts Options, chain *plugins.Chain, pool *workpool.Pool) (*Server, erro
 	if opts.Proto == nil {
 		opts.Proto = &smtpproto.Config{}
 	}
+	if opts.ProxyTimeout <= 0 {
+		opts.ProxyTimeout = 10 * time.Second
+	}
+	if len(opts.Specs) == 0 {
+		for _, a := range opts.Listen {
+			opts.Specs = append(opts.Specs, config.Listener{Addr: a})
+		}
+	}
+	for _, sp := range opts.Specs {
+		if sp.TLS && opts.TLS == nil {
+			return nil, fmt.Errorf("loop: listen %s: implicit TLS needs a certificate in tls.ini", sp.Addr)
+		}
+		if sp.TLS && sp.Proxy {
+			return nil, fmt.Errorf("loop: listen %s: PROXY protocol with implicit TLS is not supported", sp.Addr)
+		}
+	}
+	opts.Proto.StartTLS = opts.TLS != nil
+	opts.Proto.UnknownToHost = chain != nil && chain.Has(plugins.HookUnrecognized)
 	opts.Proto.Prepare()
 	host := opts.Proto.Hostname
 	s := &Server{
@@ -153,6 +194,7 @@ func New(opts Options, chain *plugins.Chain, pool *workpool.Pool) (*Server, erro
 		pool:           pool,
 		log:            opts.Log,
 		perIP:          map[netip.Addr]int32{},
+		tlsConns:       map[*conn]struct{}{},
 		idPrefix:       strconv.FormatInt(time.Now().UnixNano()/1e6%(1<<40)^int64(os.Getpid())<<40, 36),
 		replyTooMany:   []byte("421 4.7.0 " + host + " Too many connections, try again later\r\n"),
 		replyTooManyIP: []byte("421 4.7.0 " + host + " Too many connections from your address\r\n"),
@@ -175,9 +217,13 @@ func New(opts Options, chain *plugins.Chain, pool *workpool.Pool) (*Server, erro
 			}
 			s.lfds = append(s.lfds, fd)
 		}
+		if len(s.lfds) != len(opts.Specs) {
+			s.closeListeners()
+			return nil, fmt.Errorf("loop: %d inherited listeners for %d configured addresses (listen, smtps_listen, proxy_listen, in that order)", len(s.lfds), len(opts.Specs))
+		}
 	} else {
-		for _, a := range opts.Listen {
-			fd, err := ListenFD(a, opts.Backlog, false)
+		for _, sp := range opts.Specs {
+			fd, err := ListenFD(sp.Addr, opts.Backlog, false)
 			if err != nil {
 				s.closeListeners()
 				return nil, err
@@ -185,7 +231,8 @@ func New(opts Options, chain *plugins.Chain, pool *workpool.Pool) (*Server, erro
 			s.lfds = append(s.lfds, fd)
 		}
 	}
-	for _, fd := range s.lfds {
+	for i, fd := range s.lfds {
+		s.kinds = append(s.kinds, listenKind{TLS: opts.Specs[i].TLS, Proxy: opts.Specs[i].Proxy})
 		tuneListener(fd, opts.TCPKeepalive, opts.RecvBuffer, opts.SendBuffer)
 		s.addrs = append(s.addrs, localAddr(fd))
 	}
@@ -294,14 +341,16 @@ func (s *Server) Shutdown(ctx context.Context) {
 	// (with several worker processes, the others take them).
 	s.drained.Wait()
 	s.closeListeners()
+	s.wakeTLS(false)
 	done := make(chan struct{})
-	go func() { s.stopped.Wait(); close(done) }()
+	go func() { s.stopped.Wait(); s.tlsWG.Wait(); close(done) }()
 	select {
 	case <-done:
 	case <-ctx.Done():
 		for _, el := range s.loops {
 			el.post(ctlForce)
 		}
+		s.wakeTLS(true)
 		<-done
 	}
 	s.closeListeners()

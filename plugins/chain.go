@@ -28,13 +28,18 @@ type Chain struct {
 // name stops the start with an error naming the plugins file and line.
 func Build(cfg *config.Config) (*Chain, error) {
 	ch := &Chain{}
-	for _, name := range cfg.Plugins {
+	for i, name := range cfg.Plugins {
 		f, ok := lookup(name)
 		if !ok {
 			ch.Close()
-			return nil, fmt.Errorf("config: plugins: unknown plugin %q (known: %s)", name, strings.Join(Registered(), ", "))
+			return nil, fmt.Errorf("config: plugins:%d: unknown plugin %q (known: %s)", cfg.PluginLine(i), name, strings.Join(Registered(), ", "))
 		}
 		pc, err := cfg.Plugin(name)
+		if err == nil {
+			// The plugin's own setup may never open its ini; the chain's
+			// "timeout" key must still be checked.
+			err = pc.CheckTimeout()
+		}
 		if err != nil {
 			ch.Close()
 			return nil, err
@@ -209,7 +214,7 @@ func (ch *Chain) Capabilities(c *Conn, caps []string) []string {
 		func() {
 			defer func() {
 				if v := recover(); v != nil && c.Log != nil {
-					c.Log.Error().Str("plugin", e.name).Str("hook", "capabilities").Interface("panic", v).Msg("plugin panicked")
+					c.Log.Error().Str("plugin", e.name).Str("hook", "capabilities").Str("panic", fmt.Sprint(v)).Msg("plugin panicked")
 				}
 			}()
 			caps = e.p.(CapabilitiesHook).Capabilities(c, caps)
@@ -228,7 +233,7 @@ func (ch *Chain) Denied(c *Conn, h Hook, r Result) {
 		func() {
 			defer func() {
 				if v := recover(); v != nil && c.Log != nil {
-					c.Log.Error().Str("plugin", e.name).Str("hook", "deny").Interface("panic", v).Msg("plugin panicked")
+					c.Log.Error().Str("plugin", e.name).Str("hook", "deny").Str("panic", fmt.Sprint(v)).Msg("plugin panicked")
 				}
 			}()
 			e.p.(DenyHook).Denied(c, h, r)
@@ -263,7 +268,7 @@ func (ch *Chain) invoke(e *entry, c *Conn, call *Call) (r Result) {
 		if v := recover(); v != nil {
 			if c.Log != nil {
 				c.Log.Error().Str("plugin", e.name).Str("hook", call.Hook.String()).
-					Interface("panic", v).Msg("plugin panicked")
+					Str("panic", fmt.Sprint(v)).Msg("plugin panicked")
 			}
 			r = InternalError()
 			r.Plugin = e.name

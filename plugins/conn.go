@@ -1,6 +1,7 @@
 package plugins
 
 import (
+	"crypto/tls"
 	"net/netip"
 	"sort"
 	"strconv"
@@ -36,6 +37,9 @@ type Conn struct {
 	Started time.Time
 	// Server reports the server's load; set by the host.
 	Server LoadReporter
+	// TLS is the TLS state after STARTTLS or on an implicit-TLS listener
+	// (protocol, cipher, client certificates); nil on a plain connection.
+	TLS *tls.ConnectionState
 	// EarlyTalker is set by the host when the client sent data before the
 	// banner was written (only meaningful while a connect hook delays it).
 	EarlyTalker bool
@@ -111,6 +115,13 @@ func (c *Conn) AppendReceived(b []byte, protocol string, now time.Time) []byte {
 	b = append(b, c.Hostname...)
 	b = append(b, " (loopmx) with "...)
 	b = append(b, protocol...)
+	if c.TLS != nil {
+		b = append(b, " ("...)
+		b = append(b, tlsVersionName(c.TLS.Version)...)
+		b = append(b, " with cipher "...)
+		b = append(b, tls.CipherSuiteName(c.TLS.CipherSuite)...)
+		b = append(b, ')')
+	}
 	if c.Tx != nil {
 		b = append(b, " id "...)
 		b = append(b, c.Tx.ID...)
@@ -191,4 +202,18 @@ func sortedKeys(m map[string]any) []string {
 	}
 	sort.Strings(keys)
 	return keys
+}
+
+func tlsVersionName(v uint16) string {
+	switch v {
+	case tls.VersionTLS10:
+		return "TLSv1"
+	case tls.VersionTLS11:
+		return "TLSv1.1"
+	case tls.VersionTLS12:
+		return "TLSv1.2"
+	case tls.VersionTLS13:
+		return "TLSv1.3"
+	}
+	return tls.VersionName(v)
 }

@@ -81,6 +81,11 @@ func replyFor(h Hook, r Result) smtpproto.Reply {
 		if h == HookQueue && rep.IsZero() {
 			return smtpproto.Reply{Code: 250, Enhanced: "2.0.0", Text: "Ok: queued"}
 		}
+		if rep.Code >= 400 {
+			// An accepting plugin with a refusal code: the action wins,
+			// the client must not be told to retry what was taken.
+			rep.Code, rep.Enhanced = 250, "2.0.0"
+		}
 		return rep
 	case Reject, RejectDisconnect:
 		if rep.Code < 500 || rep.Code > 599 {
@@ -88,12 +93,12 @@ func replyFor(h Hook, r Result) smtpproto.Reply {
 			if h == HookConnect {
 				rep.Code = 554
 			}
-			if rep.Text == "" {
-				rep.Text = "Rejected"
-			}
-			if rep.Enhanced == "" || rep.Enhanced[0] != '5' {
-				rep.Enhanced = "5.7.1"
-			}
+		}
+		if rep.Text == "" {
+			rep.Text = "Rejected"
+		}
+		if rep.Enhanced == "" || rep.Enhanced[0] != '5' {
+			rep.Enhanced = "5.7.1"
 		}
 	default:
 		if rep.Code < 400 || rep.Code > 499 {
@@ -101,12 +106,12 @@ func replyFor(h Hook, r Result) smtpproto.Reply {
 			if h == HookConnect {
 				rep.Code = 421
 			}
-			if rep.Text == "" {
-				rep.Text = "Temporary failure, try again later"
-			}
-			if rep.Enhanced == "" || rep.Enhanced[0] != '4' {
-				rep.Enhanced = "4.3.0"
-			}
+		}
+		if rep.Text == "" {
+			rep.Text = "Temporary failure, try again later"
+		}
+		if rep.Enhanced == "" || rep.Enhanced[0] != '4' {
+			rep.Enhanced = "4.3.0"
 		}
 	}
 	return rep

@@ -188,3 +188,22 @@ func TestBdatBodyPolicies(t *testing.T) {
 	checkSplits(t, bigConfig(), inEHLO+inEnv+bdat("a\n.\n"+smuggle+"\r\n", true), head+rBareEOL)
 	checkSplits(t, bigConfig(), inEHLO+inEnv+bdat(strings.Repeat("x", 999)+"\r\n", true), head+rLongLine)
 }
+
+// TestBdatLoneCR: a BDAT message that ends in a lone CR has a bare line
+// ending, and that finding does not leak into the next BDAT message.
+func TestBdatLoneCR(t *testing.T) {
+	head := rEHLO + rMail + rRcpt
+	bare := "550 5.6.0 Message refused: bare CR or LF in message; lines must end with CRLF\r\n"
+	runDialogs(t, []dialog{
+		{
+			name: "lone CR at the end",
+			in:   inEHLO + inEnv + bdat("abc\r", true),
+			want: head + bare,
+		},
+		{
+			name: "the next message starts clean",
+			in:   inEHLO + inEnv + bdat("abc\r", true) + inEnv + bdat("x\r\n", true),
+			want: head + bare + rMail + rRcpt + msg("x\r\n") + rQueued,
+		},
+	})
+}

@@ -144,6 +144,7 @@ func (s *Session) startBody() {
 		s.body = getBody()
 	}
 	s.lineLen = 0
+	s.dst = dsMid // BDAT's line scanner; DATA starts at dsLineStart
 }
 
 // bodyPool recycles message buffers between transactions so an idle
@@ -260,6 +261,9 @@ func (s *Session) bdatChunk(in []byte) (int, Event) {
 	}
 	if !s.bdatLast {
 		return take, reply(replyChunkOK)
+	}
+	if s.dst == dsCR {
+		s.bareEOL = true // the message ends in a lone CR
 	}
 	s.checkLine()
 	// The same body policies as DATA: a message taken by BDAT may later be
