@@ -13,6 +13,7 @@ const (
 	timerNone  uint8 = iota
 	timerHook        // a blocking hook's deadline (the plugin's timeout)
 	timerDelay       // a Delay asked by a hook (early_talker's pause)
+	timerProxy       // the deadline for a PROXY protocol header
 )
 
 // hookResult carries a blocking hook's outcome back to the loop.
@@ -42,6 +43,10 @@ func (c *conn) runHook(call plugins.Call, i int) {
 // submit hands the blocking plugin at position i to the workpool. The
 // connection parses nothing until the result or the plugin's timeout.
 func (c *conn) submit(call plugins.Call, i int) {
+	if c.t != nil {
+		c.submitTLS(call, i)
+		return
+	}
 	el := c.el
 	ch := el.srv.chain
 	c.pending = true
@@ -68,6 +73,11 @@ func (c *conn) submit(call plugins.Call, i int) {
 // delay parks the connection on a timer, then runs the plugin at position
 // i again.
 func (c *conn) delay(call plugins.Call, i int, d time.Duration) {
+	if c.t != nil {
+		time.Sleep(d) // only connect hooks delay, and those run on the loop
+		c.runHook(call, i)
+		return
+	}
 	c.pending = true
 	c.call, c.callIdx = call, i
 	c.el.removeIdle(c)
@@ -118,12 +128,7 @@ func (c *conn) timerFired() {
 		el.srv.log.Warn().Str("conn", c.pc.ID).Str("plugin", name).Str("hook", c.call.Hook.String()).
 			Msg("plugin timed out; answering 451 4.3.0")
 		c.gen++
-		c.pc = c.pc.Clone()
-		if c.call.Msg != nil {
-			c.sess.DetachBody()
-			c.msg = &plugins.Message{Body: c.call.Msg.Body, Protocol: c.call.Msg.Protocol}
-			c.call.Msg = c.msg
-		}
+		c.detachAfterTimeout()
 		if c.closed {
 			c.finish()
 			return
@@ -132,6 +137,9 @@ func (c *conn) timerFired() {
 		res := plugins.InternalError()
 		res.Plugin = name
 		c.resolve(c.call, res)
+	} else if kind == timerProxy {
+		c.close("no PROXY header in time")
+		return
 	} else {
 		if c.closed {
 			return
@@ -167,7 +175,7 @@ func (c *conn) resolve(call plugins.Call, res plugins.Result) {
 		if ok {
 			c.endTx("reset", 0, 0)
 			if call.Hook == plugins.HookEhlo && ch.HasCapabilities() {
-				c.sess.SetEHLOKeywords(ch.Capabilities(c.pc, c.el.srv.opts.Proto.Keywords()))
+				c.sess.SetEHLOKeywords(ch.Capabilities(c.pc, c.el.srv.opts.Proto.Keywords(c.sess.TLS())))
 			}
 		}
 	case plugins.HookDataPost:
@@ -197,7 +205,7 @@ func (c *conn) resolve(call plugins.Call, res plugins.Result) {
 	case plugins.HookMail:
 		if ok {
 			c.nTx++
-			c.pc.BeginTx(call.Arg, c.el.now).SMTPUTF8 = c.sess.Tx().SMTPUTF8
+			c.pc.BeginTx(call.Arg, c.now()).SMTPUTF8 = c.sess.Tx().SMTPUTF8
 		}
 	case plugins.HookRcpt:
 		if ok && c.pc.Tx != nil {
