@@ -166,6 +166,12 @@ func serve(cfg *config.Config, stderr io.Writer, listeners []*os.File, ready fun
 	pool := workpool.New(cfg.Main.ThreadpoolSize, cfg.Main.WorkQueueSize)
 	opts := loop.OptionsFrom(cfg, log)
 	opts.Listeners = listeners
+	tlsConf, err := loop.LoadTLS(cfg)
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		return 1
+	}
+	opts.TLS = tlsConf
 	srv, err := loop.New(opts, chain, pool)
 	if err != nil {
 		log.Error().Err(err).Msg("cannot listen")
@@ -179,10 +185,28 @@ func serve(cfg *config.Config, stderr io.Writer, listeners []*os.File, ready fun
 	for _, a := range srv.Addrs() {
 		addrs = append(addrs, a.String())
 	}
-	log.Info().Strs("listen", addrs).Int("loops", cfg.Main.Loops).Int("threadpool_size", pool.Workers()).
+	log.Info().Strs("listen", addrs).Int("loops", cfg.Main.Loops).Int("threadpool_size", pool.Workers()).Bool("starttls", tlsConf != nil).
 		Strs("plugins", chain.Names()).Str("config", cfgName(cfg)).Str("version", version).Msg("loopmx ready")
 	ready()
 
+	// HUP reloads the TLS certificates in place (open connections keep
+	// theirs). Everything else in the config needs a restart, or a
+	// supervisor's rolling reload (nodes >= 1).
+	hups := make(chan os.Signal, 1)
+	signal.Notify(hups, syscall.SIGHUP)
+	go func() {
+		for range hups {
+			if tlsConf == nil {
+				log.Info().Msg("SIGHUP: no TLS certificate to reload")
+				continue
+			}
+			if err := tlsConf.Reload(); err != nil {
+				log.Error().Err(err).Msg("SIGHUP: certificates not reloaded; the old ones stay in use")
+				continue
+			}
+			log.Info().Msg("SIGHUP: TLS certificates reloaded")
+		}
+	}()
 	sigs := make(chan os.Signal, 2)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
 	sig := <-sigs

@@ -47,11 +47,7 @@ func (c *conn) draining() bool {
 // wire, then hands the descriptor over.
 func (c *conn) startTLS() {
 	c.wantTLS = true
-	c.flush()
-	if c.closed || len(c.out) > 0 {
-		return // flush calls handOff once the reply is written
-	}
-	c.handOff()
+	c.flush() // hands off as soon as the reply is on the wire
 }
 
 // handOff takes the connection off the loop. Input that arrived after the
