@@ -28,6 +28,9 @@ import (
 	"loopmx/supervisor"
 
 	// The built-in plugins register themselves.
+	_ "loopmx/plugins/access"
+	_ "loopmx/plugins/dnsbl"
+	_ "loopmx/plugins/helo.checks"
 	_ "loopmx/plugins/queue/discard"
 	_ "loopmx/plugins/queue/maildir"
 	_ "loopmx/plugins/rcpt_to.in_host_list"
