@@ -30,10 +30,13 @@ import (
 	// The built-in plugins register themselves.
 	_ "loopmx/plugins/access"
 	_ "loopmx/plugins/dnsbl"
+	_ "loopmx/plugins/early_talker"
+	_ "loopmx/plugins/headers"
 	_ "loopmx/plugins/helo.checks"
 	_ "loopmx/plugins/queue/discard"
 	_ "loopmx/plugins/queue/maildir"
 	_ "loopmx/plugins/rcpt_to.in_host_list"
+	_ "loopmx/plugins/toobusy"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".

@@ -8,6 +8,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"loopmx/plugins"
+	"loopmx/proxyproto"
 	"loopmx/smtpproto"
 )
 
@@ -48,6 +49,7 @@ type conn struct {
 	kind      listenKind // what the listener it came from speaks
 	wantTLS   bool       // hand over to TLS once the output is written
 	proxyWait bool       // waiting for the PROXY header
+	ipHeld    bool       // counted in the per-IP limit
 	t         *tlsState  // set once the connection left the loop for TLS
 }
 
@@ -130,7 +132,9 @@ func (c *conn) onReadable() {
 	if c.lingering {
 		return // discard what arrives after our last reply
 	}
-	if !c.greeted {
+	if !c.greeted && !c.proxyWait && !c.kind.TLS {
+		// (On an implicit-TLS listener the client rightly speaks first:
+		// its ClientHello is not early talk.)
 		c.earlyTalk = true
 	}
 	el.touch(c)
@@ -140,8 +144,45 @@ func (c *conn) onReadable() {
 	} else {
 		c.in = append(c.in, el.rbuf[:n]...)
 	}
-	c.process()
+	if c.proxyWait {
+		c.proxyHeader()
+	} else {
+		c.process()
+	}
 	c.flush()
+}
+
+// proxyHeader reads the PROXY protocol header that a load balancer sends
+// before anything else. A malformed one closes the connection without a
+// banner; a valid one replaces the client address everywhere.
+func (c *conn) proxyHeader() {
+	h, n, err := proxyproto.Parse(c.in)
+	if err == proxyproto.ErrNeedMore {
+		c.keepInput()
+		return
+	}
+	srv := c.el.srv
+	if err != nil {
+		srv.log.Info().Str("conn", c.pc.ID).Str("ip", c.pc.RemoteIP.String()).Err(err).Msg("bad PROXY header; closing")
+		c.close("bad PROXY header")
+		return
+	}
+	c.in = c.in[n:]
+	c.proxyWait = false
+	c.el.removeTimer(c)
+	c.el.pushIdle(c)
+	if !h.Local {
+		c.pc.RemoteIP, c.pc.RemotePort = h.Source.Addr().Unmap(), h.Source.Port()
+		c.pc.LocalIP, c.pc.LocalPort = h.Dest.Addr().Unmap(), h.Dest.Port()
+	}
+	if !srv.acquireIP(c.pc.RemoteIP) {
+		c.write(srv.replyTooManyIP)
+		c.shutdown("too many connections from the address")
+		return
+	}
+	c.ipHeld = true
+	c.earlyTalk = len(c.in) > 0
+	c.start()
 }
 
 // process feeds buffered input to the session until it needs more input, a
@@ -420,7 +461,12 @@ func (c *conn) close(why string) {
 	el.nconns--
 	el.removeIdle(c)
 	el.srv.conns.Add(-1)
-	el.srv.releaseIP(c.pc.RemoteIP)
+	if c.ipHeld {
+		el.srv.releaseIP(c.pc.RemoteIP)
+	}
+	if c.proxyWait {
+		el.removeTimer(c)
+	}
 	c.in, c.out = nil, nil
 	if c.pending && c.timerKind == timerDelay {
 		// Nothing runs elsewhere during a delay: end it now.

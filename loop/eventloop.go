@@ -272,6 +272,14 @@ func refuse(fd int, reply []byte) {
 
 func (el *eventLoop) open(fd int, peer netip.AddrPort, lfd int) {
 	s := el.srv
+	kind := s.kindOf(lfd)
+	ip := peer.Addr().Unmap()
+	if kind.Proxy && !s.proxyTrusted(ip) {
+		// Only the load balancer may speak first on a PROXY listener;
+		// anyone else is closed without a banner.
+		rawClose(fd)
+		return
+	}
 	if el.draining {
 		refuse(fd, s.replyShutdown)
 		return
@@ -281,15 +289,18 @@ func (el *eventLoop) open(fd int, peer netip.AddrPort, lfd int) {
 		refuse(fd, s.replyTooMany)
 		return
 	}
-	ip := peer.Addr().Unmap()
-	if !s.acquireIP(ip) {
+	// Behind a proxy the peer is the balancer: the per-IP limit applies
+	// to the client address of the header instead.
+	if !kind.Proxy && !s.acquireIP(ip) {
 		s.conns.Add(-1)
 		refuse(fd, s.replyTooManyIP)
 		return
 	}
 	if e := rawEpollCtl(el.epfd, unix.EPOLL_CTL_ADD, fd, unix.EPOLLIN|unix.EPOLLRDHUP); e != 0 {
 		s.conns.Add(-1)
-		s.releaseIP(ip)
+		if !kind.Proxy {
+			s.releaseIP(ip)
+		}
 		rawClose(fd)
 		return
 	}
@@ -297,9 +308,16 @@ func (el *eventLoop) open(fd int, peer netip.AddrPort, lfd int) {
 		el.conns = append(el.conns, make([]*conn, len(el.conns)+64)...)
 	}
 	c := newConn(el, fd, peer, lfd)
+	c.ipHeld = !kind.Proxy
 	el.conns[fd] = c
 	el.nconns++
 	el.pushIdle(c)
+	if kind.Proxy {
+		c.proxyWait = true
+		el.removeIdle(c)
+		el.addTimer(c, timerProxy, el.now.Add(s.opts.ProxyTimeout))
+		return
+	}
 	c.start()
 }
 

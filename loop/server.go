@@ -356,6 +356,26 @@ func (s *Server) Shutdown(ctx context.Context) {
 	s.closeListeners()
 }
 
+// kindOf returns what the listener lfd speaks.
+func (s *Server) kindOf(lfd int) listenKind {
+	for i, l := range s.lfds {
+		if l == lfd {
+			return s.kinds[i]
+		}
+	}
+	return listenKind{}
+}
+
+// proxyTrusted reports whether ip may send a PROXY header.
+func (s *Server) proxyTrusted(ip netip.Addr) bool {
+	for _, p := range s.opts.ProxyTrusted {
+		if p.Contains(ip) {
+			return true
+		}
+	}
+	return false
+}
+
 func (s *Server) acquireIP(ip netip.Addr) bool {
 	if s.opts.MaxConnectionsPerIP <= 0 {
 		return true

@@ -57,6 +57,12 @@ func (c *conn) handOff() {
 	el := c.el
 	srv := el.srv
 	c.wantTLS = false
+	var early []byte
+	if !c.greeted && len(c.in) > 0 {
+		// Implicit TLS: bytes read before the hand-off (during a connect
+		// hook) are the start of the client's handshake; keep them.
+		early = append([]byte(nil), c.in...)
+	}
 	c.in = nil
 	c.borrowed = false
 	rawEpollCtl(el.epfd, unix.EPOLL_CTL_DEL, c.fd, 0)
@@ -73,6 +79,9 @@ func (c *conn) handOff() {
 		c.t = &tlsState{}
 		c.closeTLS("tls hand-off failed")
 		return
+	}
+	if early != nil {
+		nc = &prefixConn{Conn: nc, prefix: early}
 	}
 	c.t = &tlsState{conn: tls.Server(nc, srv.opts.TLS.Config()), results: make(chan hookResult, 1)}
 	srv.trackTLS(c, true)
@@ -160,7 +169,9 @@ func (c *conn) closeTLS(why string) {
 		c.t.conn.Close()
 	}
 	srv.conns.Add(-1)
-	srv.releaseIP(c.pc.RemoteIP)
+	if c.ipHeld {
+		srv.releaseIP(c.pc.RemoteIP)
+	}
 	c.in, c.out = nil, nil
 	if !c.pending {
 		c.finish()
@@ -248,4 +259,20 @@ func (s *Server) wakeTLS(force bool) {
 			c.t.conn.SetReadDeadline(time.Now())
 		}
 	}
+}
+
+// prefixConn returns bytes already read from the socket before reading
+// more.
+type prefixConn struct {
+	net.Conn
+	prefix []byte
+}
+
+func (p *prefixConn) Read(b []byte) (int, error) {
+	if len(p.prefix) > 0 {
+		n := copy(b, p.prefix)
+		p.prefix = p.prefix[n:]
+		return n, nil
+	}
+	return p.Conn.Read(b)
 }
