@@ -58,16 +58,18 @@ var protoWords = [...]struct {
 // valid line could hold is the one that fails, however the line was split
 // across reads.
 type v1Parser struct {
-	part  int
-	start int    // offset of the current part in the line
-	proto string // the protocol word, once read
-	addr  [2][2]int
-	v4    dotQuad
-	v6    colonHex
-	port  decPort
-	ports [2]uint16
+	part  int       // the part the next byte belongs to
+	start int       // offset of the current part in the line
+	proto string    // the protocol word, once read
+	addr  [2][2]int // start and end offsets of the two addresses
+	v4    dotQuad   // the address being read, for TCP4
+	v6    colonHex  // the address being read, for TCP6
+	port  decPort   // the port being read
+	ports [2]uint16 // the ports read
 }
 
+// parseV1 is Parse for input that starts like a v1 line. After each byte it
+// also fails the line if even its shortest completion would pass 107 bytes.
 func parseV1(in []byte) (*Header, int, error) {
 	var p v1Parser
 	for i := range in {
