@@ -32,10 +32,12 @@ import (
 	_ "loopmx/plugins/dnsbl"
 	_ "loopmx/plugins/early_talker"
 	_ "loopmx/plugins/headers"
+	_ "loopmx/plugins/limit"
 	_ "loopmx/plugins/helo.checks"
 	_ "loopmx/plugins/queue/discard"
 	_ "loopmx/plugins/queue/maildir"
 	_ "loopmx/plugins/rcpt_to.in_host_list"
+	_ "loopmx/plugins/results"
 	_ "loopmx/plugins/toobusy"
 )
 

@@ -1,0 +1,302 @@
+package limit
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/rs/zerolog"
+
+	"loopmx/plugins"
+	"loopmx/plugins/redisx"
+)
+
+// These are the Redis keys limit uses; every one expires by itself.
+const (
+	// keyConn counts the connections of an IP in the current window.
+	keyConn = "limit:conn:"
+	// keyOpen is a sorted set of the open connections of an IP: one member
+	// per connection, scored with the time (Unix ms) it stops counting
+	// unless its process refreshes it.
+	keyOpen = "limit:open:"
+	// keySender counts the recipients of a sender in the current window.
+	keySender = "limit:rcpt_sender:"
+)
+
+// countScript counts one event in a fixed window: the window opens with
+// the key's first INCR and ends when the key expires. The PTTL check
+// repairs a key that somehow lost its expiry, so no counter lives forever.
+//
+// KEYS[1] the counter; ARGV[1] the window in ms.
+var countScript = redis.NewScript(`
+local n = redis.call('INCR', KEYS[1])
+if n == 1 or redis.call('PTTL', KEYS[1]) < 0 then
+  redis.call('PEXPIRE', KEYS[1], ARGV[1])
+end
+return n
+`)
+
+// connectScript does the connect checks in one round trip: it counts the
+// connection in the IP's rate window and, unless that is over its limit,
+// adds the connection to the IP's open set if fewer than the maximum are
+// open. Members whose time has passed (connections of a process that
+// died) are dropped first.
+//
+// KEYS[1] the rate counter, KEYS[2] the open set.
+// ARGV[1] rate window in ms (0: no rate limit), ARGV[2] rate limit,
+// ARGV[3] now in Unix ms, ARGV[4] member lifetime in ms, ARGV[5] member,
+// ARGV[6] concurrency limit (0: none).
+// It returns {rate count, open count including this one, admitted 0/1}.
+var connectScript = redis.NewScript(`
+local rate = 0
+if tonumber(ARGV[1]) > 0 then
+  rate = redis.call('INCR', KEYS[1])
+  if rate == 1 or redis.call('PTTL', KEYS[1]) < 0 then
+    redis.call('PEXPIRE', KEYS[1], ARGV[1])
+  end
+  if rate > tonumber(ARGV[2]) then
+    return {rate, 0, 0}
+  end
+end
+local max = tonumber(ARGV[6])
+if max == 0 then
+  return {rate, 0, 0}
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[3])
+local open = redis.call('ZCARD', KEYS[2])
+if open >= max then
+  return {rate, open + 1, 0}
+end
+redis.call('ZADD', KEYS[2], tonumber(ARGV[3]) + tonumber(ARGV[4]), ARGV[5])
+redis.call('PEXPIRE', KEYS[2], ARGV[4])
+return {rate, open + 1, 1}
+`)
+
+// member is one open connection in Redis: the set it is in and its name.
+type member struct {
+	key, name string
+}
+
+// redisStore keeps the counters in Redis, shared by every process and
+// host that uses the same Redis database.
+//
+// The open-connection sets are the part that must not leak when a process
+// dies: each member carries its own expiry time, which a keeper goroutine
+// (one per plugin instance, not per connection) pushes forward every
+// ttl/3 while the connection lives. The keeper also removes the members
+// of closed connections, so the disconnect hook never waits for Redis and
+// runs inline. A process that dies stops refreshing; its members stop
+// counting ttl after their last refresh, and the set itself expires ttl
+// after its last change.
+type redisStore struct {
+	client   *redis.Client
+	instance string // names this process and plugin instance in members
+	ttl      time.Duration
+	down     *redisx.DownLogger
+	log      atomic.Pointer[zerolog.Logger]
+
+	mu       sync.Mutex
+	live     map[string]member // by connection id: admitted connections
+	inflight map[string]bool   // connection ids whose connect is talking to Redis
+	orphans  map[string]bool   // of those, the ones already disconnected
+	releases []member          // members to remove from Redis
+
+	wake chan struct{}
+	stop chan struct{}
+	done chan struct{}
+}
+
+// maxPendingReleases bounds the removals kept while Redis is down; beyond
+// it, members are left to expire by themselves.
+const maxPendingReleases = 100000
+
+func newRedisStore(client *redis.Client, ttl time.Duration, down *redisx.DownLogger) *redisStore {
+	host, _ := os.Hostname()
+	var r [6]byte
+	rand.Read(r[:])
+	s := &redisStore{
+		client:   client,
+		instance: fmt.Sprintf("%s/%d/%s", host, os.Getpid(), hex.EncodeToString(r[:])),
+		ttl:      ttl,
+		down:     down,
+		live:     make(map[string]member),
+		inflight: make(map[string]bool),
+		orphans:  make(map[string]bool),
+		wake:     make(chan struct{}, 1),
+		stop:     make(chan struct{}),
+		done:     make(chan struct{}),
+	}
+	go s.keep()
+	return s
+}
+
+func (s *redisStore) connect(c *plugins.Conn, ip string, st *settings) (connectCount, error) {
+	s.log.CompareAndSwap(nil, c.Log)
+	conc := st.maxConcurrency > 0
+	m := member{key: keyOpen + ip, name: s.instance + "/" + c.ID}
+	if conc {
+		s.mu.Lock()
+		s.inflight[c.ID] = true
+		s.mu.Unlock()
+	}
+	var ratePer int64
+	if st.connRate.On() {
+		ratePer = st.connRate.Per.Milliseconds()
+	}
+	res, err := connectScript.Run(context.Background(), s.client, []string{keyConn + ip, m.key},
+		ratePer, st.connRate.N, time.Now().UnixMilli(), s.ttl.Milliseconds(), m.name, st.maxConcurrency).Int64Slice()
+	var cc connectCount
+	if err == nil && len(res) == 3 {
+		cc = connectCount{rate: res[0], open: int(res[1]), admitted: res[2] == 1}
+	} else if err == nil {
+		err = fmt.Errorf("connect script returned %v", res)
+	}
+	if conc {
+		s.mu.Lock()
+		delete(s.inflight, c.ID)
+		switch {
+		case s.orphans[c.ID]:
+			// The connection closed while this hook ran (it had timed
+			// out): give the member back at once.
+			delete(s.orphans, c.ID)
+			if cc.admitted {
+				s.releases = append(s.releases, m)
+				s.signal()
+			}
+		case cc.admitted:
+			s.live[c.ID] = m
+		}
+		s.mu.Unlock()
+	}
+	return cc, err
+}
+
+// disconnect hands the connection's member to the keeper for removal. It
+// does not wait for Redis.
+func (s *redisStore) disconnect(c *plugins.Conn, _ string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if m, ok := s.live[c.ID]; ok {
+		delete(s.live, c.ID)
+		if len(s.releases) < maxPendingReleases {
+			s.releases = append(s.releases, m)
+		}
+		s.signal()
+		return
+	}
+	if s.inflight[c.ID] {
+		s.orphans[c.ID] = true
+	}
+}
+
+// signal wakes the keeper; s.mu is held.
+func (s *redisStore) signal() {
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (s *redisStore) senderRcpt(sender string, per time.Duration) (int64, error) {
+	return countScript.Run(context.Background(), s.client, []string{keySender + sender}, per.Milliseconds()).Int64()
+}
+
+// keep is the keeper goroutine: it removes the members of closed
+// connections as soon as it is woken, and refreshes the live ones every
+// ttl/3.
+func (s *redisStore) keep() {
+	defer close(s.done)
+	tick := time.NewTicker(s.ttl / 3)
+	defer tick.Stop()
+	for {
+		select {
+		case <-s.stop:
+			return
+		case <-s.wake:
+			s.flushReleases()
+		case <-tick.C:
+			s.flushReleases()
+			s.refresh()
+		}
+	}
+}
+
+// flushReleases removes the members of closed connections. On failure
+// they are kept for the next try.
+func (s *redisStore) flushReleases() {
+	s.mu.Lock()
+	rel := s.releases
+	s.releases = nil
+	s.mu.Unlock()
+	if len(rel) == 0 {
+		return
+	}
+	_, err := s.client.Pipelined(context.Background(), func(p redis.Pipeliner) error {
+		for _, m := range rel {
+			p.ZRem(context.Background(), m.key, m.name)
+		}
+		return nil
+	})
+	if err != nil {
+		s.down.Down(s.log.Load(), err)
+		s.mu.Lock()
+		if room := maxPendingReleases - len(s.releases); room > 0 {
+			s.releases = append(s.releases, rel[:min(len(rel), room)]...)
+		}
+		s.mu.Unlock()
+		return
+	}
+	s.down.Up(s.log.Load())
+}
+
+// refreshBatch is the number of members refreshed per round trip.
+const refreshBatch = 1000
+
+// refresh pushes the expiry of every live member ttl ahead, and of its
+// set. ZADD without XX also puts back members that a Redis restart lost.
+func (s *redisStore) refresh() {
+	s.mu.Lock()
+	live := make([]member, 0, len(s.live))
+	for _, m := range s.live {
+		live = append(live, m)
+	}
+	s.mu.Unlock()
+	for len(live) > 0 {
+		batch := live[:min(len(live), refreshBatch)]
+		live = live[len(batch):]
+		until := float64(time.Now().Add(s.ttl).UnixMilli())
+		_, err := s.client.Pipelined(context.Background(), func(p redis.Pipeliner) error {
+			ctx := context.Background()
+			for _, m := range batch {
+				p.ZAdd(ctx, m.key, redis.Z{Score: until, Member: m.name})
+				p.PExpire(ctx, m.key, s.ttl)
+			}
+			return nil
+		})
+		if err != nil {
+			s.down.Down(s.log.Load(), err)
+			return
+		}
+	}
+}
+
+// close removes the members of every connection still counted, stops the
+// keeper and hands the client back.
+func (s *redisStore) close() error {
+	s.mu.Lock()
+	for id, m := range s.live {
+		s.releases = append(s.releases, m)
+		delete(s.live, id)
+	}
+	s.mu.Unlock()
+	close(s.stop)
+	<-s.done
+	s.flushReleases()
+	return redisx.Release(s.client)
+}

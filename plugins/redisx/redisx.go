@@ -1,0 +1,229 @@
+// Package redisx gives loopmx plugins one Redis client per process. The
+// client is configured by redis.ini in the config directory; every plugin
+// that asks for it gets the same *redis.Client, so the process holds one
+// bounded pool of Redis connections however many plugins and client
+// connections use it. When redis.ini does not exist, Redis is not
+// configured and plugins fall back to their in-memory mode.
+//
+// redisx is a library for plugins, not a plugin: it registers nothing and
+// is never named in the plugins file.
+package redisx
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/redis/go-redis/v9/maintnotifications"
+
+	"loopmx/config"
+)
+
+// File is the name of the Redis settings file in the config directory.
+const File = "redis.ini"
+
+// These are the defaults of the redis.ini keys.
+const (
+	DefaultServer       = "127.0.0.1:6379"
+	DefaultPoolSize     = 10
+	DefaultDialTimeout  = time.Second
+	DefaultReadTimeout  = 500 * time.Millisecond
+	DefaultWriteTimeout = 500 * time.Millisecond
+)
+
+// Settings are the values of redis.ini.
+type Settings struct {
+	// Server is the Redis address, host:port.
+	Server string
+	// DB is the database number selected after connecting.
+	DB int
+	// Password authenticates to the server when not empty.
+	Password string
+	// PoolSize is the number of connections the process keeps to Redis.
+	PoolSize int
+	// DialTimeout, ReadTimeout and WriteTimeout bound each dial, each
+	// reply and each request.
+	DialTimeout, ReadTimeout, WriteTimeout time.Duration
+}
+
+// Load reads redis.ini from the config directory. It reports ok=false,
+// with no error, when the file does not exist: Redis is not configured.
+// A bad value or an unknown key is an error that names file, key and
+// value.
+func Load(cfg *config.Config) (s Settings, ok bool, err error) {
+	exists, err := fileExists(cfg)
+	if err != nil || !exists {
+		return Settings{}, false, err
+	}
+	pc, err := cfg.Plugin("redis")
+	if err != nil {
+		return Settings{}, false, err
+	}
+	if cfg.Embedded && len(pc.Sections()) == 0 {
+		return Settings{}, false, nil
+	}
+	s = Settings{
+		Server:       pc.String("", "server", DefaultServer),
+		DB:           pc.Int("", "db", 0),
+		Password:     pc.String("", "password", ""),
+		PoolSize:     pc.Int("", "pool_size", DefaultPoolSize),
+		DialTimeout:  pc.Duration("", "dial_timeout", DefaultDialTimeout),
+		ReadTimeout:  pc.Duration("", "read_timeout", DefaultReadTimeout),
+		WriteTimeout: pc.Duration("", "write_timeout", DefaultWriteTimeout),
+	}
+	if err := pc.Check(); err != nil {
+		return Settings{}, false, err
+	}
+	// config.Plugin accepts a "timeout" key in every file, for the chain;
+	// redis.ini belongs to no plugin, so the key would be silently ignored.
+	if v := pc.String("", "timeout", ""); v != "" {
+		return Settings{}, false, fmt.Errorf("config: %s: [main] unknown key %q (use dial_timeout, read_timeout, write_timeout)", File, "timeout")
+	}
+	if err := s.validate(pc); err != nil {
+		return Settings{}, false, err
+	}
+	return s, true, nil
+}
+
+// fileExists tells whether the config directory holds redis.ini. The
+// built-in default directory is not on disk; Load looks at its content
+// instead.
+func fileExists(cfg *config.Config) (bool, error) {
+	if cfg.Embedded {
+		return true, nil
+	}
+	_, err := os.Stat(filepath.Join(cfg.Dir, File))
+	if errors.Is(err, fs.ErrNotExist) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("config: %s: %w", File, err)
+	}
+	return true, nil
+}
+
+// validate checks the ranges the typed getters cannot; pc gives the values
+// as written, for the error.
+func (s *Settings) validate(pc *config.PluginConfig) error {
+	bad := func(key, why string) error {
+		return fmt.Errorf("config: %s: [main] %s: %q %s", File, key, pc.String("", key, ""), why)
+	}
+	host, port, err := net.SplitHostPort(s.Server)
+	if err != nil || host == "" {
+		return bad("server", "is not host:port")
+	}
+	if p, err := strconv.Atoi(port); err != nil || p < 1 || p > 65535 {
+		return bad("server", "has no valid port")
+	}
+	if s.DB < 0 {
+		return bad("db", "is out of range (minimum 0)")
+	}
+	if s.PoolSize < 1 {
+		return bad("pool_size", "is out of range (minimum 1)")
+	}
+	for _, d := range []struct {
+		key string
+		v   time.Duration
+	}{{"dial_timeout", s.DialTimeout}, {"read_timeout", s.ReadTimeout}, {"write_timeout", s.WriteTimeout}} {
+		if d.v <= 0 {
+			return bad(d.key, "must be more than 0")
+		}
+	}
+	return nil
+}
+
+// Options turns the settings into go-redis options. Beyond redis.ini, a
+// command is retried once (which covers a pooled connection that died
+// with a Redis restart) and a dial is tried once: while Redis is down a
+// hook fails within about dial_timeout instead of sleeping through
+// go-redis' default retries.
+func (s Settings) Options() *redis.Options {
+	return &redis.Options{
+		Addr:            s.Server,
+		DB:              s.DB,
+		Password:        s.Password,
+		PoolSize:        s.PoolSize,
+		DialTimeout:     s.DialTimeout,
+		ReadTimeout:     s.ReadTimeout,
+		WriteTimeout:    s.WriteTimeout,
+		MaxRetries:      1,
+		DialerRetries:   1,
+		ClientName:      "loopmx",
+		DisableIdentity: true,
+		MaintNotificationsConfig: &maintnotifications.Config{
+			Mode: maintnotifications.ModeDisabled,
+		},
+	}
+}
+
+// shared is one process-wide client and the number of plugins using it.
+type shared struct {
+	key    string
+	client *redis.Client
+	refs   int
+}
+
+var (
+	mu      sync.Mutex
+	clients = map[string]*shared{}
+)
+
+// Client returns the process's Redis client for the config directory of
+// cfg, creating it on first use. ok is false, with a nil client and no
+// error, when redis.ini does not exist. Every call for the same directory
+// and settings returns the same client; each caller hands it back with
+// Release when it closes.
+//
+// Creating the client does not contact Redis: go-redis dials lazily and
+// reconnects by itself, so a server that is down at start, or goes away
+// later, makes commands fail with an error but never panics.
+func Client(cfg *config.Config) (*redis.Client, bool, error) {
+	s, ok, err := Load(cfg)
+	if err != nil || !ok {
+		return nil, false, err
+	}
+	quietLibrary()
+	key := cfg.Dir + "\x00" + fmt.Sprintf("%+v", s)
+	mu.Lock()
+	defer mu.Unlock()
+	sh := clients[key]
+	if sh == nil {
+		sh = &shared{key: key, client: redis.NewClient(s.Options())}
+		clients[key] = sh
+	}
+	sh.refs++
+	return sh.client, true, nil
+}
+
+// Release hands back a client obtained from Client. The last Release of
+// a client closes it. Releasing a client redisx did not make, or one that
+// is already closed, does nothing.
+func Release(c *redis.Client) error {
+	if c == nil {
+		return nil
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	for key, sh := range clients {
+		if sh.client != c {
+			continue
+		}
+		sh.refs--
+		if sh.refs > 0 {
+			return nil
+		}
+		delete(clients, key)
+		if err := c.Close(); err != nil && !errors.Is(err, redis.ErrClosed) {
+			return fmt.Errorf("redis: close: %w", err)
+		}
+		return nil
+	}
+	return nil
+}

@@ -1,0 +1,339 @@
+// Package results is the results plugin: it gathers what every plugin
+// decided about a connection and its transactions, writes one summary
+// line per transaction and one per connection, and, when results.ini asks
+// for it, publishes each result to Redis.
+//
+// Plugins never import one another, so results offers no Go API. A plugin
+// records a result as a note whose key is "result:" followed by its own
+// name, on the connection (c.SetNote) or on the transaction
+// (c.Tx.SetNote). The value is a string "<status>" or "<status>: <message>"
+// where status is pass, fail, skip or err, or a []string of such strings
+// for several results:
+//
+//	c.SetNote("result:dnsbl", "fail: listed in zen.example")
+//	c.Tx.SetNote("result:spf", []string{"pass: mail from", "skip: helo"})
+//
+// A transaction is summarised when results first sees that it is over:
+// at the next MAIL, at the disconnect, or at any of its hooks that finds
+// another transaction. By then every plugin has had its say about it.
+package results
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"sync"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/rs/zerolog"
+
+	"loopmx/config"
+	"loopmx/plugins"
+	"loopmx/plugins/redisx"
+)
+
+// Name is the plugin's name in the plugins file.
+const Name = "results"
+
+// NotePrefix starts the key of every note that records a result.
+const NotePrefix = "result:"
+
+// ChannelPrefix starts the Redis channel a transaction's (or a
+// connection's) results are published to; the id follows.
+const ChannelPrefix = "result-"
+
+// stateNote holds results' own bookkeeping in the connection's notes.
+const stateNote = "results.state"
+
+func init() { plugins.Register(Name, setup) }
+
+// Results is the plugin.
+type Results struct {
+	publish bool
+	client  *redis.Client
+	down    *redisx.DownLogger
+}
+
+func setup(cfg *config.Config) (plugins.Plugin, error) {
+	pc, err := cfg.Plugin(Name)
+	if err != nil {
+		return nil, err
+	}
+	publish := pc.Bool("", "redis_publish", false)
+	if err := pc.Check(); err != nil {
+		return nil, err
+	}
+	r := &Results{publish: publish, down: redisx.NewDownLogger(Name)}
+	if !publish {
+		return r, nil
+	}
+	client, ok, err := redisx.Client(cfg)
+	if err != nil {
+		return nil, err
+	}
+	if !ok {
+		return nil, fmt.Errorf("config: %s: [main] redis_publish: %q needs %s in the config directory",
+			pc.File(), pc.String("", "redis_publish", ""), redisx.File)
+	}
+	r.client = client
+	return r, nil
+}
+
+// Name implements plugins.Plugin.
+func (*Results) Name() string { return Name }
+
+// Blocks implements plugins.Blocker: with redis_publish the mail and
+// disconnect hooks publish and run on the workpool; otherwise nothing
+// blocks.
+func (r *Results) Blocks(h plugins.Hook) bool {
+	return r.publish && (h == plugins.HookMail || h == plugins.HookDisconnect)
+}
+
+// Close implements plugins.Closer.
+func (r *Results) Close() error {
+	if r.client == nil {
+		return nil
+	}
+	return redisx.Release(r.client)
+}
+
+// state is what results keeps per connection. Its lock guards against a
+// timed-out hook of another plugin, which leaves results' hooks running
+// on two copies of the connection that share this state.
+type state struct {
+	mu      sync.Mutex
+	tx      *plugins.Transaction // the transaction seen last, not yet summarised
+	pending []publication        // results not yet published
+}
+
+type publication struct {
+	channel string
+	doc     []byte
+}
+
+// stateOf returns c's state, making it on first use.
+func stateOf(c *plugins.Conn) *state {
+	st, _ := c.Note(stateNote).(*state)
+	if st == nil {
+		st = &state{}
+		c.SetNote(stateNote, st)
+	}
+	return st
+}
+
+// observe summarises the transaction seen last if it is over, and
+// remembers the current one. st.mu is held.
+func (r *Results) observe(c *plugins.Conn, st *state) {
+	if st.tx != nil && (c.Tx == nil || c.Tx.ID != st.tx.ID) {
+		r.summarise(c, st, st.tx)
+		st.tx = nil
+	}
+	if c.Tx != nil {
+		st.tx = c.Tx
+	}
+}
+
+// track is observe for the hooks that never publish.
+func (r *Results) track(c *plugins.Conn) {
+	st := stateOf(c)
+	st.mu.Lock()
+	r.observe(c, st)
+	st.mu.Unlock()
+}
+
+// Mail implements plugins.MailHook: a new transaction begins, so the last
+// one is over.
+func (r *Results) Mail(c *plugins.Conn, _ string) plugins.Result {
+	st := stateOf(c)
+	st.mu.Lock()
+	r.observe(c, st)
+	pending := r.take(st)
+	st.mu.Unlock()
+	r.send(c, pending)
+	return plugins.Next()
+}
+
+// Rcpt implements plugins.RcptHook; it only notes the transaction.
+func (r *Results) Rcpt(c *plugins.Conn, _ string) plugins.Result {
+	r.track(c)
+	return plugins.Next()
+}
+
+// Data implements plugins.DataHook; it only notes the transaction.
+func (r *Results) Data(c *plugins.Conn) plugins.Result {
+	r.track(c)
+	return plugins.Next()
+}
+
+// Queue implements plugins.QueueHook; it only notes the transaction and
+// leaves the message to the queue plugins after it.
+func (r *Results) Queue(c *plugins.Conn, _ *plugins.Message) plugins.Result {
+	r.track(c)
+	return plugins.Next()
+}
+
+// Denied implements plugins.DenyHook; it only notes the transaction, so
+// that one whose every recipient was refused is summarised too.
+func (r *Results) Denied(c *plugins.Conn, _ plugins.Hook, _ plugins.Result) {
+	r.track(c)
+}
+
+// Disconnect implements plugins.DisconnectHook: the last transaction and
+// the connection are summarised.
+func (r *Results) Disconnect(c *plugins.Conn) {
+	st := stateOf(c)
+	st.mu.Lock()
+	r.observe(c, st)
+	if st.tx != nil { // the host had not ended the transaction yet
+		r.summarise(c, st, st.tx)
+		st.tx = nil
+	}
+	r.summarise(c, st, nil)
+	pending := r.take(st)
+	st.mu.Unlock()
+	r.send(c, pending)
+}
+
+// Result is one result as logged and published.
+type Result struct {
+	Conn    string `json:"conn"`
+	Tx      string `json:"tx,omitempty"`
+	Plugin  string `json:"plugin"`
+	Scope   string `json:"scope"`  // "conn" or "tx": where the note was
+	Status  string `json:"result"` // pass, fail, skip or err
+	Message string `json:"message,omitempty"`
+}
+
+// summarise writes the summary line of tx, or of the connection when tx
+// is nil, and queues its results for publishing. A transaction's summary
+// holds the connection's results too: they apply to it.
+func (r *Results) summarise(c *plugins.Conn, st *state, tx *plugins.Transaction) {
+	var list []Result
+	list = collect(list, c.ID, "", "conn", c.NoteKeys(), c.Note)
+	id := c.ID
+	if tx != nil {
+		id = tx.ID
+		for i := range list {
+			list[i].Tx = tx.ID
+		}
+		list = collect(list, c.ID, tx.ID, "tx", tx.NoteKeys(), tx.Note)
+	}
+	if c.Log != nil {
+		if ev := c.Log.Info(); ev.Enabled() {
+			ev = ev.Str("plugin", Name).Str("conn", c.ID)
+			if tx != nil {
+				ev = ev.Str("tx", tx.ID)
+			}
+			ev.Dict("results", dict(list)).Msg("results")
+		}
+	}
+	if !r.publish {
+		return
+	}
+	for _, res := range list {
+		doc, err := json.Marshal(res)
+		if err == nil {
+			st.pending = append(st.pending, publication{channel: ChannelPrefix + id, doc: doc})
+		}
+	}
+}
+
+// collect appends the results in the notes keys (sorted) of one scope.
+func collect(list []Result, conn, tx, scope string, keys []string, note func(string) any) []Result {
+	for _, k := range keys {
+		plugin, ok := strings.CutPrefix(k, NotePrefix)
+		if !ok || plugin == "" {
+			continue
+		}
+		switch v := note(k).(type) {
+		case string:
+			list = append(list, parse(conn, tx, plugin, scope, v))
+		case []string:
+			for _, s := range v {
+				list = append(list, parse(conn, tx, plugin, scope, s))
+			}
+		case nil:
+		default:
+			list = append(list, Result{Conn: conn, Tx: tx, Plugin: plugin, Scope: scope, Status: "err",
+				Message: "result note is not a string"})
+		}
+	}
+	return list
+}
+
+// parse reads "<status>" or "<status>: <message>". Anything else is kept
+// as an err result quoting the note, so a plugin's mistake shows.
+func parse(conn, tx, plugin, scope, v string) Result {
+	res := Result{Conn: conn, Tx: tx, Plugin: plugin, Scope: scope}
+	status, msg, _ := strings.Cut(v, ":")
+	status = strings.ToLower(strings.TrimSpace(status))
+	switch status {
+	case "pass", "fail", "skip", "err":
+		res.Status, res.Message = status, strings.TrimSpace(msg)
+	default:
+		res.Status, res.Message = "err", "malformed result note: "+v
+	}
+	return res
+}
+
+// dict is the log form of a summary: per plugin, in the order plugins
+// first appear (connection results first), its results as "<status>" or
+// "<status>: <message>".
+func dict(list []Result) *zerolog.Event {
+	var order []string
+	items := make(map[string][]string, len(list))
+	for _, res := range list {
+		if _, seen := items[res.Plugin]; !seen {
+			order = append(order, res.Plugin)
+		}
+		s := res.Status
+		if res.Message != "" {
+			s += ": " + res.Message
+		}
+		items[res.Plugin] = append(items[res.Plugin], s)
+	}
+	d := zerolog.Dict()
+	for _, p := range order {
+		d.Strs(p, items[p])
+	}
+	return d
+}
+
+// take hands over the pending publications; st.mu is held.
+func (r *Results) take(st *state) []publication {
+	p := st.pending
+	st.pending = nil
+	return p
+}
+
+// send publishes in one round trip. Results are for watching, not for
+// mail flow: a failure is logged (at most once a minute) and the results
+// are dropped.
+func (r *Results) send(c *plugins.Conn, pending []publication) {
+	if len(pending) == 0 || r.client == nil {
+		return
+	}
+	_, err := r.client.Pipelined(context.Background(), func(p redis.Pipeliner) error {
+		for _, pub := range pending {
+			p.Publish(context.Background(), pub.channel, pub.doc)
+		}
+		return nil
+	})
+	if err != nil {
+		r.down.Down(c.Log, err)
+		return
+	}
+	r.down.Up(c.Log)
+}
+
+var (
+	_ plugins.MailHook       = (*Results)(nil)
+	_ plugins.RcptHook       = (*Results)(nil)
+	_ plugins.DataHook       = (*Results)(nil)
+	_ plugins.QueueHook      = (*Results)(nil)
+	_ plugins.DenyHook       = (*Results)(nil)
+	_ plugins.DisconnectHook = (*Results)(nil)
+	_ plugins.Blocker        = (*Results)(nil)
+	_ plugins.Closer         = (*Results)(nil)
+)

@@ -1,0 +1,349 @@
+package results_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"net/netip"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"loopmx/config"
+	"loopmx/plugins"
+	"loopmx/plugins/redisx/redistest"
+	_ "loopmx/plugins/results"
+)
+
+// checkName is a test plugin that records results the way any plugin
+// does, through notes, without importing results.
+const checkName = "test_check"
+
+func init() {
+	plugins.Register(checkName, func(*config.Config) (plugins.Plugin, error) { return check{}, nil })
+}
+
+type check struct{}
+
+func (check) Name() string { return checkName }
+
+// Connect records a connection result.
+func (check) Connect(c *plugins.Conn) plugins.Result {
+	c.SetNote("result:"+checkName, "pass: connect")
+	return plugins.Next()
+}
+
+// Rcpt records one transaction result per recipient and refuses bad@.
+func (check) Rcpt(c *plugins.Conn, to string) plugins.Result {
+	prev, _ := c.Tx.Note("result:" + checkName).([]string)
+	if strings.HasPrefix(to, "bad@") {
+		c.Tx.SetNote("result:"+checkName, append(prev, "fail: no such user "+to))
+		return plugins.Deny(550, "5.1.1", "No such user")
+	}
+	c.Tx.SetNote("result:"+checkName, append(prev, "pass: "+to))
+	return plugins.Next()
+}
+
+// summaries returns the results plugin's log lines, decoded.
+func summaries(t *testing.T, log string) []map[string]any {
+	t.Helper()
+	var out []map[string]any
+	for line := range strings.SplitSeq(log, "\n") {
+		if !strings.Contains(line, `"plugin":"results"`) || !strings.Contains(line, `"message":"results"`) {
+			continue
+		}
+		var m map[string]any
+		if err := json.Unmarshal([]byte(line), &m); err != nil {
+			t.Fatalf("log line %q: %v", line, err)
+		}
+		out = append(out, m)
+	}
+	return out
+}
+
+// connSummary waits for the connection summary line of the connection
+// whose transaction id starts with prefix, and returns every summary.
+func waitConnSummary(t *testing.T, srv *server, conn string) []map[string]any {
+	t.Helper()
+	var all []map[string]any
+	eventually(t, "the connection summary is logged", func() bool {
+		all = summaries(t, srv.log.String())
+		for _, m := range all {
+			if m["conn"] == conn && m["tx"] == nil {
+				return true
+			}
+		}
+		return false
+	})
+	return all
+}
+
+// txID reads the transaction id from queue/discard's 250 reply.
+func txID(t *testing.T, reply string) string {
+	t.Helper()
+	const pre = "250 2.0.0 Ok: queued as "
+	if !strings.HasPrefix(reply, pre) {
+		t.Fatalf("queue reply %q", reply)
+	}
+	return strings.Fields(strings.TrimPrefix(reply, pre))[0]
+}
+
+// connOf is the connection id in a transaction id.
+func connOf(tx string) string { return tx[:strings.LastIndexByte(tx, '.')] }
+
+func TestSummaryPerTransactionAndConnection(t *testing.T) {
+	srv := startServer(t, configDir(t, ""))
+	c, ok := tryConnect(t, srv.addr)
+	if !ok {
+		t.Fatal("connection refused")
+	}
+	c.cmd("EHLO client.test", "250")
+	// 1: delivered to two recipients.
+	c.cmd("MAIL FROM:<s@example.org>", "250")
+	c.cmd("RCPT TO:<a@example.com>", "250")
+	c.cmd("RCPT TO:<b@example.com>", "250")
+	c.cmd("DATA", "354")
+	tx1 := txID(t, c.cmd("Subject: x\r\n\r\nx\r\n.", "250"))
+	conn := connOf(tx1)
+	// 2: every recipient refused, then RSET.
+	c.cmd("MAIL FROM:<s@example.org>", "250")
+	c.cmd("RCPT TO:<bad@example.com>", "550 5.1.1")
+	c.cmd("RSET", "250")
+	// 3: open at QUIT.
+	c.cmd("MAIL FROM:<s@example.org>", "250")
+	c.cmd("RCPT TO:<c@example.com>", "250")
+	c.quit()
+
+	all := waitConnSummary(t, srv, conn)
+	want := []map[string]any{
+		{"tx": conn + ".1", "results": map[string]any{checkName: []any{"pass: connect", "pass: a@example.com", "pass: b@example.com"}}},
+		{"tx": conn + ".2", "results": map[string]any{checkName: []any{"pass: connect", "fail: no such user bad@example.com"}}},
+		{"tx": conn + ".3", "results": map[string]any{checkName: []any{"pass: connect", "pass: c@example.com"}}},
+		{"tx": nil, "results": map[string]any{checkName: []any{"pass: connect"}}},
+	}
+	if len(all) != len(want) {
+		t.Fatalf("%d summary lines, want one per transaction and one for the connection:\n%s", len(all), srv.log)
+	}
+	for i, w := range want {
+		got := all[i]
+		if got["conn"] != conn || got["tx"] != w["tx"] || !reflect.DeepEqual(got["results"], w["results"]) || got["level"] != "info" {
+			t.Errorf("summary %d = %v\nwant tx %v results %v", i+1, got, w["tx"], w["results"])
+		}
+	}
+}
+
+func TestNoteValues(t *testing.T) {
+	dir := configDir(t, "")
+	write(t, dir, "plugins", "results\n")
+	cfg, err := config.Load(dir, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ch, err := plugins.Build(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ch.Close()
+	var buf bytes.Buffer
+	l := zerolog.New(&buf)
+	c := &plugins.Conn{ID: "w1.7", RemoteIP: netip.MustParseAddr("192.0.2.1"), Log: &l}
+	c.SetNote("result:a", "PASS")
+	c.SetNote("result:b", "Fail:  listed in zen.example ")
+	c.SetNote("result:c", "skip: not configured: no zones")
+	c.SetNote("result:d", "maybe")
+	c.SetNote("result:e", 42)
+	c.SetNote("result:", "fail: nameless")
+	c.SetNote("other", "pass: not a result")
+	c.SetNote("result:f", []string{"pass: one", "err: two"})
+	ch.RunFrom(c, &plugins.Call{Hook: plugins.HookDisconnect}, 0)
+
+	all := summaries(t, buf.String())
+	if len(all) != 1 {
+		t.Fatalf("summaries: %v", buf.String())
+	}
+	want := map[string]any{
+		"a": []any{"pass"},
+		"b": []any{"fail: listed in zen.example"},
+		"c": []any{"skip: not configured: no zones"},
+		"d": []any{"err: malformed result note: maybe"},
+		"e": []any{"err: result note is not a string"},
+		"f": []any{"pass: one", "err: two"},
+	}
+	if !reflect.DeepEqual(all[0]["results"], want) {
+		t.Errorf("results %v\nwant %v", all[0]["results"], want)
+	}
+}
+
+func TestBlocks(t *testing.T) {
+	c := &plugins.Conn{ID: "w1.1"}
+	c.BeginTx("s@example.org", time.Now())
+	for _, tc := range []struct {
+		ini   string
+		block []plugins.Hook
+	}{
+		{"", nil},
+		{"redis_publish = false", nil},
+		{"redis_publish = true", []plugins.Hook{plugins.HookMail, plugins.HookDisconnect}},
+	} {
+		dir := configDir(t, tc.ini+"\n")
+		write(t, dir, "plugins", "results\n")
+		write(t, dir, "redis.ini", "server = 127.0.0.1:1\n") // never dialled here
+		cfg, err := config.Load(dir, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ch, err := plugins.Build(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, h := range []plugins.Hook{plugins.HookMail, plugins.HookRcpt, plugins.HookData, plugins.HookQueue, plugins.HookDisconnect} {
+			_, _, done := ch.Step(c, &plugins.Call{Hook: h}, 0)
+			want := false
+			for _, b := range tc.block {
+				want = want || b == h
+			}
+			if done == want {
+				t.Errorf("%q: hook %s blocks = %v, want %v", tc.ini, h, !done, want)
+			}
+		}
+		ch.Close()
+	}
+}
+
+func TestConfigErrors(t *testing.T) {
+	for _, tc := range []struct{ ini, want string }{
+		{"redis_publish = true", `config: results.ini: [main] redis_publish: "true" needs redis.ini in the config directory`},
+		{"redis_publish = often", `config: results.ini: [main] redis_publish: "often" is not a boolean (true or false)`},
+		{"publish = true", `config: results.ini: [main] unknown key "publish"`},
+	} {
+		cfg, err := config.Load(configDir(t, tc.ini+"\n"), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ch, err := plugins.Build(cfg)
+		if err == nil {
+			ch.Close()
+		}
+		if err == nil || err.Error() != tc.want {
+			t.Errorf("%q: error %v\nwant %s", tc.ini, err, tc.want)
+		}
+	}
+}
+
+// TestPublish shows that results reach Redis subscribers only with
+// redis_publish = true, and that a Redis outage costs no mail.
+func TestPublish(t *testing.T) {
+	rs := redistest.Start(t)
+	ctx := context.Background()
+	serve := func(ini string) *server {
+		dir := configDir(t, ini)
+		rs.WriteINI(dir)
+		return startServer(t, dir)
+	}
+	on := serve("redis_publish = true\n")
+	off := serve("redis_publish = false\n")
+
+	// session delivers one message and, before QUIT, subscribes to the
+	// transaction's channel with a second client. It returns the
+	// subscription and the transaction id.
+	session := func(srv *server) (<-chan string, string, func()) {
+		c, ok := tryConnect(t, srv.addr)
+		if !ok {
+			t.Fatal("connection refused")
+		}
+		c.cmd("EHLO client.test", "250")
+		c.cmd("MAIL FROM:<s@example.org>", "250")
+		c.cmd("RCPT TO:<a@example.com>", "250")
+		c.cmd("DATA", "354")
+		tx := txID(t, c.cmd("Subject: x\r\n\r\nx\r\n.", "250"))
+		sub := rs.Client().Subscribe(ctx, "result-"+tx)
+		if _, err := sub.Receive(ctx); err != nil {
+			t.Fatalf("SUBSCRIBE: %v", err)
+		}
+		msgs := make(chan string, 16)
+		go func() {
+			for m := range sub.Channel() {
+				msgs <- m.Payload
+			}
+		}()
+		c.quit()
+		return msgs, tx, func() { sub.Close() }
+	}
+	next := func(msgs <-chan string) string {
+		t.Helper()
+		select {
+		case m := <-msgs:
+			return m
+		case <-time.After(ioTimeout):
+			t.Fatal("nothing published")
+			return ""
+		}
+	}
+
+	msgs, tx, unsub := session(on)
+	var got []map[string]any
+	for range 2 {
+		var m map[string]any
+		if err := json.Unmarshal([]byte(next(msgs)), &m); err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, m)
+	}
+	unsub()
+	conn := connOf(tx)
+	want := []map[string]any{
+		{"conn": conn, "tx": tx, "plugin": checkName, "scope": "conn", "result": "pass", "message": "connect"},
+		{"conn": conn, "tx": tx, "plugin": checkName, "scope": "tx", "result": "pass", "message": "a@example.com"},
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("published %v\nwant %v", got, want)
+	}
+
+	// With redis_publish = false nothing is published: once the
+	// connection's summary is logged, a marker published by the test is
+	// the first message the subscriber sees.
+	msgs, tx, unsub = session(off)
+	waitConnSummary(t, off, connOf(tx))
+	if err := rs.Client().Publish(ctx, "result-"+tx, "marker").Err(); err != nil {
+		t.Fatal(err)
+	}
+	if m := next(msgs); m != "marker" {
+		t.Fatalf("redis_publish = false published %q", m)
+	}
+	unsub()
+
+	// Redis goes away: mail still flows, the outage is logged once.
+	rs.Kill()
+	for range 4 {
+		c, ok := tryConnect(t, on.addr)
+		if !ok {
+			t.Fatal("connection refused with Redis down")
+		}
+		c.cmd("EHLO client.test", "250")
+		c.mail("s@example.org", "a@example.com")
+		c.quit()
+	}
+	eventually(t, "the outage is logged", func() bool { return on.log.count(`"plugin":"results"`, "redis unavailable") > 0 })
+	if n := on.log.count(`"plugin":"results"`, "redis unavailable"); n != 1 {
+		t.Errorf("redis unavailable logged %d times, want once:\n%s", n, on.log)
+	}
+
+	// Back on the same port, publishing resumes by itself.
+	rs.Restart()
+	eventually(t, "publishing resumes", func() bool {
+		msgs, _, unsub := session(on)
+		defer unsub()
+		select {
+		case <-msgs:
+			return true
+		case <-time.After(2 * time.Second):
+			return false
+		}
+	})
+	if n := on.log.count(`"plugin":"results"`, "redis available again"); n != 1 {
+		t.Errorf("recovery logged %d times, want once", n)
+	}
+}
