@@ -10,12 +10,13 @@
 package supervisor
 
 import (
-	"errors"
 	"fmt"
 	"net"
 	"os"
 	"strconv"
 	"strings"
+	"syscall"
+	"time"
 )
 
 // Environment variables of the supervisor/worker contract.
@@ -37,10 +38,16 @@ type Worker struct {
 
 // WorkerEnv reads the worker contract from the environment. ok is false
 // when this process is not a worker.
+//
+// A worker also watches its supervisor: when the supervisor is gone (it
+// was killed with SIGKILL, say), the worker sends itself SIGTERM and
+// drains, instead of holding the listening sockets as an orphan that
+// would keep a new supervisor from binding them.
 func WorkerEnv() (w Worker, ok bool, err error) {
 	if os.Getenv(EnvRole) != "worker" {
 		return Worker{}, false, nil
 	}
+	go watchParent(os.Getppid(), time.Second)
 	w.ID, _ = strconv.Atoi(os.Getenv(EnvWorkerID))
 	w.Generation, _ = strconv.Atoi(os.Getenv(EnvGeneration))
 	n, err := strconv.Atoi(os.Getenv(EnvListenFDs))
@@ -110,4 +117,15 @@ func Notify(state string) (bool, error) {
 	return true, nil
 }
 
-var errNotImplemented = errors.New("supervisor: not implemented yet")
+// watchParent sends this process SIGTERM once its parent is no longer
+// ppid. A USR2 upgrade keeps the supervisor's pid, so it does not count.
+func watchParent(ppid int, every time.Duration) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for range t.C {
+		if os.Getppid() != ppid {
+			syscall.Kill(os.Getpid(), syscall.SIGTERM)
+			return
+		}
+	}
+}
