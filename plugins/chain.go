@@ -13,6 +13,7 @@ type entry struct {
 	name    string
 	p       Plugin
 	blocks  [numHooks]bool
+	cb      ConnBlocker // per-call refinement of blocks, or nil
 	timeout time.Duration
 }
 
@@ -75,6 +76,7 @@ func NewChain(ps ...Plugin) *Chain {
 
 func (ch *Chain) add(name string, p Plugin) {
 	e := entry{name: name, p: p, timeout: config.DefaultPluginTimeout}
+	e.cb, _ = p.(ConnBlocker)
 	b, _ := p.(Blocker)
 	idx := len(ch.entries)
 	if _, ok := p.(CapabilitiesHook); ok {
@@ -164,7 +166,7 @@ func (ch *Chain) Step(c *Conn, call *Call, i int) (res Result, next int, done bo
 	list := ch.byHook[call.Hook]
 	for ; i < len(list); i++ {
 		e := &ch.entries[list[i]]
-		if e.blocks[call.Hook] {
+		if e.blocks[call.Hook] && (e.cb == nil || e.cb.BlocksConn(c, call.Hook)) {
 			return Result{}, i, false
 		}
 		if r := ch.invoke(e, c, call); r.Action != Continue || r.Delay > 0 {

@@ -129,6 +129,15 @@ type Blocker interface {
 	Blocks(h Hook) bool
 }
 
+// ConnBlocker refines Blocker per call: a plugin whose hook blocks only
+// sometimes (a DNS lookup that the cache or an address rule can answer)
+// says for this connection whether it will wait. It is asked on the event
+// loop right before the hook runs and must answer in microseconds. It is
+// consulted only for hooks that Blocks reports as blocking.
+type ConnBlocker interface {
+	BlocksConn(c *Conn, h Hook) bool
+}
+
 // Closer is implemented by plugins holding resources to release at exit.
 type Closer interface {
 	Close() error
