@@ -1,0 +1,283 @@
+package nexthop
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"strconv"
+)
+
+// Envelope is what the next hop is told before the message.
+type Envelope struct {
+	// From is the reverse path, "" for the null sender.
+	From string
+	// Rcpts are the recipients, in the order the client gave them.
+	Rcpts []string
+	// SMTPUTF8 is set when the client's MAIL carried SMTPUTF8.
+	SMTPUTF8 bool
+}
+
+// stage names the point of the dialog that decided a transaction.
+type stage uint8
+
+const (
+	stageMail stage = iota + 1 // MAIL was refused
+	stageRcpt                  // at least one RCPT was refused; no message sent
+	stageData                  // DATA was refused
+	stageEnd                   // the message was sent; the end-of-data replies decide
+)
+
+// delivery is how a next hop answered one transaction.
+type delivery struct {
+	host  string
+	stage stage
+	// reply is the reply that decided at stageMail and stageData, and for
+	// SMTP the reply to the end of data.
+	reply Reply
+	// rcpts holds one reply per recipient, in envelope order: the replies
+	// to RCPT, and for LMTP at stageEnd the replies after the end of data
+	// (RFC 2033 4.2).
+	rcpts []Reply
+}
+
+// transact runs one mail transaction on c: the envelope, then, when the
+// next hop accepted all of it, the message.
+func (f *Forwarder) transact(c *conn, env *Envelope, head, body []byte, reused bool) (*delivery, *failure) {
+	c.txs++
+	d, fail := f.envelope(c, env, len(head)+len(body)+eolMissing(body), reused)
+	if fail != nil || d.stage != 0 {
+		return d, fail
+	}
+	return f.message(c, d, head, body)
+}
+
+// envelope sends MAIL, the RCPTs and DATA. A session that was used before
+// starts with RSET (RFC 5321 4.1.1.5), which also proves that it is still
+// alive. With PIPELINING (RFC 2920) all of it goes out in one write and
+// the replies are read in order; without it each command waits for its
+// reply.
+//
+// The returned delivery has a stage when the next hop refused something;
+// no message may be sent then. When a recipient was refused after a
+// pipelined DATA already got 354, the session is marked unusable: it is
+// dropped without the end-of-data mark, which would deliver an empty
+// message to the others.
+func (f *Forwarder) envelope(c *conn, env *Envelope, size int, reused bool) (*delivery, *failure) {
+	cmd := f.s.CommandTimeout
+	pipe := c.has("PIPELINING")
+	w := c.bw
+	// Until a reply of this transaction arrived, an I/O error on a pooled
+	// session means the next hop closed it while it was idle.
+	early := func(err error) *failure {
+		c.unusable = true
+		return &failure{host: c.host, kind: failBroken, stale: reused && !timedOut(err), err: err}
+	}
+	broken := func(err error) *failure {
+		c.unusable = true
+		return &failure{host: c.host, kind: failBroken, err: err}
+	}
+	rset := func() *failure {
+		r, err := c.read(cmd, nil)
+		if err == nil && r.Class() != 2 {
+			err = fmt.Errorf("RSET %w", r)
+		}
+		if err != nil {
+			return early(err)
+		}
+		return nil
+	}
+
+	c.deadline(cmd)
+	if reused {
+		w.WriteString("RSET\r\n")
+		if !pipe {
+			if err := w.Flush(); err != nil {
+				return nil, early(err)
+			}
+			if fail := rset(); fail != nil {
+				return nil, fail
+			}
+		}
+	}
+	f.writeMail(c, env, size)
+	if pipe {
+		for _, rcpt := range env.Rcpts {
+			writeRcpt(w, rcpt)
+		}
+		w.WriteString("DATA\r\n")
+	}
+	c.deadline(cmd)
+	if err := w.Flush(); err != nil {
+		return nil, early(err)
+	}
+	if reused && pipe {
+		if fail := rset(); fail != nil {
+			return nil, fail
+		}
+	}
+	mail, err := c.read(cmd, nil)
+	if err != nil {
+		return nil, early(err)
+	}
+
+	d := &delivery{host: c.host, rcpts: make([]Reply, len(env.Rcpts))}
+	if mail.Class() != 2 {
+		d.reply = mail
+		d.stage = stageMail
+		if !pipe {
+			return d, nil
+		}
+	}
+	for i, rcpt := range env.Rcpts {
+		if !pipe {
+			writeRcpt(w, rcpt)
+			c.deadline(cmd)
+			if err := w.Flush(); err != nil {
+				return nil, broken(err)
+			}
+		}
+		r, err := c.read(cmd, nil)
+		if err != nil {
+			if d.stage != 0 {
+				// The next hop said no and then hung up (421): its no
+				// stands.
+				c.unusable = true
+				return d, nil
+			}
+			return nil, broken(err)
+		}
+		d.rcpts[i] = r
+		if r.Class() != 2 && d.stage == 0 {
+			d.stage = stageRcpt
+		}
+	}
+	if d.stage != 0 && !pipe {
+		return d, nil // the next use of the session starts with RSET
+	}
+	if !pipe {
+		if err := c.write(cmd, "DATA"); err != nil {
+			return nil, broken(err)
+		}
+	}
+	data, err := c.read(cmd, nil)
+	switch {
+	case err != nil && d.stage != 0:
+		c.unusable = true
+		return d, nil
+	case err != nil:
+		return nil, broken(err)
+	case d.stage != 0:
+		// RFC 2920 3.1: after 354 the only ways out are a message or a
+		// dropped session.
+		c.unusable = c.unusable || data.Code == 354
+		return d, nil
+	case data.Code == 354:
+		return d, nil
+	case data.Class() < 4:
+		return nil, broken(fmt.Errorf("DATA %w", data))
+	}
+	d.reply = data
+	d.stage = stageData
+	return d, nil
+}
+
+// message sends the header we add and the message after a 354, then reads
+// the reply to its end: one for SMTP, one per recipient for LMTP (RFC
+// 2033 4.2; all recipients were accepted, or we would not be here).
+func (f *Forwarder) message(c *conn, d *delivery, head, body []byte) (*delivery, *failure) {
+	broken := func(err error, committed bool) *failure {
+		c.unusable = true
+		return &failure{host: c.host, kind: failBroken, committed: committed, err: err}
+	}
+	w := c.bw
+	// RFC 5321 4.5.3.2.5: the whole message within the data timeout.
+	c.deadline(f.s.DataTimeout)
+	w.Write(head)
+	writeStuffed(w, body)
+	if eolMissing(body) > 0 {
+		w.WriteString("\r\n")
+	}
+	// Buffered writes failed already if the next hop is gone; then the end
+	// mark cannot have been sent and no copy exists there.
+	if _, err := w.Write(nil); err != nil {
+		return nil, broken(err, false)
+	}
+	w.WriteString(".\r\n")
+	if err := w.Flush(); err != nil {
+		return nil, broken(err, true)
+	}
+	d.stage = stageEnd
+	replies := d.rcpts
+	if f.proto == SMTP {
+		replies = []Reply{{}}
+	}
+	for i := range replies {
+		r, err := c.read(f.s.DataTimeout, nil)
+		if err == nil && r.Class() == 3 {
+			err = fmt.Errorf("end of data %w", r)
+		}
+		if err != nil {
+			return nil, broken(err, true)
+		}
+		replies[i] = r
+	}
+	if f.proto == SMTP {
+		d.reply = replies[0]
+	}
+	return d, nil
+}
+
+// writeMail writes the MAIL command with the parameters the next hop
+// understands: SIZE (RFC 1870), BODY=8BITMIME (RFC 6152; declaring it
+// for 7-bit content is allowed) and SMTPUTF8 when the client asked for it
+// (RFC 6531 3.4; the caller made sure it is offered).
+func (f *Forwarder) writeMail(c *conn, env *Envelope, size int) {
+	w := c.bw
+	w.WriteString("MAIL FROM:<")
+	w.WriteString(env.From)
+	w.WriteByte('>')
+	if c.has("SIZE") {
+		w.WriteString(" SIZE=")
+		w.WriteString(strconv.Itoa(size))
+	}
+	if c.has("8BITMIME") {
+		w.WriteString(" BODY=8BITMIME")
+	}
+	if env.SMTPUTF8 {
+		w.WriteString(" SMTPUTF8")
+	}
+	w.WriteString("\r\n")
+}
+
+func writeRcpt(w *bufio.Writer, rcpt string) {
+	w.WriteString("RCPT TO:<")
+	w.WriteString(rcpt)
+	w.WriteString(">\r\n")
+}
+
+// eolMissing is 2 when body does not end with CRLF and needs one before
+// the end-of-data mark, else 0.
+func eolMissing(body []byte) int {
+	if len(body) == 0 || bytes.HasSuffix(body, []byte("\r\n")) {
+		return 0
+	}
+	return 2
+}
+
+// writeStuffed writes body with an extra dot in front of every line that
+// starts with one (RFC 5321 4.5.2). The body arrives unstuffed.
+func writeStuffed(w *bufio.Writer, body []byte) {
+	if len(body) > 0 && body[0] == '.' {
+		w.WriteByte('.')
+	}
+	for {
+		i := bytes.Index(body, []byte("\n."))
+		if i < 0 {
+			w.Write(body)
+			return
+		}
+		w.Write(body[:i+2])
+		w.WriteByte('.')
+		body = body[i+2:]
+	}
+}
