@@ -51,6 +51,7 @@ type conn struct {
 	proxyWait bool       // waiting for the PROXY header
 	ipHeld    bool       // counted in the per-IP limit
 	t         *tlsState  // set once the connection left the loop for TLS
+	handing   bool       // handed to TLS; its goroutine starts after this event
 }
 
 func newConn(el *eventLoop, fd int, peer netip.AddrPort, lfd int) *conn {
@@ -189,6 +190,9 @@ func (c *conn) proxyHeader() {
 // hook goes to the workpool, or the connection is to close. Whatever input
 // is left is copied out of the loop's read buffer.
 func (c *conn) process() {
+	if c.handing {
+		return
+	}
 	for c.greeted && !c.pending && !c.closing && !c.closed && len(c.out) < maxOutPending {
 		if c.draining() && !c.sess.Tx().Active {
 			// Shutting down: a session outside a transaction ends here,
@@ -324,6 +328,9 @@ func (c *conn) write(b []byte) {
 // flush writes what the connection owes. A short write keeps the rest and
 // asks epoll for writability.
 func (c *conn) flush() {
+	if c.handing {
+		return
+	}
 	if c.t != nil {
 		c.flushTLS()
 		return

@@ -54,6 +54,9 @@ type eventLoop struct {
 	nextTick     time.Time
 
 	timers timerHeap
+	// connections handed to TLS during this iteration; their goroutines
+	// start when the loop is done with them
+	handoffs []*conn
 
 	// load: the longest batch of work per window, for toobusy
 	batchMax time.Duration
@@ -187,6 +190,11 @@ func (el *eventLoop) run() {
 		if len(el.timers) > 0 {
 			el.runTimers()
 		}
+		for i, c := range el.handoffs {
+			go c.runTLS()
+			el.handoffs[i] = nil
+		}
+		el.handoffs = el.handoffs[:0]
 		if n > 0 {
 			// How long this batch kept every other event waiting.
 			if busy := time.Since(el.now); busy > el.batchMax {

@@ -85,11 +85,15 @@ func (c *conn) handOff() {
 	}
 	c.t = &tlsState{conn: tls.Server(nc, srv.opts.TLS.Config()), results: make(chan hookResult, 1)}
 	srv.trackTLS(c, true)
-	go c.runTLS()
+	// The goroutine starts once the loop is done with this event: code up
+	// the loop's call stack may still look at c (it sees c.handing).
+	c.handing = true
+	el.handoffs = append(el.handoffs, c)
 }
 
 // runTLS is the connection's goroutine after the hand-off.
 func (c *conn) runTLS() {
+	c.handing = false
 	srv := c.el.srv
 	defer srv.trackTLS(c, false)
 	t := c.t
