@@ -134,7 +134,7 @@ func newLogger(cfg *config.Config, w io.Writer) zerolog.Logger {
 // superviseRun runs this process as the supervisor of cfg.Main.Nodes
 // worker processes.
 func superviseRun(cfg *config.Config, dir string, stderr io.Writer) int {
-	log := newLogger(cfg, stderr).With().Str("role", "supervisor").Logger()
+	log := newLogger(cfg, stderr).With().Str("role", "supervisor").Str("version", version).Logger()
 	exe, err := os.Executable()
 	if err != nil {
 		fmt.Fprintln(stderr, "loopmx: cannot find my own binary:", err)
@@ -203,7 +203,9 @@ func serve(cfg *config.Config, stderr io.Writer, listeners []*os.File, ready fun
 	// theirs). Everything else in the config needs a restart, or a
 	// supervisor's rolling reload (nodes >= 1).
 	hups := make(chan os.Signal, 1)
-	signal.Notify(hups, syscall.SIGHUP)
+	if worker == 0 {
+		signal.Notify(hups, syscall.SIGHUP)
+	}
 	go func() {
 		for range hups {
 			if tlsConf == nil {
@@ -218,7 +220,14 @@ func serve(cfg *config.Config, stderr io.Writer, listeners []*os.File, ready fun
 		}
 	}()
 	sigs := make(chan os.Signal, 2)
-	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
+	if worker > 0 {
+		// The supervisor handles a terminal's Ctrl-C and hang-up and tells
+		// its workers with TERM (they share its process group).
+		signal.Ignore(syscall.SIGINT, syscall.SIGHUP)
+		signal.Notify(sigs, syscall.SIGTERM)
+	} else {
+		signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
+	}
 	sig := <-sigs
 	log.Info().Str("signal", sig.String()).Dur("graceful_timeout", cfg.Main.GracefulTimeout).
 		Msg("stopping: no new connections, open transactions may finish")

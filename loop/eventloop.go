@@ -267,6 +267,15 @@ func (el *eventLoop) accept(lfd int) {
 		el.served++
 		el.open(fd, peer, lfd)
 		if el.srv.opts.SingleAccept {
+			// EPOLLEXCLUSIVE wakes the first waiter on the socket, and a
+			// loop that re-arms stays first: it would take the whole
+			// burst. Registering again puts this loop at the back of the
+			// queue, so the next connection wakes another loop or worker
+			// process (the point of UV_TCP_SINGLE_ACCEPT).
+			if el.srv.rearm && !el.draining && !el.acceptOff {
+				rawEpollCtl(el.epfd, unix.EPOLL_CTL_DEL, lfd, 0)
+				rawEpollCtl(el.epfd, unix.EPOLL_CTL_ADD, lfd, unix.EPOLLIN|unix.EPOLLEXCLUSIVE)
+			}
 			return
 		}
 	}

@@ -140,6 +140,7 @@ type Server struct {
 	idPrefix string
 	connSeq  atomic.Uint64
 
+	rearm    bool // others wait on the same listeners: single accept re-queues the loop
 	draining atomic.Bool
 	drained  sync.WaitGroup // loops that have not yet stopped accepting
 	stopped  sync.WaitGroup
@@ -201,6 +202,9 @@ func New(opts Options, chain *plugins.Chain, pool *workpool.Pool) (*Server, erro
 		replyShutdown:  []byte("421 4.3.2 " + host + " Service shutting down, try again later\r\n"),
 		replyTimeout:   []byte("421 4.4.2 " + host + " Error: timeout exceeded\r\n"),
 	}
+	// Other loops, or other processes that were handed the same sockets,
+	// compete for connections.
+	s.rearm = opts.Loops > 1 || len(opts.Listeners) > 0
 	if len(opts.Listeners) > 0 {
 		for _, f := range opts.Listeners {
 			fd, err := unix.Dup(int(f.Fd()))
