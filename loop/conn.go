@@ -46,12 +46,13 @@ type conn struct {
 	msg       *plugins.Message
 	nTx       int
 
-	kind      listenKind // what the listener it came from speaks
-	wantTLS   bool       // hand over to TLS once the output is written
-	proxyWait bool       // waiting for the PROXY header
-	ipHeld    bool       // counted in the per-IP limit
-	t         *tlsState  // set once the connection left the loop for TLS
-	handing   bool       // handed to TLS; its goroutine starts after this event
+	kind       listenKind // what the listener it came from speaks
+	wantTLS    bool       // hand over to TLS once the output is written
+	proxyWait  bool       // waiting for the PROXY header
+	ipHeld     bool       // counted in the per-IP limit
+	t          *tlsState  // set once the connection left the loop for TLS
+	handing    bool       // handed to TLS; its goroutine starts after this event
+	tlsRefusal []byte     // implicit TLS refused at connect: sent after the handshake
 }
 
 func newConn(el *eventLoop, fd int, peer netip.AddrPort, lfd int) *conn {

@@ -283,6 +283,10 @@ func (el *eventLoop) accept(lfd int) {
 
 // refuse answers a connection we will not serve and closes it.
 func refuse(fd int, reply []byte) {
+	if reply == nil {
+		rawClose(fd)
+		return
+	}
 	rawWrite(fd, reply)
 	rawClose(fd)
 }
@@ -297,20 +301,27 @@ func (el *eventLoop) open(fd int, peer netip.AddrPort, lfd int) {
 		rawClose(fd)
 		return
 	}
+	// A TLS client cannot read a plaintext refusal: close instead.
+	plain := func(r []byte) []byte {
+		if kind.TLS {
+			return nil
+		}
+		return r
+	}
 	if el.draining {
-		refuse(fd, s.replyShutdown)
+		refuse(fd, plain(s.replyShutdown))
 		return
 	}
 	if n := s.conns.Add(1); s.opts.MaxConnections > 0 && n > int64(s.opts.MaxConnections) {
 		s.conns.Add(-1)
-		refuse(fd, s.replyTooMany)
+		refuse(fd, plain(s.replyTooMany))
 		return
 	}
 	// Behind a proxy the peer is the balancer: the per-IP limit applies
 	// to the client address of the header instead.
 	if !kind.Proxy && !s.acquireIP(ip) {
 		s.conns.Add(-1)
-		refuse(fd, s.replyTooManyIP)
+		refuse(fd, plain(s.replyTooManyIP))
 		return
 	}
 	if e := rawEpollCtl(el.epfd, unix.EPOLL_CTL_ADD, fd, unix.EPOLLIN|unix.EPOLLRDHUP); e != 0 {

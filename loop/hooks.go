@@ -164,9 +164,15 @@ func (c *conn) resolve(call plugins.Call, res plugins.Result) {
 	}
 	switch call.Hook {
 	case plugins.HookConnect:
-		if ok {
+		switch {
+		case ok:
 			c.greet()
-		} else {
+		case c.kind.TLS && !c.inTLS():
+			// Implicit TLS: the client can only read the refusal once
+			// the handshake is done.
+			c.tlsRefusal = rep.AppendTo(nil)
+			c.startTLS()
+		default:
 			c.write(rep.AppendTo(nil))
 			c.shutdown("rejected at connect")
 		}

@@ -355,7 +355,6 @@ func TestProxyPerIPLimitUsesHeaderAddress(t *testing.T) {
 
 // A proxied client can go on to STARTTLS; it keeps the header's address.
 func TestProxyThenStartTLS(t *testing.T) {
-	skipOnHandOffRace(t)
 	env := newTLSEnv(t, "", "mx.test")
 	md, spool := openMaildir(t)
 	_, addr := proxyServer(t, env.with, hostList(), md)

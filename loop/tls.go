@@ -108,6 +108,12 @@ func (c *conn) runTLS() {
 	c.pc.TLS = &st
 	c.pc.Helo, c.pc.Extended = "", false
 	c.sess.StartedTLS()
+	if c.tlsRefusal != nil {
+		c.write(c.tlsRefusal)
+		c.flush()
+		c.closeTLS("rejected at connect")
+		return
+	}
 	if !c.greeted {
 		c.greet() // implicit TLS: the banner comes after the handshake
 	}
@@ -117,6 +123,18 @@ func (c *conn) runTLS() {
 		if c.closing {
 			c.closeTLS("")
 			return
+		}
+		// A wake-up for a drain may have come while this goroutine was
+		// busy (the deadline below replaces it): look at the flags first.
+		switch {
+		case srv.forcing.Load():
+			c.write(srv.replyShutdown)
+			c.flush()
+			c.closeTLS("shutdown")
+			return
+		case srv.draining.Load() && !c.sess.Tx().Active:
+			c.drainCheck()
+			continue
 		}
 		t.conn.SetReadDeadline(time.Now().Add(srv.opts.InactivityTimeout))
 		n, err := t.conn.Read(t.buf)
@@ -130,6 +148,11 @@ func (c *conn) runTLS() {
 		}
 		var ne net.Error
 		switch {
+		case errors.As(err, &ne) && ne.Timeout() && srv.forcing.Load():
+			// The graceful time is over: 421 like a plain session.
+			c.write(srv.replyShutdown)
+			c.flush()
+			c.closeTLS("shutdown")
 		case errors.As(err, &ne) && ne.Timeout() && srv.draining.Load() && !c.sess.Tx().Active:
 			c.drainCheck()
 		case errors.As(err, &ne) && ne.Timeout() && srv.draining.Load():
@@ -256,11 +279,17 @@ func (s *Server) trackTLS(c *conn, add bool) {
 func (s *Server) wakeTLS(force bool) {
 	s.tlsMu.Lock()
 	defer s.tlsMu.Unlock()
+	if force {
+		s.forcing.Store(true)
+	}
 	for c := range s.tlsConns {
+		// Wake the goroutine from its read; it sees draining or forcing.
+		c.t.conn.SetReadDeadline(time.Now())
 		if force {
-			c.t.conn.Close()
-		} else {
-			c.t.conn.SetReadDeadline(time.Now())
+			// One that is not reading (a hook, a stuck write) gets a
+			// moment, then its socket is closed under it.
+			tc := c.t.conn
+			time.AfterFunc(2*time.Second, func() { tc.Close() })
 		}
 	}
 }

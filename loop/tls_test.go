@@ -24,7 +24,6 @@ import (
 	"net/smtp"
 	"os"
 	"path/filepath"
-	"runtime/debug"
 	"slices"
 	"strconv"
 	"strings"
@@ -37,33 +36,6 @@ import (
 	"loopmx/plugins"
 	"loopmx/plugins/queue/maildir"
 )
-
-// handOffRaceBug is the BUG that every test handing a connection to TLS
-// trips under the race detector. They run (and pass) without -race; with
-// -race they are skipped until the BUG is fixed, then this goes.
-const handOffRaceBug = "BUG: after handOff starts runTLS the loop goroutine still calls c.flush()/c.process() on the conn (conn.go start, onReadable; hooks.go hookDone, timerFired): data race on c.out, c.greeted"
-
-// skipOnHandOffRace skips the test when the binary runs under -race.
-func skipOnHandOffRace(t *testing.T) {
-	t.Helper()
-	if raceDetector() {
-		t.Skip(handOffRaceBug)
-	}
-}
-
-// raceDetector reports whether the test binary was built with -race.
-func raceDetector() bool {
-	bi, ok := debug.ReadBuildInfo()
-	if !ok {
-		return false
-	}
-	for _, s := range bi.Settings {
-		if s.Key == "-race" {
-			return s.Value == "true"
-		}
-	}
-	return false
-}
 
 // testCA is a throwaway certificate authority for one test.
 type testCA struct {
@@ -430,7 +402,6 @@ func receivedHeader(t *testing.T, msg string) string {
 const tlsBody = "Subject: over TLS\r\n\r\nhello\r\n"
 
 func TestStartTLSDeliversOverTLS(t *testing.T) {
-	skipOnHandOffRace(t)
 	env := newTLSEnv(t, "", "mx.test")
 	var seen tlsSeen
 	md, spool := openMaildir(t)
@@ -489,7 +460,6 @@ func TestStartTLSDeliversOverTLS(t *testing.T) {
 
 // net/smtp's StartTLS is the client most Go programs use.
 func TestStartTLSWithNetSMTP(t *testing.T) {
-	skipOnHandOffRace(t)
 	env := newTLSEnv(t, "", "mx.test")
 	rec := &recorder{block: true}
 	ts := startServer(t, env.with, 2, 16, hostList(), rec)
@@ -547,7 +517,6 @@ func TestStartTLSWithNetSMTP(t *testing.T) {
 }
 
 func TestStartTLSRefusedOutOfTurn(t *testing.T) {
-	skipOnHandOffRace(t)
 	env := newTLSEnv(t, "", "mx.test")
 	ts := startServer(t, env.with, 2, 16, hostList(), &recorder{})
 	c := connect(t, ts.addr)
@@ -581,7 +550,6 @@ func TestNoCertificateNoStartTLS(t *testing.T) {
 // same packet, could have been injected by a man in the middle. They must
 // be thrown away, neither answered nor run.
 func TestStartTLSDropsPipelinedInput(t *testing.T) {
-	skipOnHandOffRace(t)
 	for _, injected := range []string{
 		"RSET\r\n",
 		"MAIL FROM:<x@y>\r\n",
@@ -634,7 +602,6 @@ func readAll(t *testing.T, conn net.Conn) []byte {
 
 // A handshake that fails closes that connection, and only that one.
 func TestFailedHandshakeClosesOnlyThatConnection(t *testing.T) {
-	skipOnHandOffRace(t)
 	env := newTLSEnv(t, "", "mx.test")
 	rec := &recorder{}
 	ts := startServer(t, env.with, 2, 16, hostList(), rec)
@@ -729,7 +696,6 @@ func sameCert(got *x509.Certificate, want tls.Certificate) bool {
 }
 
 func TestSNIPicksCertificate(t *testing.T) {
-	skipOnHandOffRace(t)
 	env := newTLSEnv(t, "", "mx1.test", "mx2.test")
 	ts := startServer(t, env.with, 2, 16, hostList(), &recorder{})
 	for _, tc := range []struct{ sni, want string }{
@@ -752,7 +718,6 @@ func TestSNIPicksCertificate(t *testing.T) {
 
 // min_version lets TLS 1.2 in, and ciphers picks its suite.
 func TestMinVersionAndCiphers(t *testing.T) {
-	skipOnHandOffRace(t)
 	const cipher = "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256"
 	env := newTLSEnv(t, "min_version = 1.2\nciphers = "+cipher+"\n", "mx.test")
 	var seen tlsSeen
@@ -798,7 +763,6 @@ func TestLoadTLSErrors(t *testing.T) {
 // A renewed certificate is used for new handshakes after Reload; a session
 // that is already encrypted is not disturbed.
 func TestCertificateReload(t *testing.T) {
-	skipOnHandOffRace(t)
 	env := newTLSEnv(t, "", "mx.test")
 	rec := &recorder{}
 	ts := startServer(t, env.with, 2, 16, hostList(), rec)
@@ -840,7 +804,6 @@ func TestCertificateReload(t *testing.T) {
 // Reloading while handshakes run: every handshake gets one whole pair,
 // old or new (run with -race).
 func TestCertificateReloadDuringHandshakes(t *testing.T) {
-	skipOnHandOffRace(t)
 	env := newTLSEnv(t, "", "mx.test")
 	ts := startServer(t, env.with, 2, 64, hostList(), &recorder{})
 	pairs := []tls.Certificate{env.certs["mx.test"], env.ca.issue(t, false, "mx.test")}
@@ -884,7 +847,6 @@ func TestCertificateReloadDuringHandshakes(t *testing.T) {
 
 // Plugins see the client's certificate when request_client_cert is on.
 func TestClientCertificateVisibleToPlugins(t *testing.T) {
-	skipOnHandOffRace(t)
 	env := newTLSEnv(t, "request_client_cert = true\n", "mx.test")
 	var seen tlsSeen
 	ts := startServer(t, env.with, 2, 16, hostList(), seen.spy(), &recorder{})
@@ -942,7 +904,6 @@ func dialImplicit(t *testing.T, addr string, conf *tls.Config) (*tlsClient, erro
 }
 
 func TestImplicitTLS(t *testing.T) {
-	skipOnHandOffRace(t)
 	env := newTLSEnv(t, "", "mx.test")
 	var seen tlsSeen
 	md, spool := openMaildir(t)
@@ -983,7 +944,6 @@ func TestImplicitTLS(t *testing.T) {
 // On an implicit-TLS listener the banner is not sent in plaintext, and a
 // plaintext client is closed when its bytes fail the handshake.
 func TestImplicitTLSPlaintextClient(t *testing.T) {
-	skipOnHandOffRace(t)
 	env := newTLSEnv(t, "", "mx.test")
 	ts, addr := implicitServer(t, env, hostList(), &recorder{})
 	c := dial(t, addr)
@@ -999,7 +959,6 @@ func TestImplicitTLSPlaintextClient(t *testing.T) {
 // the ClientHello arrives while the hook runs and must still reach the
 // handshake.
 func TestImplicitTLSWithBlockingConnectHook(t *testing.T) {
-	skipOnHandOffRace(t)
 	env := newTLSEnv(t, "handshake_timeout = 2s\n", "mx.test")
 	g, entered := newGate(), newSignal()
 	slow := &hooks{name: "test/slow-connect", blocking: []plugins.Hook{plugins.HookConnect}, gate: g,
@@ -1025,7 +984,6 @@ func TestImplicitTLSWithBlockingConnectHook(t *testing.T) {
 // A connect hook that refuses a client on an implicit-TLS listener: the
 // client can only read the refusal over TLS.
 func TestImplicitTLSRefusedAtConnect(t *testing.T) {
-	t.Skip("BUG: a connect-hook refusal on an implicit-TLS listener is written in plaintext before the handshake (resolve HookConnect -> c.write before greet/startTLS); the TLS client sees a broken record, not the 554")
 	env := newTLSEnv(t, "", "mx.test")
 	deny := &hooks{name: "test/deny", connect: func(*plugins.Conn) plugins.Result {
 		return plugins.Deny(554, "5.7.1", "Go away")
@@ -1061,7 +1019,6 @@ func TestTLSListenerOptionsRefused(t *testing.T) {
 }
 
 func TestTLSInactivityTimeout(t *testing.T) {
-	skipOnHandOffRace(t)
 	env := newTLSEnv(t, "", "mx.test")
 	ts := startServer(t, func(o *loop.Options) {
 		env.with(o)
@@ -1079,7 +1036,6 @@ func TestTLSInactivityTimeout(t *testing.T) {
 // A graceful shutdown reaches sessions that left their loop for TLS: idle
 // ones get 421 at once, one inside a transaction may finish it first.
 func TestGracefulShutdownWithTLSSessions(t *testing.T) {
-	skipOnHandOffRace(t)
 	env := newTLSEnv(t, "", "mx.test")
 	rec := &recorder{}
 	ts := startServer(t, func(o *loop.Options) { env.with(o); oneLoop(o) }, 2, 16, hostList(), rec)
@@ -1110,7 +1066,6 @@ func TestGracefulShutdownWithTLSSessions(t *testing.T) {
 // When the graceful time runs out, a TLS session still in a transaction
 // is told so, like a plaintext one.
 func TestShutdownTimeoutForcesCloseOverTLS(t *testing.T) {
-	t.Skip("BUG: when the graceful time runs out, wakeTLS(force) closes TLS sessions without the 421 4.3.2 a plaintext session gets")
 	env := newTLSEnv(t, "", "mx.test")
 	ts := startServer(t, func(o *loop.Options) { env.with(o); oneLoop(o) }, 2, 16, hostList(), &recorder{})
 	c := connect(t, ts.addr)
