@@ -118,7 +118,7 @@ func (c *conn) runTLS() {
 		c.greet() // implicit TLS: the banner comes after the handshake
 	}
 	c.flush()
-	t.buf = make([]byte, 16<<10)
+	t.buf = make([]byte, 4<<10) // small: an idle TLS session holds it while it waits
 	for !c.closed {
 		if c.closing {
 			c.closeTLS("")
