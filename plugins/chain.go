@@ -213,16 +213,20 @@ func (ch *Chain) HasCapabilities() bool { return len(ch.caps) > 0 }
 func (ch *Chain) Capabilities(c *Conn, caps []string) []string {
 	for _, i := range ch.caps {
 		e := &ch.entries[i]
-		func() {
-			defer func() {
-				if v := recover(); v != nil && c.Log != nil {
-					c.Log.Error().Str("plugin", e.name).Str("hook", "capabilities").Str("panic", fmt.Sprint(v)).Msg("plugin panicked")
-				}
-			}()
-			caps = e.p.(CapabilitiesHook).Capabilities(c, caps)
-		}()
+		guard(c, e.name, "capabilities", func() { caps = e.p.(CapabilitiesHook).Capabilities(c, caps) })
 	}
 	return caps
+}
+
+// guard runs an informational hook; a panic is logged with the plugin's
+// name and goes no further.
+func guard(c *Conn, name, hook string, f func()) {
+	defer func() {
+		if v := recover(); v != nil && c.Log != nil {
+			c.Log.Error().Str("plugin", name).Str("hook", hook).Str("panic", fmt.Sprint(v)).Msg("plugin panicked")
+		}
+	}()
+	f()
 }
 
 // HasDenied reports whether any plugin has a deny hook.
@@ -232,14 +236,7 @@ func (ch *Chain) HasDenied() bool { return len(ch.denied) > 0 }
 func (ch *Chain) Denied(c *Conn, h Hook, r Result) {
 	for _, i := range ch.denied {
 		e := &ch.entries[i]
-		func() {
-			defer func() {
-				if v := recover(); v != nil && c.Log != nil {
-					c.Log.Error().Str("plugin", e.name).Str("hook", "deny").Str("panic", fmt.Sprint(v)).Msg("plugin panicked")
-				}
-			}()
-			e.p.(DenyHook).Denied(c, h, r)
-		}()
+		guard(c, e.name, "deny", func() { e.p.(DenyHook).Denied(c, h, r) })
 	}
 }
 
