@@ -107,10 +107,12 @@ start_smtp-sink() {
 	pid=$!
 }
 
-if [ -d "$PEERS_DIR/gosmtp-sink" ] && (cd "$PEERS_DIR/gosmtp-sink" && go build -o "$tmp/gosmtp-sink" .) 2>"$tmp/gosmtp-build.log"; then
+if [ ! -d "$PEERS_DIR/gosmtp-sink" ]; then
+	skipped+=("gosmtp-sink: no $PEERS_DIR/gosmtp-sink (set PEERS_DIR)")
+elif (cd "$PEERS_DIR/gosmtp-sink" && go build -o "$tmp/gosmtp-sink" .) 2>"$tmp/gosmtp-build.log"; then
 	servers+=(gosmtp-sink)
 else
-	skipped+=("gosmtp-sink: does not build from $PEERS_DIR/gosmtp-sink ($(tail -1 "$tmp/gosmtp-build.log" 2>/dev/null))")
+	skipped+=("gosmtp-sink: does not build from $PEERS_DIR/gosmtp-sink ($(tail -1 "$tmp/gosmtp-build.log" 2>/dev/null || true))")
 fi
 start_gosmtp-sink() {
 	$pin "$tmp/gosmtp-sink" -addr "127.0.0.1:$1" 2>>"$tmp/gosmtp-sink.log" &
