@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"loopmx/config"
+	"loopmx/internal/servertest"
 	"loopmx/plugins"
 	_ "loopmx/plugins/access"
 )
@@ -43,10 +44,18 @@ func init() {
 	})
 }
 
+// smtpINI is the smtp.ini of these tests: two event loops, four workers
+// with a short queue, short timeouts, no cap on connections or data lines.
+const smtpINI = "[main]\nlisten = 127.0.0.1:0\nloops = 2\nme = mx.test\nthreadpool_size = 4\nwork_queue_size = 64\n" +
+	"inactivity_timeout = 30s\ngraceful_timeout = 1s\nmax_connections = 0\nmax_data_line_length = 0\ntcp_keepalive = 0\n"
+
+// dialer makes the test clients, which compare whole replies.
+var dialer = servertest.Dialer{Enhanced: servertest.Never}
+
 // withAccess returns a config directory of files that runs access
 // unless files has its own plugins file.
 func withAccess(files map[string]string) map[string]string {
-	all := map[string]string{"plugins": "access\n"}
+	all := map[string]string{"smtp.ini": smtpINI, "plugins": "access\n"}
 	for name, content := range files {
 		all[name] = content
 	}
@@ -54,50 +63,50 @@ func withAccess(files map[string]string) map[string]string {
 }
 
 func TestIPDeniedAtConnect(t *testing.T) {
-	ts := startServer(t, withAccess(map[string]string{
+	ts := servertest.Start(t, withAccess(map[string]string{
 		"access.ip.deny": "# loopback is a spammer today\n127.0.0.0/8\n",
 	}))
-	c := dialFrom(t, ts.addr, "127.0.0.1")
-	c.expect(deniedConnect)
-	c.expectClosed()
+	c := dialer.DialFrom(t, ts.Addr, "127.0.0.1")
+	c.ExpectExact(deniedConnect)
+	c.ExpectEOF()
 }
 
 func TestIPAllowWinsOverDeny(t *testing.T) {
-	ts := startServer(t, withAccess(map[string]string{
+	ts := servertest.Start(t, withAccess(map[string]string{
 		"access.ip.allow": "127.0.0.2\n::1\n",
 		"access.ip.deny":  "127.0.0.0/8\n",
 	}))
-	c := dialFrom(t, ts.addr, "127.0.0.2")
-	c.expect(banner)
-	c.cmd("QUIT", "221 2.0.0 Bye")
+	c := dialer.DialFrom(t, ts.Addr, "127.0.0.2")
+	c.ExpectExact(banner)
+	c.CmdExact("QUIT", "221 2.0.0 Bye")
 
-	c = dialFrom(t, ts.addr, "127.0.0.1")
-	c.expect(deniedConnect)
-	c.expectClosed()
+	c = dialer.DialFrom(t, ts.Addr, "127.0.0.1")
+	c.ExpectExact(deniedConnect)
+	c.ExpectEOF()
 }
 
 func TestHeloLists(t *testing.T) {
-	ts := startServer(t, withAccess(map[string]string{
+	ts := servertest.Start(t, withAccess(map[string]string{
 		"access.helo.deny": ".bad.example\n" +
 			"exact.example.   # a trailing dot is ignored\n" +
 			"/^dyn-[0-9]+\\./\n" +
 			"[192.0.2.1]\n",
 		"access.helo.allow": "good.bad.example\n",
 	}))
-	c := dialFrom(t, ts.addr, "127.0.0.1")
-	c.expect(banner)
+	c := dialer.DialFrom(t, ts.Addr, "127.0.0.1")
+	c.ExpectExact(banner)
 	for _, name := range []string{"bad.example", "host.bad.example", "Host.BAD.example", "exact.example", "DYN-12.isp.example", "[192.0.2.1]"} {
-		c.cmd("EHLO "+name, denied)
-		c.cmd("HELO "+name, denied)
+		c.CmdExact("EHLO "+name, denied)
+		c.CmdExact("HELO "+name, denied)
 	}
 	for _, name := range []string{"good.bad.example", "sub.exact.example", "notbad.example", "static-12.dyn-1.example", "[192.0.2.2]"} {
-		c.ehlo(name)
-		c.cmd("HELO "+name, "250 mx.test")
+		c.EHLO(name)
+		c.CmdExact("HELO "+name, "250 mx.test")
 	}
 }
 
 func TestMailAndRcptLists(t *testing.T) {
-	ts := startServer(t, withAccess(map[string]string{
+	ts := servertest.Start(t, withAccess(map[string]string{
 		"access.mail.deny": "spammer.example\n" +
 			".junk.example\n" +
 			"bad@ok.example\n" +
@@ -106,22 +115,22 @@ func TestMailAndRcptLists(t *testing.T) {
 		"access.rcpt.deny":  "/^no-?reply@/\nclosed.example.com\n",
 		"access.rcpt.allow": "postmaster@closed.example.com\n",
 	}))
-	c := dialFrom(t, ts.addr, "127.0.0.1")
-	c.expect(banner)
-	c.ehlo("client.example.org")
+	c := dialer.DialFrom(t, ts.Addr, "127.0.0.1")
+	c.ExpectExact(banner)
+	c.EHLO("client.example.org")
 	for _, from := range []string{"x@spammer.example", "x@junk.example", "x@a.b.junk.example", "BAD@ok.example", ""} {
-		c.cmd("MAIL FROM:<"+from+">", denied)
+		c.CmdExact("MAIL FROM:<"+from+">", denied)
 	}
 	for _, from := range []string{"x@sub.spammer.example", "friend@Spammer.Example", "good@ok.example", "x@notjunk.example"} {
-		c.cmd("MAIL FROM:<"+from+">", mailOK)
-		c.cmd("RSET", ok)
+		c.CmdExact("MAIL FROM:<"+from+">", mailOK)
+		c.CmdExact("RSET", ok)
 	}
-	c.cmd("MAIL FROM:<friend@spammer.example>", mailOK)
+	c.CmdExact("MAIL FROM:<friend@spammer.example>", mailOK)
 	for _, to := range []string{"noreply@example.com", "No-Reply@example.org", "user@closed.example.com"} {
-		c.cmd("RCPT TO:<"+to+">", denied)
+		c.CmdExact("RCPT TO:<"+to+">", denied)
 	}
 	for _, to := range []string{"postmaster@closed.example.com", "user@open.closed.example.com", "reply@example.com", "postmaster"} {
-		c.cmd("RCPT TO:<"+to+">", rcptOK)
+		c.CmdExact("RCPT TO:<"+to+">", rcptOK)
 	}
 }
 
@@ -133,9 +142,9 @@ func TestRDNS(t *testing.T) {
 	t.Run("no rdns plugin", func(t *testing.T) {
 		// loopmx does no reverse lookup: without a plugin that notes the
 		// name, rDNS entries match nothing.
-		ts := startServer(t, withAccess(lists))
-		c := dialFrom(t, ts.addr, "127.0.0.1")
-		c.expect(banner)
+		ts := servertest.Start(t, withAccess(lists))
+		c := dialer.DialFrom(t, ts.Addr, "127.0.0.1")
+		c.ExpectExact(banner)
 	})
 	for name, want := range map[string]string{
 		"host-1.dialup.example": deniedConnect,
@@ -146,9 +155,9 @@ func TestRDNS(t *testing.T) {
 			files := withAccess(lists)
 			files["plugins"] = "test/rdns\naccess\n"
 			files["rdns.ini"] = "name = " + name + "\n"
-			ts := startServer(t, files)
-			c := dialFrom(t, ts.addr, "127.0.0.1")
-			c.expect(want)
+			ts := servertest.Start(t, files)
+			c := dialer.DialFrom(t, ts.Addr, "127.0.0.1")
+			c.ExpectExact(want)
 		})
 	}
 }
@@ -158,24 +167,24 @@ func TestPathsInAccessIni(t *testing.T) {
 	if err := os.WriteFile(abs, []byte("spammer.example\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	ts := startServer(t, withAccess(map[string]string{
+	ts := servertest.Start(t, withAccess(map[string]string{
 		"access.ini":     "helo_deny = blocked-helos\nmail_deny = " + abs + "\n",
 		"blocked-helos":  "bad.example\n",
 		"access.ip.deny": "127.0.0.1\n", // ip_deny keeps its default name
 	}))
-	c := dialFrom(t, ts.addr, "127.0.0.2")
-	c.expect(banner)
-	c.cmd("EHLO bad.example", denied)
-	c.ehlo("good.example")
-	c.cmd("MAIL FROM:<x@spammer.example>", denied)
+	c := dialer.DialFrom(t, ts.Addr, "127.0.0.2")
+	c.ExpectExact(banner)
+	c.CmdExact("EHLO bad.example", denied)
+	c.EHLO("good.example")
+	c.CmdExact("MAIL FROM:<x@spammer.example>", denied)
 
-	c = dialFrom(t, ts.addr, "127.0.0.1")
-	c.expect(deniedConnect)
+	c = dialer.DialFrom(t, ts.Addr, "127.0.0.1")
+	c.ExpectExact(deniedConnect)
 }
 
 // TestHooksRunInline: no hook of access may go to the workpool.
 func TestHooksRunInline(t *testing.T) {
-	ch, err := buildChain(t, withAccess(map[string]string{
+	ch, err := servertest.Build(t, withAccess(map[string]string{
 		"access.ip.deny":   "192.0.2.0/24\n",
 		"access.helo.deny": "bad.example\n",
 		"access.mail.deny": "spammer.example\n",
@@ -231,7 +240,7 @@ func TestConfigErrors(t *testing.T) {
 			[]string{"access.ini", "helo_deny"}},
 	}
 	for _, tc := range cases {
-		_, err := buildChain(t, withAccess(tc.files))
+		_, err := servertest.Build(t, withAccess(tc.files))
 		if err == nil {
 			t.Errorf("%v: Build succeeded, want an error", tc.files)
 			continue

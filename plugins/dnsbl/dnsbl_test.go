@@ -11,6 +11,7 @@ import (
 
 	"github.com/miekg/dns"
 
+	"loopmx/internal/servertest"
 	"loopmx/plugins"
 	_ "loopmx/plugins/dnsbl"
 )
@@ -100,9 +101,17 @@ const (
 	failedConn = "421 4.4.3 DNSBL lookup failed, try again later"
 )
 
+// smtpINI is the smtp.ini of these tests: two event loops, four workers
+// with a short queue, short timeouts, no cap on connections or data lines.
+const smtpINI = "[main]\nlisten = 127.0.0.1:0\nloops = 2\nme = mx.test\nthreadpool_size = 4\nwork_queue_size = 64\n" +
+	"inactivity_timeout = 30s\ngraceful_timeout = 1s\nmax_connections = 0\nmax_data_line_length = 0\ntcp_keepalive = 0\n"
+
+// dialer makes the test clients, which compare whole replies.
+var dialer = servertest.Dialer{Enhanced: servertest.Never}
+
 // files is a config directory running only dnsbl with the given ini.
 func files(ini string) map[string]string {
-	return map[string]string{"plugins": "dnsbl\n", "dnsbl.ini": ini}
+	return map[string]string{"smtp.ini": smtpINI, "plugins": "dnsbl\n", "dnsbl.ini": ini}
 }
 
 // iniFor points dnsbl at resolver; extra adds keys.
@@ -111,23 +120,23 @@ func iniFor(resolver string, extra ...string) string {
 }
 
 // toRcpt greets, sends MAIL and one RCPT, and requires the RCPT reply want.
-func toRcpt(c *client, want string) {
-	c.t.Helper()
-	c.expect(banner)
-	c.ehlo("client.example.org")
-	c.cmd("MAIL FROM:<sender@example.org>", mailOK)
-	c.cmd("RCPT TO:<user@example.com>", want)
+func toRcpt(c *servertest.Client, want string) {
+	c.T.Helper()
+	c.ExpectExact(banner)
+	c.EHLO("client.example.org")
+	c.CmdExact("MAIL FROM:<sender@example.org>", mailOK)
+	c.CmdExact("RCPT TO:<user@example.com>", want)
 }
 
 func TestListedRefusedAtRcpt(t *testing.T) {
 	zone := startZone(t, map[string]string{listedName: "127.0.0.2"})
-	ts := startServer(t, files(iniFor(zone.addr)))
+	ts := servertest.Start(t, files(iniFor(zone.addr)))
 
-	c := dialFrom(t, ts.addr, "127.0.0.1")
+	c := dialer.DialFrom(t, ts.Addr, "127.0.0.1")
 	toRcpt(c, listedRcpt)
 	// Every recipient of the session is refused, and the session goes on.
-	c.cmd("RCPT TO:<postmaster@example.com>", listedRcpt)
-	c.cmd("QUIT", "221 2.0.0 Bye")
+	c.CmdExact("RCPT TO:<postmaster@example.com>", listedRcpt)
+	c.CmdExact("QUIT", "221 2.0.0 Bye")
 	if n := zone.queries.Load(); n != 1 {
 		t.Errorf("the zone got %d queries, want 1 (one lookup per connection)", n)
 	}
@@ -135,27 +144,27 @@ func TestListedRefusedAtRcpt(t *testing.T) {
 
 func TestListedRefusedAtConnect(t *testing.T) {
 	zone := startZone(t, map[string]string{listedName: "127.0.0.2"})
-	ts := startServer(t, files(iniFor(zone.addr, "reject = connect")))
+	ts := servertest.Start(t, files(iniFor(zone.addr, "reject = connect")))
 
-	c := dialFrom(t, ts.addr, "127.0.0.1")
-	c.expect(listedConn)
-	c.expectClosed()
+	c := dialer.DialFrom(t, ts.Addr, "127.0.0.1")
+	c.ExpectExact(listedConn)
+	c.ExpectEOF()
 }
 
 func TestUnlistedAccepted(t *testing.T) {
 	zone := startZone(t, map[string]string{listedName: "127.0.0.2"})
 	for _, reject := range []string{"rcpt", "connect"} {
 		t.Run(reject, func(t *testing.T) {
-			ts := startServer(t, files(iniFor(zone.addr, "reject = "+reject)))
-			toRcpt(dialFrom(t, ts.addr, "127.0.0.2"), rcptOK)
+			ts := servertest.Start(t, files(iniFor(zone.addr, "reject = "+reject)))
+			toRcpt(dialer.DialFrom(t, ts.Addr, "127.0.0.2"), rcptOK)
 		})
 	}
 }
 
 func TestReplyNamesTheListingZone(t *testing.T) {
 	zone := startZone(t, map[string]string{listedName: "127.0.0.2"})
-	ts := startServer(t, files("zones = clean.test, bl.test\nresolver = "+zone.addr+"\nskip_private = false\n"))
-	toRcpt(dialFrom(t, ts.addr, "127.0.0.1"), listedRcpt)
+	ts := servertest.Start(t, files("zones = clean.test, bl.test\nresolver = "+zone.addr+"\nskip_private = false\n"))
+	toRcpt(dialer.DialFrom(t, ts.Addr, "127.0.0.1"), listedRcpt)
 	if n := zone.queries.Load(); n != 2 {
 		t.Errorf("the zones got %d queries, want 2 (one per zone)", n)
 	}
@@ -163,21 +172,21 @@ func TestReplyNamesTheListingZone(t *testing.T) {
 
 func TestCacheAnswersSecondConnection(t *testing.T) {
 	zone := startZone(t, map[string]string{listedName: "127.0.0.2"})
-	ts := startServer(t, files(iniFor(zone.addr, "reject = connect")))
+	ts := servertest.Start(t, files(iniFor(zone.addr, "reject = connect")))
 
 	for i := range 2 {
-		c := dialFrom(t, ts.addr, "127.0.0.1")
-		c.expect(listedConn)
-		c.expectClosed()
+		c := dialer.DialFrom(t, ts.Addr, "127.0.0.1")
+		c.ExpectExact(listedConn)
+		c.ExpectEOF()
 		if n := zone.queries.Load(); n != 1 {
 			t.Fatalf("after connection %d the zone got %d queries, want 1", i+1, n)
 		}
 	}
 	// A clean verdict is cached too.
 	for i := range 2 {
-		c := dialFrom(t, ts.addr, "127.0.0.2")
-		c.expect(banner)
-		c.cmd("QUIT", "221 2.0.0 Bye")
+		c := dialer.DialFrom(t, ts.Addr, "127.0.0.2")
+		c.ExpectExact(banner)
+		c.CmdExact("QUIT", "221 2.0.0 Bye")
 		if n := zone.queries.Load(); n != 2 {
 			t.Fatalf("after clean connection %d the zone got %d queries, want 2", i+1, n)
 		}
@@ -186,11 +195,11 @@ func TestCacheAnswersSecondConnection(t *testing.T) {
 
 func TestCacheOff(t *testing.T) {
 	zone := startZone(t, map[string]string{listedName: "127.0.0.2"})
-	ts := startServer(t, files(iniFor(zone.addr, "reject = connect", "cache_size = 0")))
+	ts := servertest.Start(t, files(iniFor(zone.addr, "reject = connect", "cache_size = 0")))
 	for range 2 {
-		c := dialFrom(t, ts.addr, "127.0.0.1")
-		c.expect(listedConn)
-		c.expectClosed()
+		c := dialer.DialFrom(t, ts.Addr, "127.0.0.1")
+		c.ExpectExact(listedConn)
+		c.ExpectEOF()
 	}
 	if n := zone.queries.Load(); n != 2 {
 		t.Errorf("without a cache the zone got %d queries for two connections, want 2", n)
@@ -207,21 +216,21 @@ func TestResolverNeverAnswers(t *testing.T) {
 	const bound = 10 * time.Second
 	cases := []struct {
 		reject, onError string
-		run             func(c *client)
+		run             func(c *servertest.Client)
 	}{
-		{"rcpt", "tempfail", func(c *client) { toRcpt(c, failedRcpt) }},
-		{"rcpt", "pass", func(c *client) { toRcpt(c, rcptOK) }},
-		{"connect", "tempfail", func(c *client) { c.expect(failedConn); c.expectClosed() }},
-		{"connect", "pass", func(c *client) { toRcpt(c, rcptOK) }},
+		{"rcpt", "tempfail", func(c *servertest.Client) { toRcpt(c, failedRcpt) }},
+		{"rcpt", "pass", func(c *servertest.Client) { toRcpt(c, rcptOK) }},
+		{"connect", "tempfail", func(c *servertest.Client) { c.ExpectExact(failedConn); c.ExpectEOF() }},
+		{"connect", "pass", func(c *servertest.Client) { toRcpt(c, rcptOK) }},
 	}
 	for _, tc := range cases {
 		t.Run(tc.reject+"/"+tc.onError, func(t *testing.T) {
 			silent := startSilent(t)
-			ts := startServer(t, files(iniFor(silent.addr,
+			ts := servertest.Start(t, files(iniFor(silent.addr,
 				"lookup_timeout = "+lookupTimeout.String(), "reject = "+tc.reject, "on_error = "+tc.onError)))
 			for i := range 2 {
 				start := time.Now()
-				tc.run(dialFrom(t, ts.addr, "127.0.0.1"))
+				tc.run(dialer.DialFrom(t, ts.Addr, "127.0.0.1"))
 				took := time.Since(start)
 				if took < lookupTimeout || took > bound {
 					t.Errorf("connection %d: the session took %v, want one lookup_timeout (%v) and well under %v", i+1, took, lookupTimeout, bound)
@@ -230,8 +239,8 @@ func TestResolverNeverAnswers(t *testing.T) {
 					t.Errorf("after connection %d the resolver saw %d queries; a failed lookup must not be cached", i+1, n)
 				}
 			}
-			if n := strings.Count(ts.log.String(), "DNSBL lookup failed"); n != 1 {
-				t.Errorf("the log has %d lines about the failed lookups, want 1:\n%s", n, ts.log)
+			if n := strings.Count(ts.Log.String(), "DNSBL lookup failed"); n != 1 {
+				t.Errorf("the log has %d lines about the failed lookups, want 1:\n%s", n, ts.Log)
 			}
 		})
 	}
@@ -241,20 +250,20 @@ func TestErrorCodeAnswerIsAFailure(t *testing.T) {
 	// Spamhaus answers 127.255.255.254 to queries through public
 	// resolvers: that is no listing, and no clean bill either.
 	zone := startZone(t, map[string]string{listedName: "127.255.255.254"})
-	ts := startServer(t, files(iniFor(zone.addr, "on_error = tempfail")))
-	toRcpt(dialFrom(t, ts.addr, "127.0.0.1"), failedRcpt)
+	ts := servertest.Start(t, files(iniFor(zone.addr, "on_error = tempfail")))
+	toRcpt(dialer.DialFrom(t, ts.Addr, "127.0.0.1"), failedRcpt)
 }
 
 func TestAnswerOutside127IsNoListing(t *testing.T) {
 	zone := startZone(t, map[string]string{listedName: "192.0.2.1"})
-	ts := startServer(t, files(iniFor(zone.addr, "on_error = tempfail")))
-	toRcpt(dialFrom(t, ts.addr, "127.0.0.1"), rcptOK)
+	ts := servertest.Start(t, files(iniFor(zone.addr, "on_error = tempfail")))
+	toRcpt(dialer.DialFrom(t, ts.Addr, "127.0.0.1"), rcptOK)
 }
 
 func TestSkipPrivateByDefault(t *testing.T) {
 	zone := startZone(t, map[string]string{listedName: "127.0.0.2"})
-	ts := startServer(t, files("zones = bl.test\nresolver = "+zone.addr+"\n"))
-	toRcpt(dialFrom(t, ts.addr, "127.0.0.1"), rcptOK)
+	ts := servertest.Start(t, files("zones = bl.test\nresolver = "+zone.addr+"\n"))
+	toRcpt(dialer.DialFrom(t, ts.Addr, "127.0.0.1"), rcptOK)
 	if n := zone.queries.Load(); n != 0 {
 		t.Errorf("a loopback client was looked up (%d queries)", n)
 	}
@@ -265,7 +274,7 @@ func TestSkipPrivateByDefault(t *testing.T) {
 // runs inline.
 func TestHooksInlineOrPool(t *testing.T) {
 	zone := startZone(t, map[string]string{listedName: "127.0.0.2"})
-	ch, err := buildChain(t, files(iniFor(zone.addr)))
+	ch, err := servertest.Build(t, files(iniFor(zone.addr)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -309,7 +318,7 @@ func TestConfigErrors(t *testing.T) {
 		{"zones = bl.test\nskip_private = perhaps\n", []string{"dnsbl.ini", "skip_private", `"perhaps"`}},
 	}
 	for _, tc := range cases {
-		_, err := buildChain(t, files(tc.ini))
+		_, err := servertest.Build(t, files(tc.ini))
 		if err == nil {
 			t.Errorf("dnsbl.ini %q: Build succeeded, want an error", tc.ini)
 			continue
@@ -320,7 +329,7 @@ func TestConfigErrors(t *testing.T) {
 			}
 		}
 	}
-	if _, err := buildChain(t, files("zones = zen.spamhaus.org., bl.example.net\n")); err != nil {
+	if _, err := servertest.Build(t, files("zones = zen.spamhaus.org., bl.example.net\n")); err != nil {
 		t.Errorf("a good dnsbl.ini: %v", err)
 	}
 }

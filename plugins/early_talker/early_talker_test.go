@@ -1,7 +1,6 @@
 package earlytalker_test
 
 import (
-	"bufio"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -12,8 +11,6 @@ import (
 	"fmt"
 	"math/big"
 	"net"
-	"os"
-	"path/filepath"
 	"runtime"
 	"strings"
 	"sync"
@@ -21,6 +18,7 @@ import (
 	"time"
 
 	"loopmx/config"
+	"loopmx/internal/servertest"
 	"loopmx/plugins"
 	earlytalker "loopmx/plugins/early_talker"
 )
@@ -29,6 +27,10 @@ const (
 	banner  = "220 mx.test ESMTP loopmx"
 	refusal = "554 5.5.0 mx.test Protocol error: talked before the banner"
 )
+
+// dialer makes the test clients; every refusal they read, the banner's
+// included, must carry an enhanced status code.
+var dialer = servertest.Dialer{Enhanced: servertest.Always}
 
 // watch is a test plugin placed after early_talker: at EHLO it records the
 // connection notes early_talker left, and as the queue it keeps every
@@ -86,19 +88,19 @@ func init() {
 
 // start serves early_talker with the given early_talker.ini, followed by
 // a watch plugin, which it returns.
-func start(t *testing.T, ini string) (*server, *watch) {
+func start(t *testing.T, ini string) (*servertest.Server, *watch) {
 	t.Helper()
 	return startWith(t, map[string]string{"early_talker.ini": ini})
 }
 
 // startWith is start with more files in the config directory.
-func startWith(t *testing.T, files map[string]string) (*server, *watch) {
+func startWith(t *testing.T, files map[string]string) (*servertest.Server, *watch) {
 	t.Helper()
 	current = &watch{}
 	t.Cleanup(func() { current = nil })
 	w := current
 	files["plugins"] = "early_talker\ntest/watch\n"
-	s := startServer(t, files)
+	s := servertest.Start(t, files)
 	return s, w
 }
 
@@ -106,18 +108,18 @@ func TestPoliteClientIsGreetedAfterThePause(t *testing.T) {
 	const pause = 300 * time.Millisecond
 	s, w := start(t, "pause = 300ms\n")
 	t0 := time.Now()
-	c := dial(t, s.addr)
-	c.expect(banner)
+	c := dialer.Dial(t, s.Addr)
+	c.Expect(banner)
 	if waited := time.Since(t0); waited < pause {
 		t.Errorf("banner after %v, before the pause of %v ended", waited, pause)
 	}
-	c.cmd("EHLO client.test", "250")
-	c.cmd("MAIL FROM:<alice@example.org>", "250 2.1.0")
-	c.cmd("RCPT TO:<bob@example.com>", "250 2.1.5")
-	c.cmd("DATA", "354")
-	c.send("Subject: patience\r\n\r\nI waited.\r\n.")
-	c.expect("250 2.0.0")
-	c.cmd("QUIT", "221")
+	c.Cmd("EHLO client.test", "250")
+	c.Cmd("MAIL FROM:<alice@example.org>", "250 2.1.0")
+	c.Cmd("RCPT TO:<bob@example.com>", "250 2.1.5")
+	c.Cmd("DATA", "354")
+	c.Send("Subject: patience\r\n\r\nI waited.\r\n.")
+	c.Expect("250 2.0.0")
+	c.Cmd("QUIT", "221")
 
 	if msgs := w.queued(); len(msgs) != 1 || !strings.Contains(msgs[0], "I waited.") {
 		t.Errorf("queued %q, want the message", msgs)
@@ -130,27 +132,27 @@ func TestPoliteClientIsGreetedAfterThePause(t *testing.T) {
 
 func TestEarlyTalkerIsRefused(t *testing.T) {
 	s, w := start(t, "pause = 300ms\n")
-	c := dial(t, s.addr)
-	c.send("EHLO x")
-	if got := c.expect("5"); got != refusal {
+	c := dialer.Dial(t, s.Addr)
+	c.Send("EHLO x")
+	if got := c.Expect("5"); got != refusal {
 		t.Fatalf("got %q, want %q", got, refusal)
 	}
-	c.expectEOF()
+	c.ExpectEOF()
 	if notes := w.seen(); len(notes) != 0 {
 		t.Errorf("the refused client's EHLO reached the next plugin: %v", notes)
 	}
-	if log := s.log.String(); !strings.Contains(log, `"plugin":"early_talker","code":554`) {
+	if log := s.Log.String(); !strings.Contains(log, `"plugin":"early_talker","code":554`) {
 		t.Errorf("the refusal is not in the log:\n%s", log)
 	}
 }
 
 func TestEarlyTalkerOnlyNoted(t *testing.T) {
 	s, w := start(t, "pause = 200ms\nreject = false\n")
-	c := dial(t, s.addr)
-	c.send("EHLO early.test")
-	c.expect(banner)
-	c.expect("250") // the pipelined EHLO is answered after the banner
-	c.cmd("QUIT", "221")
+	c := dialer.Dial(t, s.Addr)
+	c.Send("EHLO early.test")
+	c.Expect(banner)
+	c.Expect("250") // the pipelined EHLO is answered after the banner
+	c.Cmd("QUIT", "221")
 	notes := w.seen()
 	if len(notes) != 1 || notes[0][earlytalker.NoteTalked] != true {
 		t.Errorf("notes at EHLO %v, want %s = true", notes, earlytalker.NoteTalked)
@@ -159,11 +161,11 @@ func TestEarlyTalkerOnlyNoted(t *testing.T) {
 
 func TestNoPauseNoCheck(t *testing.T) {
 	s, w := start(t, "")
-	c := dial(t, s.addr)
-	c.send("EHLO early.test") // not judged: the plugin is off
-	c.expect(banner)
-	c.expect("250")
-	c.cmd("QUIT", "221")
+	c := dialer.Dial(t, s.Addr)
+	c.Send("EHLO early.test") // not judged: the plugin is off
+	c.Expect(banner)
+	c.Expect("250")
+	c.Cmd("QUIT", "221")
 	notes := w.seen()
 	if len(notes) != 1 || len(notes[0]) != 0 {
 		t.Errorf("notes at EHLO %v, want none (no pause, no check)", notes)
@@ -177,9 +179,9 @@ func TestNoPauseNoCheck(t *testing.T) {
 func TestClientLeavingDuringThePauseIsReleased(t *testing.T) {
 	const pause = 10 * time.Second
 	s, _ := start(t, "pause = 10s\n")
-	c := dial(t, s.addr)
+	c := dialer.Dial(t, s.Addr)
 	waitConnections(t, s, func(n int64) bool { return n == 1 })
-	c.nc.Close()
+	c.Conn.Close()
 	t0 := time.Now()
 	waitConnections(t, s, func(n int64) bool { return n == 0 })
 	if held := time.Since(t0); held > pause/2 {
@@ -188,12 +190,12 @@ func TestClientLeavingDuringThePauseIsReleased(t *testing.T) {
 }
 
 // waitConnections waits until the server's connection count satisfies ok.
-func waitConnections(t *testing.T, s *server, ok func(int64) bool) {
+func waitConnections(t *testing.T, s *servertest.Server, ok func(int64) bool) {
 	t.Helper()
-	deadline := time.Now().Add(ioTimeout)
-	for !ok(s.srv.Connections()) {
+	deadline := time.Now().Add(servertest.IOTimeout)
+	for !ok(s.Loop.Connections()) {
 		if time.Now().After(deadline) {
-			t.Fatalf("the server holds %d connections", s.srv.Connections())
+			t.Fatalf("the server holds %d connections", s.Loop.Connections())
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
@@ -209,9 +211,9 @@ func TestPausedConnectionsCostNoGoroutine(t *testing.T) {
 	s, _ := start(t, "pause = 3s\n")
 	before := runtime.NumGoroutine()
 	t0 := time.Now()
-	clients := make([]*client, n)
+	clients := make([]*servertest.Client, n)
 	for i := range clients {
-		clients[i] = dial(t, s.addr)
+		clients[i] = dialer.Dial(t, s.Addr)
 	}
 	waitConnections(t, s, func(c int64) bool { return c == n })
 	during := runtime.NumGoroutine()
@@ -223,8 +225,8 @@ func TestPausedConnectionsCostNoGoroutine(t *testing.T) {
 		t.Errorf("%d goroutines with %d connections in the pause, %d before", during, n, before)
 	}
 	for _, c := range clients {
-		c.expect(banner)
-		c.nc.Close()
+		c.Expect(banner)
+		c.Conn.Close()
 	}
 	if waited := time.Since(t0); waited < pause {
 		t.Errorf("all banners within %v, before the pause of %v ended", waited, pause)
@@ -237,21 +239,19 @@ func TestPausedConnectionsCostNoGoroutine(t *testing.T) {
 func TestImplicitTLSClientIsGreeted(t *testing.T) {
 	cert, key := selfSigned(t)
 	s, _ := startWith(t, map[string]string{
-		"smtp.ini":         smtpINI + "smtps_listen = 127.0.0.1:0\n",
+		"smtp.ini":         servertest.SMTPINI + "smtps_listen = 127.0.0.1:0\n",
 		"tls.ini":          "cert = cert.pem\nkey = key.pem\n",
 		"cert.pem":         cert,
 		"key.pem":          key,
 		"early_talker.ini": "pause = 200ms\n",
 	})
-	nc, err := tls.DialWithDialer(&net.Dialer{Timeout: ioTimeout}, "tcp", s.srv.Addrs()[1].String(), &tls.Config{InsecureSkipVerify: true})
+	nc, err := tls.DialWithDialer(&net.Dialer{Timeout: servertest.IOTimeout}, "tcp", s.Loop.Addrs()[1].String(), &tls.Config{InsecureSkipVerify: true})
 	if err != nil {
 		t.Fatalf("TLS handshake on the smtps port: %v", err)
 	}
-	t.Cleanup(func() { nc.Close() })
-	nc.SetDeadline(time.Now().Add(ioTimeout))
-	c := &client{t: t, nc: nc, r: bufio.NewReader(nc)}
-	c.expect(banner)
-	c.cmd("QUIT", "221")
+	c := dialer.Client(t, nc)
+	c.Expect(banner)
+	c.Cmd("QUIT", "221")
 }
 
 // selfSigned returns a PEM certificate for mx.test and its key.
@@ -349,37 +349,11 @@ func TestSetup(t *testing.T) {
 		{"bad reject", "reject = maybe\n", []string{"config: early_talker.ini:", "reject", `"maybe"`}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			dir := t.TempDir()
-			files := map[string]string{"smtp.ini": smtpINI, "plugins": "early_talker\n"}
+			files := map[string]string{"plugins": "early_talker\n"}
 			if tc.ini != "" {
 				files["early_talker.ini"] = tc.ini
 			}
-			for name, content := range files {
-				if err := os.WriteFile(filepath.Join(dir, name), []byte(content), 0o600); err != nil {
-					t.Fatal(err)
-				}
-			}
-			cfg, err := config.Load(dir, nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			ch, err := plugins.Build(cfg)
-			if len(tc.err) == 0 {
-				if err != nil {
-					t.Fatalf("Build: %v", err)
-				}
-				ch.Close()
-				return
-			}
-			if err == nil {
-				ch.Close()
-				t.Fatal("Build accepted the bad early_talker.ini")
-			}
-			for _, w := range tc.err {
-				if !strings.Contains(err.Error(), w) {
-					t.Errorf("error %q lacks %s", err, w)
-				}
-			}
+			servertest.CheckBuild(t, files, tc.err...)
 		})
 	}
 }

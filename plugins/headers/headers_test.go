@@ -2,13 +2,12 @@ package headers_test
 
 import (
 	"fmt"
-	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
 
 	"loopmx/config"
+	"loopmx/internal/servertest"
 	"loopmx/plugins"
 	"loopmx/plugins/headers"
 )
@@ -17,6 +16,10 @@ const (
 	tooLarge = "552 5.6.0 Header too large"
 	tooMany  = "554 5.4.6 Too many hops, mail loop?"
 )
+
+// dialer makes the test clients; every refusal they read, the banner's
+// included, must carry an enhanced status code.
+var dialer = servertest.Dialer{Enhanced: servertest.Always}
 
 // recorder is the queue of the test servers: it keeps every message.
 type recorder struct {
@@ -52,12 +55,12 @@ func init() {
 }
 
 // start serves headers with the given headers.ini, then the recorder.
-func start(t *testing.T, ini string) (*server, *recorder) {
+func start(t *testing.T, ini string) (*servertest.Server, *recorder) {
 	t.Helper()
 	current = &recorder{}
 	t.Cleanup(func() { current = nil })
 	r := current
-	s := startServer(t, map[string]string{"plugins": "headers\ntest/queue\n", "headers.ini": ini})
+	s := servertest.Start(t, map[string]string{"plugins": "headers\ntest/queue\n", "headers.ini": ini})
 	return s, r
 }
 
@@ -84,24 +87,24 @@ const ordinary = "From: Alice <alice@example.org>\r\nTo: Bob <bob@example.com>\r
 
 // send delivers one message in an open session and returns the reply to
 // the end of the data.
-func send(c *client, header, body string) string {
-	c.t.Helper()
-	c.cmd("MAIL FROM:<alice@example.org>", "250 2.1.0")
-	c.cmd("RCPT TO:<bob@example.com>", "250 2.1.5")
-	c.cmd("DATA", "354")
-	c.send(header + "\r\n" + body + "\r\n.")
-	line, err := c.read()
+func send(c *servertest.Client, header, body string) string {
+	c.T.Helper()
+	c.Cmd("MAIL FROM:<alice@example.org>", "250 2.1.0")
+	c.Cmd("RCPT TO:<bob@example.com>", "250 2.1.5")
+	c.Cmd("DATA", "354")
+	c.Send(header + "\r\n" + body + "\r\n.")
+	r, err := c.Read()
 	if err != nil {
-		c.t.Fatalf("reading the reply to the message: %v", err)
+		c.T.Fatalf("reading the reply to the message: %v", err)
 	}
-	return line
+	return r.Last()
 }
 
 func TestRealServer(t *testing.T) {
 	s, q := start(t, "")
-	c := dial(t, s.addr)
-	c.expect("220 ")
-	c.cmd("EHLO client.test", "250")
+	c := dialer.Dial(t, s.Addr)
+	c.Expect("220 ")
+	c.Cmd("EHLO client.test", "250")
 
 	if got := send(c, hops(60)+ordinary, "a looping message"); got != tooMany {
 		t.Errorf("60 Received fields: got %q, want %q", got, tooMany)
@@ -119,13 +122,13 @@ func TestRealServer(t *testing.T) {
 	if got := send(c, ordinary, body); !strings.HasPrefix(got, "250 2.0.0") {
 		t.Errorf("a large body: got %q, want 250 2.0.0", got)
 	}
-	c.cmd("QUIT", "221")
+	c.Cmd("QUIT", "221")
 
 	msgs := q.queued()
 	if len(msgs) != 2 || !strings.Contains(msgs[0], "an ordinary message") {
 		t.Errorf("queued %d messages, want the two accepted ones", len(msgs))
 	}
-	log := s.log.String()
+	log := s.Log.String()
 	for _, want := range []string{`"plugin":"headers","code":554`, `"plugin":"headers","code":552`, `"received":60,"max_received":50`} {
 		if !strings.Contains(log, want) {
 			t.Errorf("log lacks %s:\n%s", want, log)
@@ -135,9 +138,9 @@ func TestRealServer(t *testing.T) {
 
 func TestConfiguredLimits(t *testing.T) {
 	s, _ := start(t, "max_received = 3\nmax_header_bytes = 2k\n")
-	c := dial(t, s.addr)
-	c.expect("220 ")
-	c.cmd("EHLO client.test", "250")
+	c := dialer.Dial(t, s.Addr)
+	c.Expect("220 ")
+	c.Cmd("EHLO client.test", "250")
 	for _, tc := range []struct {
 		name, header, want string
 	}{
@@ -150,18 +153,18 @@ func TestConfiguredLimits(t *testing.T) {
 			t.Errorf("%s: got %q, want %q", tc.name, got, tc.want)
 		}
 	}
-	c.cmd("QUIT", "221")
+	c.Cmd("QUIT", "221")
 }
 
 func TestChecksOff(t *testing.T) {
 	s, q := start(t, "max_received = 0\nmax_header_bytes = 0\n")
-	c := dial(t, s.addr)
-	c.expect("220 ")
-	c.cmd("EHLO client.test", "250")
+	c := dialer.Dial(t, s.Addr)
+	c.Expect("220 ")
+	c.Cmd("EHLO client.test", "250")
 	if got := send(c, hops(200)+ordinary+filler(100<<10), "body"); !strings.HasPrefix(got, "250 2.0.0") {
 		t.Errorf("with both checks off: got %q, want 250 2.0.0", got)
 	}
-	c.cmd("QUIT", "221")
+	c.Cmd("QUIT", "221")
 	if len(q.queued()) != 1 {
 		t.Error("the message was not queued")
 	}
@@ -249,37 +252,11 @@ func TestSetup(t *testing.T) {
 		{"negative count", "max_received = -3\n", []string{"config: headers.ini:", "max_received", `"-3"`}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			dir := t.TempDir()
-			files := map[string]string{"smtp.ini": smtpINI, "plugins": "headers\n"}
+			files := map[string]string{"plugins": "headers\n"}
 			if tc.ini != "" {
 				files["headers.ini"] = tc.ini
 			}
-			for name, content := range files {
-				if err := os.WriteFile(filepath.Join(dir, name), []byte(content), 0o600); err != nil {
-					t.Fatal(err)
-				}
-			}
-			cfg, err := config.Load(dir, nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			ch, err := plugins.Build(cfg)
-			if len(tc.err) == 0 {
-				if err != nil {
-					t.Fatalf("Build: %v", err)
-				}
-				ch.Close()
-				return
-			}
-			if err == nil {
-				ch.Close()
-				t.Fatal("Build accepted the bad headers.ini")
-			}
-			for _, w := range tc.err {
-				if !strings.Contains(err.Error(), w) {
-					t.Errorf("error %q lacks %s", err, w)
-				}
-			}
+			servertest.CheckBuild(t, files, tc.err...)
 		})
 	}
 }

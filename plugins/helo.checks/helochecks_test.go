@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"loopmx/config"
+	"loopmx/internal/servertest"
 	"loopmx/plugins"
 	_ "loopmx/plugins/helo.checks"
 )
@@ -37,9 +38,17 @@ func init() {
 	plugins.Register("test/probe", func(*config.Config) (plugins.Plugin, error) { return noteProbe{}, nil })
 }
 
-// config runs helo.checks, then the probe, with the given [checks] lines.
+// smtpINI is the smtp.ini of these tests: two event loops, four workers
+// with a short queue, short timeouts, no cap on connections or data lines.
+const smtpINI = "[main]\nlisten = 127.0.0.1:0\nloops = 2\nme = mx.test\nthreadpool_size = 4\nwork_queue_size = 64\n" +
+	"inactivity_timeout = 30s\ngraceful_timeout = 1s\nmax_connections = 0\nmax_data_line_length = 0\ntcp_keepalive = 0\n"
+
+// dialer makes the test clients, which compare whole replies.
+var dialer = servertest.Dialer{Enhanced: servertest.Never}
+
+// files runs helo.checks, then the probe, with the given [checks] lines.
 func files(checks ...string) map[string]string {
-	f := map[string]string{"plugins": "helo.checks\ntest/probe\n"}
+	f := map[string]string{"smtp.ini": smtpINI, "plugins": "helo.checks\ntest/probe\n"}
 	if len(checks) > 0 {
 		f["helo.checks.ini"] = "[checks]\n" + strings.Join(checks, "\n") + "\n"
 	}
@@ -48,26 +57,26 @@ func files(checks ...string) map[string]string {
 
 // hello sends EHLO name and HELO name and requires the same outcome for
 // both: the 250 reply, or the refusal want.
-func hello(c *client, name, want string) {
-	c.t.Helper()
+func hello(c *servertest.Client, name, want string) {
+	c.T.Helper()
 	if want == "" {
-		c.ehlo(name)
-		c.cmd("HELO "+name, "250 mx.test")
+		c.EHLO(name)
+		c.CmdExact("HELO "+name, "250 mx.test")
 		return
 	}
-	c.cmd("EHLO "+name, want)
-	c.cmd("HELO "+name, want)
+	c.CmdExact("EHLO "+name, want)
+	c.CmdExact("HELO "+name, want)
 }
 
 // noteIs requires the note a later plugin sees to be want.
-func noteIs(c *client, want string) {
-	c.t.Helper()
-	c.cmd("MAIL FROM:<a@example.org>", "250 2.1.0 "+want)
-	c.cmd("RSET", "250 2.0.0 Ok")
+func noteIs(c *servertest.Client, want string) {
+	c.T.Helper()
+	c.CmdExact("MAIL FROM:<a@example.org>", "250 2.1.0 "+want)
+	c.CmdExact("RSET", "250 2.0.0 Ok")
 }
 
 func TestDefaults(t *testing.T) {
-	ts := startServer(t, files())
+	ts := servertest.Start(t, files())
 	// note is what a later plugin sees after an accepted name.
 	cases := []struct {
 		from, name, want, note string
@@ -102,8 +111,8 @@ func TestDefaults(t *testing.T) {
 		{"127.0.0.2", "[IPv6:2001:db8::1]", "", "note [literal_mismatch]"},
 	}
 	for _, tc := range cases {
-		c := dialFrom(t, ts.addr, tc.from)
-		c.expect(banner)
+		c := dialer.DialFrom(t, ts.Addr, tc.from)
+		c.ExpectExact(banner)
 		hello(c, tc.name, tc.want)
 		if tc.want == "" {
 			noteIs(c, tc.note)
@@ -115,17 +124,17 @@ func TestDefaults(t *testing.T) {
 }
 
 func TestNoteFollowsTheLastHelo(t *testing.T) {
-	ts := startServer(t, files())
-	c := dialFrom(t, ts.addr, "127.0.0.2")
-	c.expect(banner)
-	c.ehlo("[192.0.2.1]")
+	ts := servertest.Start(t, files())
+	c := dialer.DialFrom(t, ts.Addr, "127.0.0.2")
+	c.ExpectExact(banner)
+	c.EHLO("[192.0.2.1]")
 	noteIs(c, "note [literal_mismatch]")
-	c.ehlo("client.example.org")
+	c.EHLO("client.example.org")
 	noteIs(c, "note []")
 }
 
 func TestModes(t *testing.T) {
-	ts := startServer(t, files(
+	ts := servertest.Start(t, files(
 		"valid_syntax = note",
 		"claims_us = OFF",
 		"literal_mismatch = reject",
@@ -141,8 +150,8 @@ func TestModes(t *testing.T) {
 		{"[127.0.0.2]", "", "note unset"},
 	}
 	for _, tc := range cases {
-		c := dialFrom(t, ts.addr, "127.0.0.2")
-		c.expect(banner)
+		c := dialer.DialFrom(t, ts.Addr, "127.0.0.2")
+		c.ExpectExact(banner)
 		hello(c, tc.name, tc.want)
 		if tc.want == "" {
 			noteIs(c, tc.note)
@@ -151,9 +160,9 @@ func TestModes(t *testing.T) {
 }
 
 func TestAllOff(t *testing.T) {
-	ts := startServer(t, files("valid_syntax = off", "claims_us = off", "literal_mismatch = off", "bare_ip = off"))
-	c := dialFrom(t, ts.addr, "127.0.0.2")
-	c.expect(banner)
+	ts := servertest.Start(t, files("valid_syntax = off", "claims_us = off", "literal_mismatch = off", "bare_ip = off"))
+	c := dialer.DialFrom(t, ts.Addr, "127.0.0.2")
+	c.ExpectExact(banner)
 	for _, name := range []string{"under_score", "mx.test", "[192.0.2.1]", "192.0.2.1"} {
 		hello(c, name, "")
 		noteIs(c, "note unset")
@@ -161,7 +170,7 @@ func TestAllOff(t *testing.T) {
 }
 
 func TestHooksRunInline(t *testing.T) {
-	ch, err := buildChain(t, map[string]string{"plugins": "helo.checks\n"})
+	ch, err := servertest.Build(t, map[string]string{"plugins": "helo.checks\n"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -189,7 +198,7 @@ func TestConfigErrors(t *testing.T) {
 		{"[check]\nvalid_syntax = reject\n", `config: helo.checks.ini: unknown section [check]`},
 	}
 	for _, tc := range cases {
-		_, err := buildChain(t, map[string]string{"plugins": "helo.checks\n", "helo.checks.ini": tc.ini})
+		_, err := servertest.Build(t, map[string]string{"plugins": "helo.checks\n", "helo.checks.ini": tc.ini})
 		if err == nil || err.Error() != tc.want {
 			t.Errorf("helo.checks.ini %q: error %v, want %q", tc.ini, err, tc.want)
 		}

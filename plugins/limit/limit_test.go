@@ -9,7 +9,7 @@ import (
 
 	"github.com/rs/zerolog"
 
-	"loopmx/config"
+	"loopmx/internal/servertest"
 	"loopmx/plugins"
 	_ "loopmx/plugins/limit"
 )
@@ -19,19 +19,14 @@ import (
 func newChain(t *testing.T, limitINI string, extra map[string]string) *plugins.Chain {
 	t.Helper()
 	dir := configDir(t, limitINI)
-	write(t, dir, "plugins", "limit\n")
+	servertest.Write(t, dir, "plugins", "limit\n")
 	for name, text := range extra {
-		write(t, dir, name, text)
+		servertest.Write(t, dir, name, text)
 	}
-	cfg, err := config.Load(dir, nil)
+	ch, err := servertest.BuildDir(t, dir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	ch, err := plugins.Build(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ch.Close() })
 	return ch
 }
 
@@ -328,28 +323,15 @@ func TestConfigErrors(t *testing.T) {
 		{"[rate]\nhelo = 5/1m", `config: limit.ini: [rate] unknown key "helo"`},
 		{"[rates]\nconn = 5/1m", `config: limit.ini: unknown section [rates]`},
 	} {
-		dir := configDir(t, tc.ini+"\n")
-		cfg, err := config.Load(dir, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		ch, err := plugins.Build(cfg)
-		if err == nil {
-			ch.Close()
-		}
+		_, err := servertest.BuildDir(t, configDir(t, tc.ini+"\n"))
 		if err == nil || err.Error() != tc.want {
 			t.Errorf("%q: error %v\nwant %s", tc.ini, err, tc.want)
 		}
 	}
 	// The periods: Go durations, or bare seconds.
 	for _, ok := range []string{"30/1m", "30/60", " 5 / 1h30m ", "0", ""} {
-		dir := configDir(t, "[rate]\nconn = "+ok+"\n")
-		cfg, _ := config.Load(dir, nil)
-		ch, err := plugins.Build(cfg)
-		if err != nil {
+		if _, err := servertest.BuildDir(t, configDir(t, "[rate]\nconn = "+ok+"\n")); err != nil {
 			t.Errorf("conn = %q: %v", ok, err)
-			continue
 		}
-		ch.Close()
 	}
 }

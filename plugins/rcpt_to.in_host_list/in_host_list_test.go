@@ -1,12 +1,10 @@
 package inhostlist_test
 
 import (
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 
-	"loopmx/config"
+	"loopmx/internal/servertest"
 	"loopmx/plugins"
 	inhostlist "loopmx/plugins/rcpt_to.in_host_list"
 )
@@ -70,24 +68,11 @@ func TestRcptNew(t *testing.T) {
 	}
 }
 
+// build loads a config directory holding files and builds its chain.
 func build(t *testing.T, files map[string]string) (*plugins.Chain, error) {
 	t.Helper()
-	dir := t.TempDir()
 	files["smtp.ini"] = "[main]\nme = mx.example.net\n"
-	for name, content := range files {
-		if err := os.WriteFile(filepath.Join(dir, name), []byte(content), 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
-	cfg, err := config.Load(dir, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ch, err := plugins.Build(cfg)
-	if err == nil {
-		t.Cleanup(func() { ch.Close() })
-	}
-	return ch, err
+	return servertest.Build(t, files)
 }
 
 func TestRcptFromHostList(t *testing.T) {

@@ -13,7 +13,9 @@ import (
 	"github.com/rs/zerolog"
 
 	"loopmx/config"
+	"loopmx/internal/servertest"
 	"loopmx/plugins"
+	_ "loopmx/plugins/queue/discard"
 	"loopmx/plugins/redisx/redistest"
 	_ "loopmx/plugins/results"
 )
@@ -47,6 +49,24 @@ func (check) Rcpt(c *plugins.Conn, to string) plugins.Result {
 	return plugins.Next()
 }
 
+// configDir writes a config directory: smtp.ini listening on
+// 127.0.0.1:0, a plugins file with results, the test plugin check and
+// queue/discard, and the given results.ini.
+func configDir(t *testing.T, resultsINI string) string {
+	t.Helper()
+	return servertest.WriteDir(t, map[string]string{
+		"smtp.ini":    "[main]\nlisten = 127.0.0.1:0\nloops = 2\nme = mx.test\nthreadpool_size = 4\n",
+		"plugins":     "results\n" + checkName + "\nqueue/discard\n",
+		"results.ini": resultsINI,
+	})
+}
+
+// dialer makes the test clients.
+var dialer = servertest.Dialer{Enhanced: servertest.Never}
+
+// poll is how often a test retries while it waits.
+const poll = 50 * time.Millisecond
+
 // summaries returns the results plugin's log lines, decoded.
 func summaries(t *testing.T, log string) []map[string]any {
 	t.Helper()
@@ -66,11 +86,11 @@ func summaries(t *testing.T, log string) []map[string]any {
 
 // connSummary waits for the connection summary line of the connection
 // whose transaction id starts with prefix, and returns every summary.
-func waitConnSummary(t *testing.T, srv *server, conn string) []map[string]any {
+func waitConnSummary(t *testing.T, srv *servertest.Server, conn string) []map[string]any {
 	t.Helper()
 	var all []map[string]any
-	eventually(t, "the connection summary is logged", func() bool {
-		all = summaries(t, srv.log.String())
+	servertest.Eventually(t, poll, "the connection summary is logged", func() bool {
+		all = summaries(t, srv.Log.String())
 		for _, m := range all {
 			if m["conn"] == conn && m["tx"] == nil {
 				return true
@@ -95,27 +115,23 @@ func txID(t *testing.T, reply string) string {
 func connOf(tx string) string { return tx[:strings.LastIndexByte(tx, '.')] }
 
 func TestSummaryPerTransactionAndConnection(t *testing.T) {
-	srv := startServer(t, configDir(t, ""))
-	c, ok := tryConnect(t, srv.addr)
-	if !ok {
-		t.Fatal("connection refused")
-	}
-	c.cmd("EHLO client.test", "250")
+	srv := servertest.StartDir(t, configDir(t, ""))
+	c := dialer.Hello(t, srv.Addr)
 	// 1: delivered to two recipients.
-	c.cmd("MAIL FROM:<s@example.org>", "250")
-	c.cmd("RCPT TO:<a@example.com>", "250")
-	c.cmd("RCPT TO:<b@example.com>", "250")
-	c.cmd("DATA", "354")
-	tx1 := txID(t, c.cmd("Subject: x\r\n\r\nx\r\n.", "250"))
+	c.Cmd("MAIL FROM:<s@example.org>", "250")
+	c.Cmd("RCPT TO:<a@example.com>", "250")
+	c.Cmd("RCPT TO:<b@example.com>", "250")
+	c.Cmd("DATA", "354")
+	tx1 := txID(t, c.Cmd("Subject: x\r\n\r\nx\r\n.", "250"))
 	conn := connOf(tx1)
 	// 2: every recipient refused, then RSET.
-	c.cmd("MAIL FROM:<s@example.org>", "250")
-	c.cmd("RCPT TO:<bad@example.com>", "550 5.1.1")
-	c.cmd("RSET", "250")
+	c.Cmd("MAIL FROM:<s@example.org>", "250")
+	c.Cmd("RCPT TO:<bad@example.com>", "550 5.1.1")
+	c.Cmd("RSET", "250")
 	// 3: open at QUIT.
-	c.cmd("MAIL FROM:<s@example.org>", "250")
-	c.cmd("RCPT TO:<c@example.com>", "250")
-	c.quit()
+	c.Cmd("MAIL FROM:<s@example.org>", "250")
+	c.Cmd("RCPT TO:<c@example.com>", "250")
+	c.Quit()
 
 	all := waitConnSummary(t, srv, conn)
 	want := []map[string]any{
@@ -125,7 +141,7 @@ func TestSummaryPerTransactionAndConnection(t *testing.T) {
 		{"tx": nil, "results": map[string]any{checkName: []any{"pass: connect"}}},
 	}
 	if len(all) != len(want) {
-		t.Fatalf("%d summary lines, want one per transaction and one for the connection:\n%s", len(all), srv.log)
+		t.Fatalf("%d summary lines, want one per transaction and one for the connection:\n%s", len(all), srv.Log)
 	}
 	for i, w := range want {
 		got := all[i]
@@ -137,16 +153,11 @@ func TestSummaryPerTransactionAndConnection(t *testing.T) {
 
 func TestNoteValues(t *testing.T) {
 	dir := configDir(t, "")
-	write(t, dir, "plugins", "results\n")
-	cfg, err := config.Load(dir, nil)
+	servertest.Write(t, dir, "plugins", "results\n")
+	ch, err := servertest.BuildDir(t, dir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	ch, err := plugins.Build(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ch.Close()
 	var buf bytes.Buffer
 	l := zerolog.New(&buf)
 	c := &plugins.Conn{ID: "w1.7", RemoteIP: netip.MustParseAddr("192.0.2.1"), Log: &l}
@@ -189,13 +200,9 @@ func TestBlocks(t *testing.T) {
 		{"redis_publish = true", []plugins.Hook{plugins.HookMail, plugins.HookDisconnect}},
 	} {
 		dir := configDir(t, tc.ini+"\n")
-		write(t, dir, "plugins", "results\n")
-		write(t, dir, "redis.ini", "server = 127.0.0.1:1\n") // never dialled here
-		cfg, err := config.Load(dir, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		ch, err := plugins.Build(cfg)
+		servertest.Write(t, dir, "plugins", "results\n")
+		servertest.Write(t, dir, "redis.ini", "server = 127.0.0.1:1\n") // never dialled here
+		ch, err := servertest.BuildDir(t, dir)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -209,7 +216,6 @@ func TestBlocks(t *testing.T) {
 				t.Errorf("%q: hook %s blocks = %v, want %v", tc.ini, h, !done, want)
 			}
 		}
-		ch.Close()
 	}
 }
 
@@ -219,14 +225,7 @@ func TestConfigErrors(t *testing.T) {
 		{"redis_publish = often", `config: results.ini: [main] redis_publish: "often" is not a boolean (true or false)`},
 		{"publish = true", `config: results.ini: [main] unknown key "publish"`},
 	} {
-		cfg, err := config.Load(configDir(t, tc.ini+"\n"), nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		ch, err := plugins.Build(cfg)
-		if err == nil {
-			ch.Close()
-		}
+		_, err := servertest.BuildDir(t, configDir(t, tc.ini+"\n"))
 		if err == nil || err.Error() != tc.want {
 			t.Errorf("%q: error %v\nwant %s", tc.ini, err, tc.want)
 		}
@@ -238,10 +237,10 @@ func TestConfigErrors(t *testing.T) {
 func TestPublish(t *testing.T) {
 	rs := redistest.Start(t)
 	ctx := context.Background()
-	serve := func(ini string) *server {
+	serve := func(ini string) *servertest.Server {
 		dir := configDir(t, ini)
 		rs.WriteINI(dir)
-		return startServer(t, dir)
+		return servertest.StartDir(t, dir)
 	}
 	on := serve("redis_publish = true\n")
 	off := serve("redis_publish = false\n")
@@ -249,16 +248,12 @@ func TestPublish(t *testing.T) {
 	// session delivers one message and, before QUIT, subscribes to the
 	// transaction's channel with a second client. It returns the
 	// subscription and the transaction id.
-	session := func(srv *server) (<-chan string, string, func()) {
-		c, ok := tryConnect(t, srv.addr)
-		if !ok {
-			t.Fatal("connection refused")
-		}
-		c.cmd("EHLO client.test", "250")
-		c.cmd("MAIL FROM:<s@example.org>", "250")
-		c.cmd("RCPT TO:<a@example.com>", "250")
-		c.cmd("DATA", "354")
-		tx := txID(t, c.cmd("Subject: x\r\n\r\nx\r\n.", "250"))
+	session := func(srv *servertest.Server) (<-chan string, string, func()) {
+		c := dialer.Hello(t, srv.Addr)
+		c.Cmd("MAIL FROM:<s@example.org>", "250")
+		c.Cmd("RCPT TO:<a@example.com>", "250")
+		c.Cmd("DATA", "354")
+		tx := txID(t, c.Cmd("Subject: x\r\n\r\nx\r\n.", "250"))
 		sub := rs.Client().Subscribe(ctx, "result-"+tx)
 		if _, err := sub.Receive(ctx); err != nil {
 			t.Fatalf("SUBSCRIBE: %v", err)
@@ -269,7 +264,7 @@ func TestPublish(t *testing.T) {
 				msgs <- m.Payload
 			}
 		}()
-		c.quit()
+		c.Quit()
 		return msgs, tx, func() { sub.Close() }
 	}
 	next := func(msgs <-chan string) string {
@@ -277,7 +272,7 @@ func TestPublish(t *testing.T) {
 		select {
 		case m := <-msgs:
 			return m
-		case <-time.After(ioTimeout):
+		case <-time.After(servertest.IOTimeout):
 			t.Fatal("nothing published")
 			return ""
 		}
@@ -318,22 +313,18 @@ func TestPublish(t *testing.T) {
 	// Redis goes away: mail still flows, the outage is logged once.
 	rs.Kill()
 	for range 4 {
-		c, ok := tryConnect(t, on.addr)
-		if !ok {
-			t.Fatal("connection refused with Redis down")
-		}
-		c.cmd("EHLO client.test", "250")
-		c.mail("s@example.org", "a@example.com")
-		c.quit()
+		c := dialer.Hello(t, on.Addr)
+		c.Mail("s@example.org", "a@example.com")
+		c.Quit()
 	}
-	eventually(t, "the outage is logged", func() bool { return on.log.count(`"plugin":"results"`, "redis unavailable") > 0 })
-	if n := on.log.count(`"plugin":"results"`, "redis unavailable"); n != 1 {
-		t.Errorf("redis unavailable logged %d times, want once:\n%s", n, on.log)
+	servertest.Eventually(t, poll, "the outage is logged", func() bool { return on.Log.Count(`"plugin":"results"`, "redis unavailable") > 0 })
+	if n := on.Log.Count(`"plugin":"results"`, "redis unavailable"); n != 1 {
+		t.Errorf("redis unavailable logged %d times, want once:\n%s", n, on.Log)
 	}
 
 	// Back on the same port, publishing resumes by itself.
 	rs.Restart()
-	eventually(t, "publishing resumes", func() bool {
+	servertest.Eventually(t, poll, "publishing resumes", func() bool {
 		msgs, _, unsub := session(on)
 		defer unsub()
 		select {
@@ -343,7 +334,7 @@ func TestPublish(t *testing.T) {
 			return false
 		}
 	})
-	if n := on.log.count(`"plugin":"results"`, "redis available again"); n != 1 {
+	if n := on.Log.Count(`"plugin":"results"`, "redis available again"); n != 1 {
 		t.Errorf("recovery logged %d times, want once", n)
 	}
 }

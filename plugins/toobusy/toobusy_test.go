@@ -3,8 +3,6 @@ package toobusy_test
 import (
 	"bytes"
 	"fmt"
-	"os"
-	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -13,11 +11,16 @@ import (
 	"github.com/rs/zerolog"
 
 	"loopmx/config"
+	"loopmx/internal/servertest"
 	"loopmx/plugins"
 	"loopmx/plugins/toobusy"
 )
 
 const refusal = "421 4.7.0 mx.test Too busy, try again later"
+
+// dialer makes the test clients; every refusal they read, the banner's
+// included, must carry an enhanced status code.
+var dialer = servertest.Dialer{Enhanced: servertest.Always}
 
 // testPlugins holds the instances the factories of the test plugins hand
 // to plugins.Build; a test sets them before it starts a server.
@@ -82,38 +85,27 @@ func (h *hold) Mail(*plugins.Conn, string) plugins.Result {
 	return plugins.Next()
 }
 
-// waitFor polls cond until it holds, failing the test after ioTimeout.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(ioTimeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
 // acceptedAgain dials until the server greets again (the loop's lag is
 // the worst of the last half-second windows, so it takes up to a second
 // after the load ends) and returns the number of refusals met meanwhile.
 func acceptedAgain(t *testing.T, addr string) int {
 	t.Helper()
-	deadline := time.Now().Add(ioTimeout)
+	deadline := time.Now().Add(servertest.IOTimeout)
 	for refused := 0; ; refused++ {
-		c := dial(t, addr)
-		line, err := c.read()
+		c := dialer.Dial(t, addr)
+		r, err := c.Read()
 		if err != nil {
 			t.Fatalf("reading the greeting: %v", err)
 		}
+		line := r.Last()
 		if strings.HasPrefix(line, "220 ") {
-			c.cmd("QUIT", "221 ")
+			c.Cmd("QUIT", "221 ")
 			return refused
 		}
 		if line != refusal {
 			t.Fatalf("got %q, want the banner or %q", line, refusal)
 		}
-		c.expectEOF()
+		c.ExpectEOF()
 		if time.Now().After(deadline) {
 			t.Fatalf("still refused after the load ended (%d refusals)", refused+1)
 		}
@@ -125,27 +117,27 @@ func TestLoadedLoopRefusesNewConnections(t *testing.T) {
 	const spinFor = 200 * time.Millisecond
 	sp := &spin{d: spinFor, started: make(chan struct{}, 1)}
 	use(t, sp)
-	s := startServer(t, map[string]string{"plugins": "toobusy\ntest/spin\n"})
+	s := servertest.Start(t, map[string]string{"plugins": "toobusy\ntest/spin\n"})
 
 	// Client A arrives while the server is idle; its connect hook then
 	// keeps the server's only event loop busy.
 	sp.armed.Store(true)
-	a := dial(t, s.addr)
+	a := dialer.Dial(t, s.Addr)
 	select {
 	case <-sp.started:
-	case <-time.After(ioTimeout):
+	case <-time.After(servertest.IOTimeout):
 		t.Fatal("the spin never started")
 	}
 
 	// Client B connects during the spin. It waits in the backlog until
 	// the loop is free, and then must be refused at once, by toobusy,
 	// before the next plugin (which would spin again) sees it.
-	b := dial(t, s.addr)
-	if got := b.expect("4"); got != refusal {
+	b := dialer.Dial(t, s.Addr)
+	if got := b.Expect("4"); got != refusal {
 		t.Fatalf("B got %q, want %q", got, refusal)
 	}
 	answered := time.Now()
-	b.expectEOF()
+	b.ExpectEOF()
 	sp.armed.Store(false)
 	if late := answered.Sub(time.Unix(0, sp.ended.Load())); late >= spinFor {
 		t.Errorf("B's refusal came %v after the spin ended, want well under another spin (%v)", late, spinFor)
@@ -155,14 +147,14 @@ func TestLoadedLoopRefusesNewConnections(t *testing.T) {
 	}
 
 	// A was admitted before the load and is served.
-	a.expect("220 mx.test ")
-	a.cmd("EHLO client.test", "250")
-	a.cmd("QUIT", "221 ")
+	a.Expect("220 mx.test ")
+	a.Cmd("EHLO client.test", "250")
+	a.Cmd("QUIT", "221 ")
 
 	// The load is gone: new connections are served again.
-	acceptedAgain(t, s.addr)
+	acceptedAgain(t, s.Addr)
 
-	log := s.log.String()
+	log := s.Log.String()
 	for _, want := range []string{
 		`"level":"info","plugin":"toobusy","reason":"event loop lag","refused":1,`,
 		`"max_lag":70`,
@@ -178,8 +170,8 @@ func TestLoadedLoopRefusesNewConnections(t *testing.T) {
 func TestQueuedWorkpoolRefusesNewConnections(t *testing.T) {
 	h := &hold{entered: make(chan struct{}, 8), gate: make(chan struct{})}
 	use(t, h)
-	s := startServer(t, map[string]string{
-		"smtp.ini":    smtpINI + "threadpool_size = 1\nwork_queue_size = 16\n",
+	s := servertest.Start(t, map[string]string{
+		"smtp.ini":    servertest.SMTPINI + "threadpool_size = 1\nwork_queue_size = 16\n",
 		"plugins":     "toobusy\ntest/hold\n",
 		"toobusy.ini": "max_queue = 1\n",
 	})
@@ -193,35 +185,35 @@ func TestQueuedWorkpoolRefusesNewConnections(t *testing.T) {
 	t.Cleanup(release) // before the server stops (cleanups run last first)
 
 	// One MAIL holds the only worker, two more wait in its queue.
-	var held []*client
+	var held []*servertest.Client
 	for i := range 3 {
-		c := dial(t, s.addr)
-		c.expect("220 ")
-		c.cmd("EHLO client.test", "250")
-		c.send(fmt.Sprintf("MAIL FROM:<s%d@example.org>", i))
+		c := dialer.Dial(t, s.Addr)
+		c.Expect("220 ")
+		c.Cmd("EHLO client.test", "250")
+		c.Send(fmt.Sprintf("MAIL FROM:<s%d@example.org>", i))
 		held = append(held, c)
 		if i == 0 {
 			<-h.entered
 		}
 	}
-	waitFor(t, "two queued jobs", func() bool { return s.pool.Queued() == 2 })
+	servertest.Eventually(t, 5*time.Millisecond, "two queued jobs", func() bool { return s.Pool.Queued() == 2 })
 
-	d := dial(t, s.addr)
-	if got := d.expect("4"); got != refusal {
+	d := dialer.Dial(t, s.Addr)
+	if got := d.Expect("4"); got != refusal {
 		t.Fatalf("got %q with 2 jobs queued and max_queue = 1, want %q", got, refusal)
 	}
-	d.expectEOF()
+	d.ExpectEOF()
 
 	release()
 	for _, c := range held {
-		c.expect("250 2.1.0")
-		c.cmd("QUIT", "221 ")
+		c.Expect("250 2.1.0")
+		c.Cmd("QUIT", "221 ")
 	}
-	waitFor(t, "an empty queue", func() bool { return s.pool.Queued() == 0 })
-	if n := acceptedAgain(t, s.addr); n != 0 {
+	servertest.Eventually(t, 5*time.Millisecond, "an empty queue", func() bool { return s.Pool.Queued() == 0 })
+	if n := acceptedAgain(t, s.Addr); n != 0 {
 		t.Errorf("%d connections refused after the queue drained", n)
 	}
-	if log := s.log.String(); !strings.Contains(log, `"reason":"workpool queue","refused":1,`) {
+	if log := s.Log.String(); !strings.Contains(log, `"reason":"workpool queue","refused":1,`) {
 		t.Errorf("log lacks the refusal:\n%s", log)
 	}
 }
@@ -332,37 +324,11 @@ func TestSetup(t *testing.T) {
 		{"negative queue", "max_queue = -5\n", []string{"config: toobusy.ini:", "max_queue", `"-5"`}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			dir := t.TempDir()
-			files := map[string]string{"smtp.ini": smtpINI, "plugins": "toobusy\n"}
+			files := map[string]string{"plugins": "toobusy\n"}
 			if tc.ini != "" {
 				files["toobusy.ini"] = tc.ini
 			}
-			for name, content := range files {
-				if err := os.WriteFile(filepath.Join(dir, name), []byte(content), 0o600); err != nil {
-					t.Fatal(err)
-				}
-			}
-			cfg, err := config.Load(dir, nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			ch, err := plugins.Build(cfg)
-			if len(tc.err) == 0 {
-				if err != nil {
-					t.Fatalf("Build: %v", err)
-				}
-				ch.Close()
-				return
-			}
-			if err == nil {
-				ch.Close()
-				t.Fatal("Build accepted the bad toobusy.ini")
-			}
-			for _, w := range tc.err {
-				if !strings.Contains(err.Error(), w) {
-					t.Errorf("error %q lacks %s", err, w)
-				}
-			}
+			servertest.CheckBuild(t, files, tc.err...)
 		})
 	}
 }

@@ -3,11 +3,10 @@ package discard_test
 import (
 	"io"
 	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 
-	"loopmx/config"
+	"loopmx/internal/servertest"
 	"loopmx/plugins"
 	"loopmx/plugins/queue/discard"
 )
@@ -43,17 +42,8 @@ func TestDiscardAccepts(t *testing.T) {
 // returning what the plugins wrote to stderr meanwhile.
 func build(t *testing.T, files map[string]string) (*plugins.Chain, string, error) {
 	t.Helper()
-	dir := t.TempDir()
 	files["smtp.ini"] = "[main]\nme = mx.example.net\n"
-	for name, content := range files {
-		if err := os.WriteFile(filepath.Join(dir, name), []byte(content), 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
-	cfg, err := config.Load(dir, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	cfg := servertest.LoadDir(t, servertest.WriteDir(t, files))
 	r, w, err := os.Pipe()
 	if err != nil {
 		t.Fatal(err)

@@ -4,7 +4,10 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 
+	"loopmx/internal/servertest"
+	_ "loopmx/plugins/queue/lmtp"
 	"loopmx/plugins/queue/nexthop/nexthoptest"
 )
 
@@ -14,8 +17,14 @@ const body = "From: Alice <alice@example.org>\r\n" +
 	".a line that starts with a dot\r\n" +
 	"last line\r\n"
 
+// lmtpINI is a config directory running queue/lmtp with an lmtp.ini
+// pointing at hosts, plus extra lines; the server has two workers.
 func lmtpINI(hosts string, extra ...string) map[string]string {
-	return map[string]string{"lmtp.ini": "hosts = " + hosts + "\n" + strings.Join(extra, "\n") + "\n"}
+	return map[string]string{
+		"smtp.ini": servertest.SMTPINI + "threadpool_size = 2\n",
+		"plugins":  "queue/lmtp\n",
+		"lmtp.ini": "hosts = " + hosts + "\n" + strings.Join(extra, "\n") + "\n",
+	}
 }
 
 // store starts an LMTP server on a unix socket (or TCP) whose replies
@@ -40,9 +49,9 @@ func TestLMTPAllAccepted(t *testing.T) {
 		}
 		t.Run(name, func(t *testing.T) {
 			be := store(t, unix, nil)
-			srv := startServer(t, lmtpINI(be.Addr))
-			got := deliver(t, srv.addr, utf8("alice@example.org", "bob@example.com", "carol@example.com"), body)
-			if got.code != 250 || !strings.HasPrefix(got.msg, "2.0.0 Ok: queued as ") {
+			srv := servertest.Start(t, lmtpINI(be.Addr))
+			got := servertest.Deliver(t, srv.Addr, servertest.UTF8("alice@example.org", "bob@example.com", "carol@example.com"), body)
+			if got.Code != 250 || !strings.HasPrefix(got.Text(), "2.0.0 Ok: queued as ") {
 				t.Fatalf("client got %q", got)
 			}
 			msgs := be.Messages()
@@ -85,15 +94,15 @@ func TestLMTPPerRecipientReplies(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			be := store(t, true, finalFor(tc.final))
-			srv := startServer(t, lmtpINI(be.Addr))
-			if got := deliver(t, srv.addr, utf8("alice@example.org", "a@example.com", "b@example.com"), body); got.String() != tc.want {
+			srv := servertest.Start(t, lmtpINI(be.Addr))
+			if got := servertest.Deliver(t, srv.Addr, servertest.UTF8("alice@example.org", "a@example.com", "b@example.com"), body); got.String() != tc.want {
 				t.Errorf("client got %q, want %q", got, tc.want)
 			}
-			if strings.Contains(tc.want, "delivered to") && !strings.Contains(srv.log.String(), "PARTIAL DELIVERY") {
-				t.Errorf("a partial delivery is not logged prominently:\n%s", srv.log)
+			if strings.Contains(tc.want, "delivered to") && !strings.Contains(srv.Log.String(), "PARTIAL DELIVERY") {
+				t.Errorf("a partial delivery is not logged prominently:\n%s", srv.Log)
 			}
 			// The session stays usable.
-			if got := deliver(t, srv.addr, utf8("alice@example.org", "c@example.com"), body); got.code != 250 {
+			if got := servertest.Deliver(t, srv.Addr, servertest.UTF8("alice@example.org", "c@example.com"), body); got.Code != 250 {
 				t.Errorf("the next message got %q", got)
 			}
 			if c := be.Conns(); c != 1 {
@@ -110,8 +119,8 @@ func TestLMTPRecipientRefusedBeforeData(t *testing.T) {
 		}
 		return ""
 	}})
-	srv := startServer(t, lmtpINI(be.Addr))
-	if got := deliver(t, srv.addr, utf8("alice@example.org", "a@example.com", "nobody@example.com"), body); got.String() != "550 5.1.1 backend: <nobody@example.com>: No such user here" {
+	srv := servertest.Start(t, lmtpINI(be.Addr))
+	if got := servertest.Deliver(t, srv.Addr, servertest.UTF8("alice@example.org", "a@example.com", "nobody@example.com"), body); got.String() != "550 5.1.1 backend: <nobody@example.com>: No such user here" {
 		t.Errorf("client got %q", got)
 	}
 	if n := len(be.Messages()); n != 0 {
@@ -121,12 +130,12 @@ func TestLMTPRecipientRefusedBeforeData(t *testing.T) {
 
 func TestLMTPStoreStopped(t *testing.T) {
 	be := store(t, true, nil)
-	srv := startServer(t, lmtpINI(be.Addr))
-	if got := deliver(t, srv.addr, utf8("alice@example.org", "a@example.com"), body); got.code != 250 {
+	srv := servertest.Start(t, lmtpINI(be.Addr))
+	if got := servertest.Deliver(t, srv.Addr, servertest.UTF8("alice@example.org", "a@example.com"), body); got.Code != 250 {
 		t.Fatalf("client got %q", got)
 	}
 	be.Stop()
-	if got := deliver(t, srv.addr, utf8("alice@example.org", "b@example.com"), body); got.String() != "451 4.4.1 Next hop not reachable, try again later" {
+	if got := servertest.Deliver(t, srv.Addr, servertest.UTF8("alice@example.org", "b@example.com"), body); got.String() != "451 4.4.1 Next hop not reachable, try again later" {
 		t.Errorf("client got %q with the store gone", got)
 	}
 	if n := len(be.Messages()); n != 1 {
@@ -137,14 +146,14 @@ func TestLMTPStoreStopped(t *testing.T) {
 func TestLMTPStoreStoppedBeforeReplies(t *testing.T) {
 	hold := make(chan struct{})
 	be := nexthoptest.Start(t, nexthoptest.Options{LMTP: true, HoldFinal: hold})
-	srv := startServer(t, lmtpINI(be.Addr))
-	done := make(chan reply, 1)
+	srv := servertest.Start(t, lmtpINI(be.Addr))
+	done := make(chan servertest.Reply, 1)
 	go func() {
-		done <- deliver(t, srv.addr, utf8("alice@example.org", "a@example.com", "b@example.com"), body)
+		done <- servertest.Deliver(t, srv.Addr, servertest.UTF8("alice@example.org", "a@example.com", "b@example.com"), body)
 	}()
-	waitFor(t, "the store to have the message", func() bool { return len(be.Messages()) == 1 })
+	servertest.Eventually(t, 5*time.Millisecond, "the store to have the message", func() bool { return len(be.Messages()) == 1 })
 	be.Stop()
-	if got := <-done; got.code != 451 || !strings.HasPrefix(got.msg, "4.4.2 ") {
+	if got := <-done; got.Code != 451 || !strings.HasPrefix(got.Text(), "4.4.2 ") {
 		t.Errorf("client got %q, want 451 4.4.2", got)
 	}
 }
@@ -152,8 +161,8 @@ func TestLMTPStoreStoppedBeforeReplies(t *testing.T) {
 func TestLMTPSpeaksNoSMTP(t *testing.T) {
 	// An SMTP server answers LHLO with 502: not a usable LMTP store.
 	be := nexthoptest.Start(t, nexthoptest.Options{})
-	srv := startServer(t, lmtpINI(be.Addr))
-	if got := deliver(t, srv.addr, utf8("alice@example.org", "a@example.com"), body); got.String() != "451 4.4.1 Next hop not reachable, try again later" {
+	srv := servertest.Start(t, lmtpINI(be.Addr))
+	if got := servertest.Deliver(t, srv.Addr, servertest.UTF8("alice@example.org", "a@example.com"), body); got.String() != "451 4.4.1 Next hop not reachable, try again later" {
 		t.Errorf("client got %q", got)
 	}
 }
@@ -164,7 +173,7 @@ func TestLMTPConfigErrors(t *testing.T) {
 		{"hosts = unix:run/lmtp.sock\n", "absolute"},
 		{"hosts = unix:/run/lmtp.sock\nmax_messages = 3\n", "max_messages"},
 	} {
-		err := buildOnly(t, map[string]string{"plugins": "queue/lmtp\n", "lmtp.ini": tc.ini})
+		_, err := servertest.Build(t, map[string]string{"plugins": "queue/lmtp\n", "lmtp.ini": tc.ini})
 		if err == nil || !strings.Contains(err.Error(), "lmtp.ini") || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("lmtp.ini %q: error %v, want one naming lmtp.ini and %s", tc.ini, err, tc.want)
 		}

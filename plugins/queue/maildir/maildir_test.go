@@ -17,6 +17,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"loopmx/config"
+	"loopmx/internal/servertest"
 	"loopmx/plugins"
 	"loopmx/plugins/queue/maildir"
 )
@@ -325,21 +326,9 @@ func TestQueueFailures(t *testing.T) {
 // buildFrom loads a config directory holding files and builds its chain.
 func buildFrom(t *testing.T, files map[string]string) (string, *plugins.Chain, error) {
 	t.Helper()
-	dir := t.TempDir()
 	files["smtp.ini"] = "[main]\nme = mx.example.net\n"
-	for name, content := range files {
-		if err := os.WriteFile(filepath.Join(dir, name), []byte(content), 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
-	cfg, err := config.Load(dir, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ch, err := plugins.Build(cfg)
-	if err == nil {
-		t.Cleanup(func() { ch.Close() })
-	}
+	dir := servertest.WriteDir(t, files)
+	ch, err := servertest.BuildDir(t, dir)
 	return dir, ch, err
 }
 

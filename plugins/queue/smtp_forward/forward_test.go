@@ -7,8 +7,11 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
+	"loopmx/internal/servertest"
 	"loopmx/plugins/queue/nexthop/nexthoptest"
+	_ "loopmx/plugins/queue/smtp_forward"
 )
 
 // body is a message as a client writes it; net/smtp dot-stuffs it on the
@@ -21,9 +24,15 @@ const body = "From: Alice <alice@example.org>\r\n" +
 	"gr\xc3\xbc\xc3\x9fe\r\n" +
 	"last line\r\n"
 
-// forwardINI is smtp_forward.ini pointing at hosts, plus extra lines.
+// forwardINI is a config directory running queue/smtp_forward with an
+// smtp_forward.ini pointing at hosts, plus extra lines; the server has
+// two workers.
 func forwardINI(hosts string, extra ...string) map[string]string {
-	return map[string]string{"smtp_forward.ini": "hosts = " + hosts + "\n" + strings.Join(extra, "\n") + "\n"}
+	return map[string]string{
+		"smtp.ini":         servertest.SMTPINI + "threadpool_size = 2\n",
+		"plugins":          "queue/smtp_forward\n",
+		"smtp_forward.ini": "hosts = " + hosts + "\n" + strings.Join(extra, "\n") + "\n",
+	}
 }
 
 // receivedRe is the Received header the plugin adds, in front of the
@@ -34,10 +43,10 @@ var receivedRe = regexp.MustCompile(`^Received: from client\.test \(\[127\.0\.0\
 
 func TestForwardDeliversWithReceived(t *testing.T) {
 	be := nexthoptest.Start(t, nexthoptest.Options{})
-	srv := startServer(t, forwardINI(be.Addr))
+	srv := servertest.Start(t, forwardINI(be.Addr))
 
-	got := deliver(t, srv.addr, utf8("alice@example.org", "bob@example.com", "carol@example.com"), body)
-	if got.code != 250 || !regexp.MustCompile(`^2\.0\.0 Ok: queued as \S+ \(backend: Ok: queued\)$`).MatchString(got.msg) {
+	got := servertest.Deliver(t, srv.Addr, servertest.UTF8("alice@example.org", "bob@example.com", "carol@example.com"), body)
+	if got.Code != 250 || !regexp.MustCompile(`^2\.0\.0 Ok: queued as \S+ \(backend: Ok: queued\)$`).MatchString(got.Text()) {
 		t.Fatalf("client got %q, want 250 with our id and the backend's text", got)
 	}
 	msgs := be.Messages()
@@ -65,8 +74,8 @@ func TestForwardDeliversWithReceived(t *testing.T) {
 
 func TestForwardNullSenderAndPlainSession(t *testing.T) {
 	be := nexthoptest.Start(t, nexthoptest.Options{})
-	srv := startServer(t, forwardINI(be.Addr))
-	if got := deliver(t, srv.addr, plain("", "postmaster@example.com"), "Subject: bounce\r\n\r\nx\r\n"); got.code != 250 {
+	srv := servertest.Start(t, forwardINI(be.Addr))
+	if got := servertest.Deliver(t, srv.Addr, servertest.Plain("", "postmaster@example.com"), "Subject: bounce\r\n\r\nx\r\n"); got.Code != 250 {
 		t.Fatalf("client got %q", got)
 	}
 	m := be.Messages()[0]
@@ -80,11 +89,11 @@ func TestForwardNullSenderAndPlainSession(t *testing.T) {
 
 func TestPoolReusesSessionAndPipelines(t *testing.T) {
 	be := nexthoptest.Start(t, nexthoptest.Options{})
-	srv := startServer(t, forwardINI(be.Addr))
+	srv := servertest.Start(t, forwardINI(be.Addr))
 	const n = 5
 	for i := range n {
 		// Every message comes over its own client connection.
-		if got := deliver(t, srv.addr, utf8("a@example.org", "b"+strconv.Itoa(i)+"@example.com"), body); got.code != 250 {
+		if got := servertest.Deliver(t, srv.Addr, servertest.UTF8("a@example.org", "b"+strconv.Itoa(i)+"@example.com"), body); got.Code != 250 {
 			t.Fatalf("message %d: client got %q", i, got)
 		}
 	}
@@ -107,14 +116,14 @@ func TestPoolReusesSessionAndPipelines(t *testing.T) {
 
 func TestPoolIsSharedByConcurrentClients(t *testing.T) {
 	be := nexthoptest.Start(t, nexthoptest.Options{})
-	srv := startServer(t, forwardINI(be.Addr))
+	srv := servertest.Start(t, forwardINI(be.Addr))
 	const clients, each = 4, 10
 	var wg sync.WaitGroup
 	codes := make(chan int, clients*each)
 	for i := range clients {
 		wg.Go(func() {
 			for j := range each {
-				codes <- deliver(t, srv.addr, utf8("a@example.org", "c"+strconv.Itoa(i)+"m"+strconv.Itoa(j)+"@example.com"), body).code
+				codes <- servertest.Deliver(t, srv.Addr, servertest.UTF8("a@example.org", "c"+strconv.Itoa(i)+"m"+strconv.Itoa(j)+"@example.com"), body).Code
 			}
 		})
 	}
@@ -137,9 +146,9 @@ func TestPoolIsSharedByConcurrentClients(t *testing.T) {
 
 func TestWithoutPipeliningEachCommandWaits(t *testing.T) {
 	be := nexthoptest.Start(t, nexthoptest.Options{Extensions: []string{"8BITMIME", "SMTPUTF8"}})
-	srv := startServer(t, forwardINI(be.Addr))
+	srv := servertest.Start(t, forwardINI(be.Addr))
 	for range 2 {
-		if got := deliver(t, srv.addr, utf8("a@example.org", "b@example.com", "c@example.com"), body); got.code != 250 {
+		if got := servertest.Deliver(t, srv.Addr, servertest.UTF8("a@example.org", "b@example.com", "c@example.com"), body); got.Code != 250 {
 			t.Fatalf("client got %q", got)
 		}
 	}
@@ -184,15 +193,15 @@ func TestRecipientRefusals(t *testing.T) {
 			}
 			t.Run(name, func(t *testing.T) {
 				be := nexthoptest.Start(t, nexthoptest.Options{Rcpt: rcpt, Extensions: ext})
-				srv := startServer(t, forwardINI(be.Addr))
-				if got := deliver(t, srv.addr, utf8("a@example.org", tc.rcpts...), body); got.String() != tc.want {
+				srv := servertest.Start(t, forwardINI(be.Addr))
+				if got := servertest.Deliver(t, srv.Addr, servertest.UTF8("a@example.org", tc.rcpts...), body); got.String() != tc.want {
 					t.Errorf("client got %q, want %q", got, tc.want)
 				}
 				if msgs := be.Messages(); len(msgs) != 0 {
 					t.Errorf("backend took %d messages; a refused recipient must stop the whole message", len(msgs))
 				}
 				// The next message still goes through.
-				if got := deliver(t, srv.addr, utf8("a@example.org", "ok@example.com"), body); got.code != 250 {
+				if got := servertest.Deliver(t, srv.Addr, servertest.UTF8("a@example.org", "ok@example.com"), body); got.Code != 250 {
 					t.Errorf("the next message got %q", got)
 				}
 				if msgs := be.Messages(); len(msgs) != 1 || strings.Join(msgs[0].Rcpts, ",") != "ok@example.com" {
@@ -219,8 +228,8 @@ func TestBackendRefusalsPassedBack(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			be := nexthoptest.Start(t, tc.o)
-			srv := startServer(t, forwardINI(be.Addr))
-			if got := deliver(t, srv.addr, utf8("a@example.org", "b@example.com"), body); got.String() != tc.want {
+			srv := servertest.Start(t, forwardINI(be.Addr))
+			if got := servertest.Deliver(t, srv.Addr, servertest.UTF8("a@example.org", "b@example.com"), body); got.String() != tc.want {
 				t.Errorf("client got %q, want %q", got, tc.want)
 			}
 		})
@@ -233,9 +242,9 @@ func acknowledged(t *testing.T, addr string, n int, want string) int {
 	t.Helper()
 	ok := 0
 	for i := range n {
-		got := deliver(t, addr, utf8("a@example.org", "r"+strconv.Itoa(i)+"@example.com"), body)
+		got := servertest.Deliver(t, addr, servertest.UTF8("a@example.org", "r"+strconv.Itoa(i)+"@example.com"), body)
 		switch {
-		case got.code == 250:
+		case got.Code == 250:
 			ok++
 		case !strings.HasPrefix(got.String(), want):
 			t.Errorf("message %d: client got %q, want 250 or %q", i, got, want)
@@ -246,11 +255,11 @@ func acknowledged(t *testing.T, addr string, n int, want string) int {
 
 func TestBackendStopped(t *testing.T) {
 	be := nexthoptest.Start(t, nexthoptest.Options{})
-	srv := startServer(t, forwardINI(be.Addr))
-	acked := acknowledged(t, srv.addr, 2, "")
+	srv := servertest.Start(t, forwardINI(be.Addr))
+	acked := acknowledged(t, srv.Addr, 2, "")
 	be.Stop() // closes the listener and the pooled session
 	for i := range 3 {
-		got := deliver(t, srv.addr, utf8("a@example.org", "late"+strconv.Itoa(i)+"@example.com"), body)
+		got := servertest.Deliver(t, srv.Addr, servertest.UTF8("a@example.org", "late"+strconv.Itoa(i)+"@example.com"), body)
 		if got.String() != "451 4.4.1 Next hop not reachable, try again later" {
 			t.Errorf("with the backend gone the client got %q, want 451 4.4.1", got)
 		}
@@ -264,10 +273,12 @@ func TestBackendStopped(t *testing.T) {
 func TestBackendStoppedDuringMessage(t *testing.T) {
 	hold := make(chan struct{})
 	be := nexthoptest.Start(t, nexthoptest.Options{HoldFinal: hold})
-	srv := startServer(t, forwardINI(be.Addr))
-	done := make(chan reply, 1)
-	go func() { done <- deliver(t, srv.addr, utf8("a@example.org", "b@example.com"), body) }()
-	waitFor(t, "the backend to have the message", func() bool { return len(be.Messages()) == 1 })
+	srv := servertest.Start(t, forwardINI(be.Addr))
+	done := make(chan servertest.Reply, 1)
+	go func() {
+		done <- servertest.Deliver(t, srv.Addr, servertest.UTF8("a@example.org", "b@example.com"), body)
+	}()
+	servertest.Eventually(t, 5*time.Millisecond, "the backend to have the message", func() bool { return len(be.Messages()) == 1 })
 	be.Stop() // before it answered the end of data
 	if got := <-done; got.String() != "451 4.4.2 Connection to the next hop lost or timed out, try again later" {
 		t.Errorf("client got %q, want 451 4.4.2 (the client retries; a duplicate at worst)", got)
@@ -276,12 +287,12 @@ func TestBackendStoppedDuringMessage(t *testing.T) {
 
 func TestStalePooledSessionIsReplaced(t *testing.T) {
 	be := nexthoptest.Start(t, nexthoptest.Options{})
-	srv := startServer(t, forwardINI(be.Addr))
-	if got := deliver(t, srv.addr, utf8("a@example.org", "b@example.com"), body); got.code != 250 {
+	srv := servertest.Start(t, forwardINI(be.Addr))
+	if got := servertest.Deliver(t, srv.Addr, servertest.UTF8("a@example.org", "b@example.com"), body); got.Code != 250 {
 		t.Fatalf("client got %q", got)
 	}
 	be.CloseConns() // the backend drops the idle session, as on its idle timeout
-	if got := deliver(t, srv.addr, utf8("a@example.org", "c@example.com"), body); got.code != 250 {
+	if got := servertest.Deliver(t, srv.Addr, servertest.UTF8("a@example.org", "c@example.com"), body); got.Code != 250 {
 		t.Fatalf("after the backend closed the pooled session the client got %q, want 250 over a new one", got)
 	}
 	if c, n := be.Conns(), len(be.Messages()); c != 2 || n != 2 {
@@ -303,30 +314,30 @@ func deadAddr(t *testing.T) string {
 func TestNextHostIsTried(t *testing.T) {
 	t.Run("first host down", func(t *testing.T) {
 		be := nexthoptest.Start(t, nexthoptest.Options{})
-		srv := startServer(t, forwardINI(deadAddr(t)+", "+be.Addr))
-		if got := deliver(t, srv.addr, utf8("a@example.org", "b@example.com"), body); got.code != 250 || len(be.Messages()) != 1 {
+		srv := servertest.Start(t, forwardINI(deadAddr(t)+", "+be.Addr))
+		if got := servertest.Deliver(t, srv.Addr, servertest.UTF8("a@example.org", "b@example.com"), body); got.Code != 250 || len(be.Messages()) != 1 {
 			t.Errorf("client got %q, backend has %d messages", got, len(be.Messages()))
 		}
 	})
 	t.Run("first host silent", func(t *testing.T) {
 		silent := nexthoptest.Start(t, nexthoptest.Options{HoldGreeting: make(chan struct{})})
 		be := nexthoptest.Start(t, nexthoptest.Options{})
-		srv := startServer(t, forwardINI(silent.Addr+", "+be.Addr, "command_timeout = 200ms"))
-		if got := deliver(t, srv.addr, utf8("a@example.org", "b@example.com"), body); got.code != 250 || len(be.Messages()) != 1 {
+		srv := servertest.Start(t, forwardINI(silent.Addr+", "+be.Addr, "command_timeout = 200ms"))
+		if got := servertest.Deliver(t, srv.Addr, servertest.UTF8("a@example.org", "b@example.com"), body); got.Code != 250 || len(be.Messages()) != 1 {
 			t.Errorf("client got %q, backend has %d messages", got, len(be.Messages()))
 		}
 	})
 	t.Run("first host refuses service", func(t *testing.T) {
 		refusing := nexthoptest.Start(t, nexthoptest.Options{Greeting: "554 5.3.2 No service here"})
 		be := nexthoptest.Start(t, nexthoptest.Options{})
-		srv := startServer(t, forwardINI(refusing.Addr+", "+be.Addr))
-		if got := deliver(t, srv.addr, utf8("a@example.org", "b@example.com"), body); got.code != 250 || len(be.Messages()) != 1 {
+		srv := servertest.Start(t, forwardINI(refusing.Addr+", "+be.Addr))
+		if got := servertest.Deliver(t, srv.Addr, servertest.UTF8("a@example.org", "b@example.com"), body); got.Code != 250 || len(be.Messages()) != 1 {
 			t.Errorf("client got %q, backend has %d messages", got, len(be.Messages()))
 		}
 	})
 	t.Run("all hosts down", func(t *testing.T) {
-		srv := startServer(t, forwardINI(deadAddr(t)+", "+deadAddr(t)))
-		if got := deliver(t, srv.addr, utf8("a@example.org", "b@example.com"), body); got.String() != "451 4.4.1 Next hop not reachable, try again later" {
+		srv := servertest.Start(t, forwardINI(deadAddr(t)+", "+deadAddr(t)))
+		if got := servertest.Deliver(t, srv.Addr, servertest.UTF8("a@example.org", "b@example.com"), body); got.String() != "451 4.4.1 Next hop not reachable, try again later" {
 			t.Errorf("client got %q", got)
 		}
 	})
@@ -346,9 +357,9 @@ func TestSlowBackendTimesOut(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			hold := make(chan struct{})
 			be := nexthoptest.Start(t, nexthoptest.Options{HoldFinal: hold})
-			srv := startServer(t, forwardINI(be.Addr, tc.ini...))
+			srv := servertest.Start(t, forwardINI(be.Addr, tc.ini...))
 			defer close(hold)
-			if got := deliver(t, srv.addr, utf8("a@example.org", "b@example.com"), body); got.String() != broken {
+			if got := servertest.Deliver(t, srv.Addr, servertest.UTF8("a@example.org", "b@example.com"), body); got.String() != broken {
 				t.Errorf("client got %q, want %q", got, broken)
 			}
 			// The backend got the whole message before it went quiet: the
@@ -362,11 +373,11 @@ func TestSlowBackendTimesOut(t *testing.T) {
 
 func TestSMTPUTF8(t *testing.T) {
 	be := nexthoptest.Start(t, nexthoptest.Options{Extensions: []string{"PIPELINING", "8BITMIME"}})
-	srv := startServer(t, forwardINI(be.Addr))
-	if got := deliver(t, srv.addr, utf8("a@example.org", "b@example.com"), body); got.String() != "550 5.6.7 Next hop does not support SMTPUTF8" {
+	srv := servertest.Start(t, forwardINI(be.Addr))
+	if got := servertest.Deliver(t, srv.Addr, servertest.UTF8("a@example.org", "b@example.com"), body); got.String() != "550 5.6.7 Next hop does not support SMTPUTF8" {
 		t.Errorf("an SMTPUTF8 message to a backend without SMTPUTF8: client got %q", got)
 	}
-	if got := deliver(t, srv.addr, plain("a@example.org", "b@example.com"), body); got.code != 250 {
+	if got := servertest.Deliver(t, srv.Addr, servertest.Plain("a@example.org", "b@example.com"), body); got.Code != 250 {
 		t.Errorf("a message without SMTPUTF8: client got %q", got)
 	}
 	if got := len(be.Messages()); got != 1 {
@@ -376,8 +387,8 @@ func TestSMTPUTF8(t *testing.T) {
 
 func TestHELOFallback(t *testing.T) {
 	be := nexthoptest.Start(t, nexthoptest.Options{RefuseEHLO: true})
-	srv := startServer(t, forwardINI(be.Addr, "helo = relay.example.net"))
-	if got := deliver(t, srv.addr, plain("a@example.org", "b@example.com"), body); got.code != 250 {
+	srv := servertest.Start(t, forwardINI(be.Addr, "helo = relay.example.net"))
+	if got := servertest.Deliver(t, srv.Addr, servertest.Plain("a@example.org", "b@example.com"), body); got.Code != 250 {
 		t.Fatalf("client got %q", got)
 	}
 	if m := be.Messages()[0]; m.Params != "" {
@@ -391,9 +402,9 @@ func TestHELOFallback(t *testing.T) {
 func TestSTARTTLS(t *testing.T) {
 	t.Run("without verification", func(t *testing.T) {
 		be := nexthoptest.Start(t, nexthoptest.Options{TLS: nexthoptest.SelfSigned(t)})
-		srv := startServer(t, forwardINI(be.Addr, "starttls = yes", "tls_verify = no"))
+		srv := servertest.Start(t, forwardINI(be.Addr, "starttls = yes", "tls_verify = no"))
 		for range 2 {
-			if got := deliver(t, srv.addr, utf8("a@example.org", "b@example.com"), body); got.code != 250 {
+			if got := servertest.Deliver(t, srv.Addr, servertest.UTF8("a@example.org", "b@example.com"), body); got.Code != 250 {
 				t.Fatalf("client got %q", got)
 			}
 		}
@@ -411,8 +422,8 @@ func TestSTARTTLS(t *testing.T) {
 	})
 	t.Run("a certificate that does not verify", func(t *testing.T) {
 		be := nexthoptest.Start(t, nexthoptest.Options{TLS: nexthoptest.SelfSigned(t)})
-		srv := startServer(t, forwardINI(be.Addr, "starttls = yes"))
-		if got := deliver(t, srv.addr, utf8("a@example.org", "b@example.com"), body); got.String() != "451 4.4.1 Next hop not reachable, try again later" {
+		srv := servertest.Start(t, forwardINI(be.Addr, "starttls = yes"))
+		if got := servertest.Deliver(t, srv.Addr, servertest.UTF8("a@example.org", "b@example.com"), body); got.String() != "451 4.4.1 Next hop not reachable, try again later" {
 			t.Errorf("client got %q", got)
 		}
 		if n := len(be.Messages()); n != 0 {
@@ -421,8 +432,8 @@ func TestSTARTTLS(t *testing.T) {
 	})
 	t.Run("STARTTLS not offered", func(t *testing.T) {
 		be := nexthoptest.Start(t, nexthoptest.Options{})
-		srv := startServer(t, forwardINI(be.Addr, "starttls = yes", "tls_verify = no"))
-		if got := deliver(t, srv.addr, utf8("a@example.org", "b@example.com"), body); got.code != 451 {
+		srv := servertest.Start(t, forwardINI(be.Addr, "starttls = yes", "tls_verify = no"))
+		if got := servertest.Deliver(t, srv.Addr, servertest.UTF8("a@example.org", "b@example.com"), body); got.Code != 451 {
 			t.Errorf("client got %q, want 451: TLS was asked for", got)
 		}
 	})
@@ -431,8 +442,8 @@ func TestSTARTTLS(t *testing.T) {
 func TestSessionLimits(t *testing.T) {
 	t.Run("max_messages_per_connection", func(t *testing.T) {
 		be := nexthoptest.Start(t, nexthoptest.Options{})
-		srv := startServer(t, forwardINI(be.Addr, "max_messages_per_connection = 2"))
-		if n := acknowledged(t, srv.addr, 5, ""); n != 5 {
+		srv := servertest.Start(t, forwardINI(be.Addr, "max_messages_per_connection = 2"))
+		if n := acknowledged(t, srv.Addr, 5, ""); n != 5 {
 			t.Fatalf("%d of 5 acknowledged", n)
 		}
 		if c := be.Conns(); c != 3 {
@@ -441,21 +452,21 @@ func TestSessionLimits(t *testing.T) {
 	})
 	t.Run("idle_timeout", func(t *testing.T) {
 		be := nexthoptest.Start(t, nexthoptest.Options{})
-		srv := startServer(t, forwardINI(be.Addr, "idle_timeout = 50ms"))
-		acknowledged(t, srv.addr, 1, "")
-		waitFor(t, "the idle session to be ended with QUIT", func() bool {
+		srv := servertest.Start(t, forwardINI(be.Addr, "idle_timeout = 50ms"))
+		acknowledged(t, srv.Addr, 1, "")
+		servertest.Eventually(t, 5*time.Millisecond, "the idle session to be ended with QUIT", func() bool {
 			v := be.Verbs()
 			return v[len(v)-1] == "QUIT"
 		})
-		acknowledged(t, srv.addr, 1, "")
+		acknowledged(t, srv.Addr, 1, "")
 		if c := be.Conns(); c != 2 {
 			t.Errorf("backend saw %d sessions, want a new one after the idle timeout", c)
 		}
 	})
 	t.Run("pool_size = 0", func(t *testing.T) {
 		be := nexthoptest.Start(t, nexthoptest.Options{})
-		srv := startServer(t, forwardINI(be.Addr, "pool_size = 0"))
-		acknowledged(t, srv.addr, 3, "")
+		srv := servertest.Start(t, forwardINI(be.Addr, "pool_size = 0"))
+		acknowledged(t, srv.Addr, 3, "")
 		if c := be.Conns(); c != 3 {
 			t.Errorf("backend saw %d sessions, want one per message without a pool", c)
 		}
@@ -464,9 +475,9 @@ func TestSessionLimits(t *testing.T) {
 
 func TestCloseSaysQUIT(t *testing.T) {
 	be := nexthoptest.Start(t, nexthoptest.Options{})
-	srv := startServer(t, forwardINI(be.Addr))
-	acknowledged(t, srv.addr, 1, "")
-	if err := srv.chain.Close(); err != nil {
+	srv := servertest.Start(t, forwardINI(be.Addr))
+	acknowledged(t, srv.Addr, 1, "")
+	if err := srv.Chain.Close(); err != nil {
 		t.Fatal(err)
 	}
 	if v := be.Verbs(); v[len(v)-1] != "QUIT" {
@@ -492,7 +503,7 @@ func TestConfigErrors(t *testing.T) {
 		{"bad bool", "hosts = a.example:25\nstarttls = maybe\n", []string{"smtp_forward.ini", "starttls"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			err := buildOnly(t, map[string]string{"plugins": "queue/smtp_forward\n", "smtp_forward.ini": tc.ini})
+			_, err := servertest.Build(t, map[string]string{"plugins": "queue/smtp_forward\n", "smtp_forward.ini": tc.ini})
 			if err == nil {
 				t.Fatal("the chain was built with a bad smtp_forward.ini")
 			}
