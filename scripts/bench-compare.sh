@@ -43,20 +43,8 @@ mkdir -p "$out"
 pid=""
 stop_cmd=""
 
-# stop_tree stops a process and the processes it started, by pid.
-stop_tree() {
-	local root=$1 kids p
-	kids=$(pgrep -P "$root" 2>/dev/null || true)
-	kill -TERM "$root" 2>/dev/null || true
-	for _ in $(seq 1 50); do
-		kill -0 "$root" 2>/dev/null || break
-		sleep 0.1
-	done
-	for p in $root $kids; do
-		kill -0 "$p" 2>/dev/null && kill -KILL "$p" 2>/dev/null || true
-	done
-	wait "$root" 2>/dev/null || true
-}
+# stop_tree (by pid) lives in lib.sh.
+. scripts/lib.sh
 
 stop_server() {
 	if [ -n "$stop_cmd" ]; then

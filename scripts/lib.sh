@@ -1,0 +1,17 @@
+# lib.sh: shell functions shared by bench.sh and bench-compare.sh.
+
+# stop_tree stops a process and the processes it started, by pid: TERM
+# first, KILL after 5 seconds for whatever is still there.
+stop_tree() {
+	local root=$1 kids p
+	kids=$(pgrep -P "$root" 2>/dev/null || true)
+	kill -TERM "$root" 2>/dev/null || true
+	for _ in $(seq 1 50); do
+		kill -0 "$root" 2>/dev/null || break
+		sleep 0.1
+	done
+	for p in $root $kids; do
+		kill -0 "$p" 2>/dev/null && kill -KILL "$p" 2>/dev/null || true
+	done
+	wait "$root" 2>/dev/null || true
+}
