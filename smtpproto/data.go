@@ -143,6 +143,14 @@ func (s *Session) startBody() {
 	if s.body == nil {
 		s.body = getBody()
 	}
+	// RFC 1870: a client that declared SIZE tells how much is coming; one
+	// allocation instead of a dozen doublings. Capped, so that a client
+	// declaring a large SIZE and sending little cannot make us reserve it.
+	const maxPrealloc = 4 << 20
+	if want := s.tx.DeclaredSize + 1024; s.tx.DeclaredSize > int64(cap(s.body)) && want <= maxPrealloc {
+		releaseBody(s.body)
+		s.body = make([]byte, 0, want)
+	}
 	s.lineLen = 0
 	s.dst = dsMid // BDAT's line scanner; DATA starts at dsLineStart
 }
