@@ -194,12 +194,12 @@ func TestEndToEndSessionsKeepaliveAndPipeline(t *testing.T) {
 
 func TestEndToEndFloodIdleAndMix(t *testing.T) {
 	s := startTiny(t, nil)
-	code, out, rep := bench(t, "-warmup", "0", "-scenario", "flood,idle,mix", "-pid", fmt.Sprint(os.Getpid()),
+	code, out, _ := bench(t, "-warmup", "0", "-scenario", "flood,idle,mix", "-pid", fmt.Sprint(os.Getpid()),
 		"-c", "20", "-n", "200", "-rate", "2000", s.addr())
 	if code == 0 {
 		t.Fatalf("-rate with flood should be refused; got exit 0:\n%s", out)
 	}
-	code, out, rep = bench(t, "-warmup", "0", "-scenario", "flood,idle", "-pid", fmt.Sprint(os.Getpid()),
+	code, out, rep := bench(t, "-warmup", "0", "-scenario", "flood,idle", "-pid", fmt.Sprint(os.Getpid()),
 		"-c", "20", "-n", "200", s.addr())
 	if code != 0 {
 		t.Fatalf("exit %d:\n%s", code, out)

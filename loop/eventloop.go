@@ -2,14 +2,13 @@ package loop
 
 import (
 	"net/netip"
-
-	"loopmx/plugins"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"loopmx/plugins"
 )
 
 const (
@@ -23,9 +22,8 @@ const (
 type ctl uint8
 
 const (
-	ctlNone ctl = iota
-	ctlDrain
-	ctlForce
+	ctlDrain ctl = iota + 1 // stop accepting, close sessions outside a transaction
+	ctlForce                // the graceful time is over: close everything
 )
 
 // eventLoop is one reactor: an epoll instance, an eventfd to be woken by
@@ -477,5 +475,3 @@ func (el *eventLoop) touch(c *conn) {
 		c.lastActive = el.now
 	}
 }
-
-var _ = syscall.EINTR

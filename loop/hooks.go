@@ -194,7 +194,7 @@ func (c *conn) resolve(call plugins.Call, res plugins.Result) {
 			rep = smtpproto.Reply{}
 		}
 		c.write(c.sess.Resolve(rep))
-		if c.sess.CloseAfterReply() {
+		if c.sess.Closed() {
 			c.shutdown("too many errors")
 		} else if res.Action.Disconnects() {
 			c.shutdown("disconnected by " + res.Plugin)

@@ -13,17 +13,17 @@ import (
 )
 
 // tlsState is what a connection has once it left its event loop for TLS:
-// gnet-style loops cannot run crypto/tls, so after "220 Ready to start
-// TLS" (or at once on an implicit-TLS listener) the descriptor goes to a
-// goroutine that drives the same session and plugin chain with blocking
-// reads. Plain connections never pay for this.
+// crypto/tls needs blocking reads, so after "220 Ready to start TLS" (or
+// at once on an implicit-TLS listener) the descriptor goes to a goroutine
+// that drives the same session and plugin chain. Plain connections never
+// pay for this.
 type tlsState struct {
 	conn    *tls.Conn
 	results chan hookResult
 	buf     []byte
 }
 
-// tlsConn reports whether c left its loop for a TLS goroutine.
+// inTLS reports whether c left its loop for a TLS goroutine.
 func (c *conn) inTLS() bool { return c.t != nil }
 
 // now is the loop's clock on the loop, the wall clock in a TLS goroutine.

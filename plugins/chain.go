@@ -56,15 +56,6 @@ func Build(cfg *config.Config) (*Chain, error) {
 	return ch, nil
 }
 
-// SetTimeout changes the timeout of the named plugin's blocking hooks.
-func (ch *Chain) SetTimeout(name string, d time.Duration) {
-	for i := range ch.entries {
-		if ch.entries[i].name == name {
-			ch.entries[i].timeout = d
-		}
-	}
-}
-
 // NewChain builds a chain from ready plugin values, for tests and embedders.
 func NewChain(ps ...Plugin) *Chain {
 	ch := &Chain{}

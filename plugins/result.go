@@ -73,8 +73,8 @@ func DenySoft(code int, enhanced, text string) Result {
 // safety rule 2).
 func InternalError() Result { return DenySoft(451, "4.3.0", "Internal error, try again later") }
 
-// replyFor returns the reply the client gets for r at hook h.
-func replyFor(h Hook, r Result) smtpproto.Reply {
+// ReplyFor returns the reply the client gets for r at hook h.
+func ReplyFor(h Hook, r Result) smtpproto.Reply {
 	rep := r.Reply
 	switch r.Action {
 	case Continue, Accept:
@@ -116,6 +116,3 @@ func replyFor(h Hook, r Result) smtpproto.Reply {
 	}
 	return rep
 }
-
-// ReplyFor is replyFor for hosts (the loop) and tests.
-func ReplyFor(h Hook, r Result) smtpproto.Reply { return replyFor(h, r) }

@@ -129,7 +129,6 @@ var (
 	replyHeloFirst    = []byte("503 5.5.1 Error: send HELO/EHLO first\r\n")
 	replyNestedMail   = []byte("503 5.5.1 Error: nested MAIL command\r\n")
 	replyNeedMail     = []byte("503 5.5.1 Error: need MAIL command\r\n")
-	replyNeedRcpt     = []byte("503 5.5.1 Error: need RCPT command\r\n")
 	replyMixedBdat    = []byte("503 5.5.1 Error: DATA and BDAT cannot be mixed in one transaction\r\n")
 	replySyntaxHelo   = []byte("501 5.5.4 Syntax: HELO hostname\r\n")
 	replySyntaxEhlo   = []byte("501 5.5.4 Syntax: EHLO hostname\r\n")

@@ -144,10 +144,6 @@ func (s *Session) Body() []byte { return s.body }
 // Resolve of a pending EHLO sends (a capabilities hook chose them).
 func (s *Session) SetEHLOKeywords(kw []string) { s.ehloKeywords = kw }
 
-// CloseAfterReply reports whether the session ended with the last reply
-// (too many errors), so the host must close once it is written.
-func (s *Session) CloseAfterReply() bool { return s.st == stClosed }
-
 // DetachBody gives the message buffer up without recycling it: a hook
 // that timed out may still be reading it.
 func (s *Session) DetachBody() { s.body = nil }
@@ -161,28 +157,26 @@ func (s *Session) Errors() int { return s.errors }
 // Pending reports whether an event waits for Resolve.
 func (s *Session) Pending() bool { return s.st == stPending }
 
-// Closed reports whether the session has ended (QUIT or too many errors).
+// Closed reports whether the session has ended (QUIT or too many errors):
+// after its last reply is written the host closes the connection.
 func (s *Session) Closed() bool { return s.st == stClosed }
 
 // Protocol returns the "with" word of the Received header for the current
 // transaction (RFC 3848, RFC 6531 3.7.3): SMTP, ESMTP or UTF8SMTP.
 func (s *Session) Protocol() string {
-	p := "SMTP"
+	// RFC 3848 2: ESMTPS; RFC 6531 3.7.3: UTF8SMTPS. Plain SMTP over TLS
+	// has no word of its own and is called ESMTPS.
 	switch {
+	case s.tx.SMTPUTF8 && s.tls:
+		return "UTF8SMTPS"
 	case s.tx.SMTPUTF8:
-		p = "UTF8SMTP"
+		return "UTF8SMTP"
+	case s.tls:
+		return "ESMTPS"
 	case s.Extended:
-		p = "ESMTP"
+		return "ESMTP"
 	}
-	if s.tls {
-		// RFC 3848 2: ESMTPS; RFC 6531 3.7.3: UTF8SMTPS. Plain SMTP over
-		// TLS has no word of its own.
-		if p == "SMTP" {
-			p = "ESMTP"
-		}
-		p += "S"
-	}
-	return p
+	return "SMTP"
 }
 
 func (s *Session) resetTx() {
