@@ -55,7 +55,7 @@ type conn struct {
 	tlsRefusal []byte     // implicit TLS refused at connect: sent after the handshake
 }
 
-func newConn(el *eventLoop, fd int, peer netip.AddrPort, lfd int) *conn {
+func newConn(el *eventLoop, fd int, peer netip.AddrPort, l *listener) *conn {
 	s := el.srv
 	c := &conn{el: el, fd: fd, sess: smtpproto.NewSession(s.opts.Proto), events: unix.EPOLLIN | unix.EPOLLRDHUP}
 	c.timerIdx = -1
@@ -68,16 +68,12 @@ func newConn(el *eventLoop, fd int, peer netip.AddrPort, lfd int) *conn {
 		Started:    el.now,
 		Server:     el,
 	}
-	for i, l := range s.lfds {
-		if l == lfd {
-			c.kind = s.kinds[i]
-			a := s.addrs[i]
-			if a.Addr().IsUnspecified() {
-				a = localAddr(fd)
-			}
-			c.pc.LocalIP, c.pc.LocalPort = a.Addr().Unmap(), a.Port()
-		}
+	c.kind = l.kind
+	a := l.addr
+	if a.Addr().IsUnspecified() {
+		a = localAddr(fd)
 	}
+	c.pc.LocalIP, c.pc.LocalPort = a.Addr().Unmap(), a.Port()
 	return c
 }
 

@@ -4,6 +4,7 @@ import (
 	"net/netip"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -39,7 +40,6 @@ type eventLoop struct {
 	conns  []*conn
 	nconns int
 	served uint64 // connections accepted by this loop
-	isLfd  map[int]bool
 	now    time.Time
 
 	// idle list: every open, non-pending connection, least recently active first
@@ -88,14 +88,10 @@ func newEventLoop(s *Server, idx int) (*eventLoop, error) {
 		events: make([]unix.EpollEvent, 256),
 		rbuf:   make([]byte, readBufSize),
 		wbuf:   make([]byte, 0, 4096),
-		isLfd:  map[int]bool{},
 		now:    time.Now(),
 	}
 	if e := rawEpollCtl(epfd, unix.EPOLL_CTL_ADD, efd, unix.EPOLLIN); e != 0 {
 		return nil, e
-	}
-	for _, lfd := range s.lfds {
-		el.isLfd[lfd] = true
 	}
 	if err := el.armListeners(); err != nil {
 		return nil, err
@@ -106,8 +102,8 @@ func newEventLoop(s *Server, idx int) (*eventLoop, error) {
 // armListeners waits on every listener; EPOLLEXCLUSIVE wakes only one of
 // the loops (and processes) waiting on a shared socket.
 func (el *eventLoop) armListeners() error {
-	for lfd := range el.isLfd {
-		if e := rawEpollCtl(el.epfd, unix.EPOLL_CTL_ADD, lfd, unix.EPOLLIN|unix.EPOLLEXCLUSIVE); e != 0 && e != unix.EEXIST {
+	for i := range el.srv.listeners {
+		if e := el.armListener(i); e != 0 && e != unix.EEXIST {
 			return e
 		}
 	}
@@ -115,9 +111,14 @@ func (el *eventLoop) armListeners() error {
 	return nil
 }
 
+// armListener registers listener i, tagged with 1+i.
+func (el *eventLoop) armListener(i int) syscall.Errno {
+	return rawEpollCtlTag(el.epfd, unix.EPOLL_CTL_ADD, el.srv.listeners[i].fd, unix.EPOLLIN|unix.EPOLLEXCLUSIVE, int32(i+1))
+}
+
 func (el *eventLoop) disarmListeners() {
-	for lfd := range el.isLfd {
-		rawEpollCtl(el.epfd, unix.EPOLL_CTL_DEL, lfd, 0)
+	for _, l := range el.srv.listeners {
+		rawEpollCtl(el.epfd, unix.EPOLL_CTL_DEL, l.fd, 0)
 	}
 	el.acceptOff = true
 }
@@ -173,10 +174,10 @@ func (el *eventLoop) run() {
 			ev := &el.events[i]
 			fd := int(ev.Fd)
 			switch {
+			case ev.Pad > 0:
+				el.accept(int(ev.Pad) - 1)
 			case fd == el.efd:
 				el.wake()
-			case el.isLfd[fd]:
-				el.accept(fd)
 			default:
 				if fd < len(el.conns) {
 					if c := el.conns[fd]; c != nil {
@@ -232,7 +233,12 @@ func (el *eventLoop) wake() {
 	}
 }
 
-func (el *eventLoop) accept(lfd int) {
+func (el *eventLoop) accept(li int) {
+	if el.draining || el.acceptOff {
+		return // an event from before the listeners were taken out
+	}
+	l := &el.srv.listeners[li]
+	lfd := l.fd
 	for i := 0; i < acceptBatch; i++ {
 		fd, peer, e := rawAccept(lfd)
 		switch e {
@@ -263,7 +269,7 @@ func (el *eventLoop) accept(lfd int) {
 		}
 		el.acceptDelay = 0
 		el.served++
-		el.open(fd, peer, lfd)
+		el.open(fd, peer, l)
 		if el.srv.opts.SingleAccept {
 			// EPOLLEXCLUSIVE wakes the first waiter on the socket, and a
 			// loop that re-arms stays first: it would take the whole
@@ -272,7 +278,7 @@ func (el *eventLoop) accept(lfd int) {
 			// process (the point of UV_TCP_SINGLE_ACCEPT).
 			if el.srv.rearm && !el.draining && !el.acceptOff {
 				rawEpollCtl(el.epfd, unix.EPOLL_CTL_DEL, lfd, 0)
-				rawEpollCtl(el.epfd, unix.EPOLL_CTL_ADD, lfd, unix.EPOLLIN|unix.EPOLLEXCLUSIVE)
+				el.armListener(li)
 			}
 			return
 		}
@@ -289,9 +295,9 @@ func refuse(fd int, reply []byte) {
 	rawClose(fd)
 }
 
-func (el *eventLoop) open(fd int, peer netip.AddrPort, lfd int) {
+func (el *eventLoop) open(fd int, peer netip.AddrPort, l *listener) {
 	s := el.srv
-	kind := s.kindOf(lfd)
+	kind := l.kind
 	ip := peer.Addr().Unmap()
 	if kind.Proxy && !s.proxyTrusted(ip) {
 		// Only the load balancer may speak first on a PROXY listener;
@@ -333,7 +339,7 @@ func (el *eventLoop) open(fd int, peer netip.AddrPort, lfd int) {
 	for fd >= len(el.conns) {
 		el.conns = append(el.conns, make([]*conn, len(el.conns)+64)...)
 	}
-	c := newConn(el, fd, peer, lfd)
+	c := newConn(el, fd, peer, l)
 	c.ipHeld = !kind.Proxy
 	el.conns[fd] = c
 	el.nconns++
@@ -409,9 +415,7 @@ func (el *eventLoop) tick() {
 func (el *eventLoop) drain() {
 	el.draining = true
 	el.disarmListeners()
-	// The server closes the listeners once every loop got here; their
-	// numbers may then come back as connections.
-	el.isLfd = map[int]bool{}
+	// The server closes the listeners once every loop got here.
 	el.srv.drained.Done()
 	for _, c := range el.conns {
 		if c != nil && !c.closed {

@@ -118,6 +118,15 @@ type listenKind struct {
 	Proxy bool // a PROXY protocol header first
 }
 
+// listener is one listening socket. Each loop registers it in its epoll
+// with its index in Server.listeners as the event's tag, so an event says
+// which listener it is for without a lookup.
+type listener struct {
+	fd   int
+	kind listenKind
+	addr netip.AddrPort // the bound address (the real port when 0 was asked)
+}
+
 // Server owns the listeners, the event loops and the connection counts.
 type Server struct {
 	opts  Options
@@ -125,9 +134,8 @@ type Server struct {
 	pool  *workpool.Pool
 	log   zerolog.Logger
 
-	lfds  []int
-	kinds []listenKind
-	addrs []netip.AddrPort
+	listeners []listener
+	lstClosed bool // the listening sockets are closed (only Shutdown and New touch it)
 
 	tlsMu    sync.Mutex
 	tlsConns map[*conn]struct{}
@@ -220,11 +228,11 @@ func New(opts Options, chain *plugins.Chain, pool *workpool.Pool) (*Server, erro
 				s.closeListeners()
 				return nil, fmt.Errorf("loop: inherited listener: %w", err)
 			}
-			s.lfds = append(s.lfds, fd)
+			s.listeners = append(s.listeners, listener{fd: fd})
 		}
-		if len(s.lfds) != len(opts.Specs) {
+		if len(s.listeners) != len(opts.Specs) {
 			s.closeListeners()
-			return nil, fmt.Errorf("loop: %d inherited listeners for %d configured addresses (listen, smtps_listen, proxy_listen, in that order)", len(s.lfds), len(opts.Specs))
+			return nil, fmt.Errorf("loop: %d inherited listeners for %d configured addresses (listen, smtps_listen, proxy_listen, in that order)", len(s.listeners), len(opts.Specs))
 		}
 	} else {
 		for _, sp := range opts.Specs {
@@ -233,15 +241,16 @@ func New(opts Options, chain *plugins.Chain, pool *workpool.Pool) (*Server, erro
 				s.closeListeners()
 				return nil, err
 			}
-			s.lfds = append(s.lfds, fd)
+			s.listeners = append(s.listeners, listener{fd: fd})
 		}
 	}
-	for i, fd := range s.lfds {
-		s.kinds = append(s.kinds, listenKind{TLS: opts.Specs[i].TLS, Proxy: opts.Specs[i].Proxy})
-		tuneListener(fd, opts.TCPKeepalive, opts.RecvBuffer, opts.SendBuffer)
-		s.addrs = append(s.addrs, localAddr(fd))
+	for i := range s.listeners {
+		l := &s.listeners[i]
+		l.kind = listenKind{TLS: opts.Specs[i].TLS, Proxy: opts.Specs[i].Proxy}
+		tuneListener(l.fd, opts.TCPKeepalive, opts.RecvBuffer, opts.SendBuffer)
+		l.addr = localAddr(l.fd)
 	}
-	if len(s.lfds) == 0 {
+	if len(s.listeners) == 0 {
 		return nil, errors.New("loop: no listen address")
 	}
 	return s, nil
@@ -297,15 +306,26 @@ func resolveListen(a string) (netip.AddrPort, error) {
 	return netip.AddrPortFrom(ip.Unmap(), uint16(p)), nil
 }
 
+// closeListeners closes the listening sockets once. The table stays: the
+// loops no longer look at it once they have drained.
 func (s *Server) closeListeners() {
-	for _, fd := range s.lfds {
-		unix.Close(fd)
+	if s.lstClosed {
+		return
 	}
-	s.lfds = nil
+	s.lstClosed = true
+	for _, l := range s.listeners {
+		unix.Close(l.fd)
+	}
 }
 
 // Addrs returns the bound addresses (with the real port when 0 was asked).
-func (s *Server) Addrs() []netip.AddrPort { return s.addrs }
+func (s *Server) Addrs() []netip.AddrPort {
+	out := make([]netip.AddrPort, len(s.listeners))
+	for i, l := range s.listeners {
+		out[i] = l.addr
+	}
+	return out
+}
 
 // Start launches the event loops. The process gets one extra P per loop
 // because a loop waiting in a raw epoll_wait keeps its P (see sys_linux.go).
@@ -358,17 +378,6 @@ func (s *Server) Shutdown(ctx context.Context) {
 		s.wakeTLS(true)
 		<-done
 	}
-	s.closeListeners()
-}
-
-// kindOf returns what the listener lfd speaks.
-func (s *Server) kindOf(lfd int) listenKind {
-	for i, l := range s.lfds {
-		if l == lfd {
-			return s.kinds[i]
-		}
-	}
-	return listenKind{}
 }
 
 // proxyTrusted reports whether ip may send a PROXY header.

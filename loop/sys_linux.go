@@ -44,7 +44,14 @@ func rawEpollWait(epfd int, events []unix.EpollEvent, msec int) (int, syscall.Er
 }
 
 func rawEpollCtl(epfd, op, fd int, events uint32) syscall.Errno {
-	ev := unix.EpollEvent{Events: events, Fd: int32(fd)}
+	return rawEpollCtlTag(epfd, op, fd, events, 0)
+}
+
+// rawEpollCtlTag registers fd with a tag that comes back in the event's
+// Pad field (the high half of epoll_data): listeners carry 1 + their
+// index, everything else 0.
+func rawEpollCtlTag(epfd, op, fd int, events uint32, tag int32) syscall.Errno {
+	ev := unix.EpollEvent{Events: events, Fd: int32(fd), Pad: tag}
 	_, _, e := syscall.RawSyscall6(unix.SYS_EPOLL_CTL, uintptr(epfd), uintptr(op), uintptr(fd), uintptr(unsafe.Pointer(&ev)), 0, 0)
 	return e
 }
