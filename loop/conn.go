@@ -468,12 +468,11 @@ func (c *conn) close(why string) {
 	if c.ipHeld {
 		el.srv.releaseIP(c.pc.RemoteIP)
 	}
-	if c.proxyWait {
-		el.removeTimer(c)
-	}
 	c.in, c.out = nil, nil
-	if c.pending && c.timerKind == timerDelay {
-		// Nothing runs elsewhere during a delay: end it now.
+	if c.timerKind != timerHook {
+		// Only a blocking hook's deadline outlives the connection (its
+		// result, or the timeout, runs finish); a Delay or a PROXY wait
+		// holds nothing elsewhere and ends here.
 		el.removeTimer(c)
 		c.pending = false
 	}

@@ -121,21 +121,12 @@ func (c *conn) timerFired() {
 	c.timerKind = timerNone
 	c.pending = false
 	if kind == timerHook {
-		// The plugin overran its timeout: answer 451 4.3.0, go on with a
-		// copy of the connection's plugin view (the late hook still holds
-		// the old one) and drop its result when it comes.
-		name := el.srv.chain.PluginAt(c.call.Hook, c.callIdx)
-		el.srv.log.Warn().Str("conn", c.pc.ID).Str("plugin", name).Str("hook", c.call.Hook.String()).
-			Msg("plugin timed out; answering 451 4.3.0")
-		c.gen++
-		c.detachAfterTimeout()
+		res := c.hookTimedOut()
 		if c.closed {
 			c.finish()
 			return
 		}
 		el.pushIdle(c)
-		res := plugins.InternalError()
-		res.Plugin = name
 		c.resolve(c.call, res)
 	} else if kind == timerProxy {
 		c.close("no PROXY header in time")
@@ -149,6 +140,27 @@ func (c *conn) timerFired() {
 	}
 	c.process()
 	c.flush()
+}
+
+// hookTimedOut handles the blocking hook c.call/c.callIdx overrunning its
+// timeout, on the loop or in a TLS goroutine alike: the client will get
+// 451 4.3.0; the connection goes on with a copy of its plugin view and of
+// the message (the late hook still holds the old ones), and the late
+// result is dropped by generation.
+func (c *conn) hookTimedOut() plugins.Result {
+	name := c.el.srv.chain.PluginAt(c.call.Hook, c.callIdx)
+	c.el.srv.log.Warn().Str("conn", c.pc.ID).Str("plugin", name).Str("hook", c.call.Hook.String()).
+		Msg("plugin timed out; answering 451 4.3.0")
+	c.gen++
+	c.pc = c.pc.Clone()
+	if c.call.Msg != nil {
+		c.sess.DetachBody()
+		c.msg = &plugins.Message{Body: c.call.Msg.Body, Protocol: c.call.Msg.Protocol}
+		c.call.Msg = c.msg
+	}
+	res := plugins.InternalError()
+	res.Plugin = name
+	return res
 }
 
 // resolve turns a chain result into the session's reply.

@@ -236,28 +236,10 @@ func (c *conn) submitTLS(call plugins.Call, i int) {
 			c.continueChain(r.res)
 			return
 		case <-timer.C:
-			name := ch.PluginAt(call.Hook, i)
-			srv.log.Warn().Str("conn", c.pc.ID).Str("plugin", name).Str("hook", call.Hook.String()).
-				Msg("plugin timed out; answering 451 4.3.0")
-			c.gen++
 			c.t.results = make(chan hookResult, 1) // the late result goes nowhere
-			c.detachAfterTimeout()
-			res := plugins.InternalError()
-			res.Plugin = name
-			c.resolve(c.call, res)
+			c.resolve(c.call, c.hookTimedOut())
 			return
 		}
-	}
-}
-
-// detachAfterTimeout lets a timed-out hook keep its copies: the connection
-// goes on with a clone of the plugin view and of the message.
-func (c *conn) detachAfterTimeout() {
-	c.pc = c.pc.Clone()
-	if c.call.Msg != nil {
-		c.sess.DetachBody()
-		c.msg = &plugins.Message{Body: c.call.Msg.Body, Protocol: c.call.Msg.Protocol}
-		c.call.Msg = c.msg
 	}
 }
 
