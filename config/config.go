@@ -169,6 +169,9 @@ func (c *Config) Plugin(name string) (*PluginConfig, error) {
 	if p.timeout <= 0 {
 		p.f.fail("", "timeout", fmt.Errorf("%q must be more than 0", p.String("", "timeout", "")))
 	}
+	// timeout is the first key read from a fresh file, so any error
+	// recorded now is about it.
+	p.timeoutErr = p.f.err
 	return p, nil
 }
 

@@ -21,19 +21,15 @@ import (
 // A plugin reads all its settings once, at setup, then calls Check. A
 // PluginConfig is not safe for concurrent use.
 type PluginConfig struct {
-	f       *iniFile
-	dir     string // the config directory, for Path
-	timeout time.Duration
+	f          *iniFile
+	dir        string // the config directory, for Path
+	timeout    time.Duration
+	timeoutErr error // a bad "timeout" value, kept apart for CheckTimeout
 }
 
 // CheckTimeout reports a bad "timeout" value (the chain checks it even
 // for plugins whose setup never opens their ini).
-func (p *PluginConfig) CheckTimeout() error {
-	if p.f.err != nil && strings.Contains(p.f.err.Error(), " timeout: ") {
-		return p.f.err
-	}
-	return nil
-}
+func (p *PluginConfig) CheckTimeout() error { return p.timeoutErr }
 
 // Timeout is the plugin's "timeout" key (default DefaultPluginTimeout):
 // the longest the chain waits for one of its blocking hooks.
