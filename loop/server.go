@@ -154,11 +154,11 @@ type Server struct {
 	drained  sync.WaitGroup // loops that have not yet stopped accepting
 	stopped  sync.WaitGroup
 
-	replyTooMany    []byte
-	replyTooManyIP  []byte
-	replyShutdown   []byte
-	replyTimeout    []byte
-	acceptErrLogged atomic.Int64
+	replyTooMany   []byte
+	replyTooManyIP []byte
+	replyShutdown  []byte
+	replyTimeout   []byte
+	acceptLog      plugins.Throttle
 }
 
 // New binds the listeners. The server does nothing until Start.
@@ -210,6 +210,7 @@ func New(opts Options, chain *plugins.Chain, pool *workpool.Pool) (*Server, erro
 		replyTooManyIP: []byte("421 4.7.0 " + host + " Too many connections from your address\r\n"),
 		replyShutdown:  []byte("421 4.3.2 " + host + " Service shutting down, try again later\r\n"),
 		replyTimeout:   []byte("421 4.4.2 " + host + " Error: timeout exceeded\r\n"),
+		acceptLog:      plugins.Throttle{Every: time.Second},
 	}
 	// Other loops, or other processes that were handed the same sockets,
 	// compete for connections.
@@ -419,9 +420,7 @@ func (s *Server) releaseIP(ip netip.Addr) {
 
 // logAcceptError logs accept failures at most once a second.
 func (s *Server) logAcceptError(err error) {
-	now := time.Now().Unix()
-	last := s.acceptErrLogged.Load()
-	if now != last && s.acceptErrLogged.CompareAndSwap(last, now) {
-		s.log.Error().Err(err).Msg("accept failed; backing off")
+	if ok, held := s.acceptLog.Allow(time.Now()); ok {
+		s.log.Error().Err(err).Int64("suppressed", held).Msg("accept failed; backing off")
 	}
 }

@@ -10,7 +10,6 @@ import (
 	"net"
 	"net/netip"
 	"strings"
-	"sync/atomic"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -46,10 +45,8 @@ type DNSBL struct {
 	skipPrivate   bool
 	cache         *cache // nil when caching is off
 
-	// Failed lookups are logged at most once a minute; quiet counts the
-	// ones left out since the last line.
-	lastLog atomic.Int64
-	quiet   atomic.Int64
+	// Failed lookups are logged at most once a minute.
+	failLog plugins.Throttle
 }
 
 // setup reads dnsbl.ini once, at start.
@@ -73,7 +70,7 @@ func setup(cfg *config.Config) (plugins.Plugin, error) {
 	bad := func(key, value, why string) error {
 		return fmt.Errorf("config: %s: [main] %s: %q %s", pc.File(), key, value, why)
 	}
-	p := &DNSBL{lookupTimeout: lookupTimeout, skipPrivate: skipPrivate}
+	p := &DNSBL{lookupTimeout: lookupTimeout, skipPrivate: skipPrivate, failLog: plugins.Throttle{Every: time.Minute}}
 	if len(zones) == 0 {
 		return nil, bad("zones", pc.String("", "zones", ""), "lists no zone (give at least one, such as zen.spamhaus.org)")
 	}
@@ -260,14 +257,10 @@ func (p *DNSBL) logFailure(log *zerolog.Logger, ip netip.Addr, err error) {
 	if log == nil {
 		return
 	}
-	now := time.Now().UnixNano()
-	last := p.lastLog.Load()
-	if last != 0 && now-last < int64(time.Minute) || !p.lastLog.CompareAndSwap(last, now) {
-		p.quiet.Add(1)
-		return
+	if ok, held := p.failLog.Allow(time.Now()); ok {
+		log.Warn().Str("plugin", Name).Str("ip", ip.String()).Int64("suppressed", held).
+			Err(err).Msg("DNSBL lookup failed")
 	}
-	log.Warn().Str("plugin", Name).Str("ip", ip.String()).Int64("suppressed", p.quiet.Swap(0)).
-		Err(err).Msg("DNSBL lookup failed")
 }
 
 // private reports whether ip is one that no public DNSBL lists: loopback,

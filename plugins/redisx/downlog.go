@@ -10,6 +10,8 @@ import (
 
 	"github.com/redis/go-redis/v9"
 	"github.com/rs/zerolog"
+
+	"loopmx/plugins"
 )
 
 // DownInterval is the least time between two "redis unavailable" lines of
@@ -103,26 +105,14 @@ func (d *DownLogger) IsDown() bool { return d.down.Load() }
 // zerolog lines at level warn, like the rest of loopmx's log, at most one
 // per DownInterval: the plugins' DownLoggers already report an outage.
 type libraryLogger struct {
-	log zerolog.Logger
-
-	mu      sync.Mutex
-	last    time.Time
-	dropped int
+	log      zerolog.Logger
+	throttle plugins.Throttle
 }
 
 func (l *libraryLogger) Printf(_ context.Context, format string, v ...any) {
-	l.mu.Lock()
-	now := time.Now()
-	if !l.last.IsZero() && now.Sub(l.last) < DownInterval {
-		l.dropped++
-		l.mu.Unlock()
-		return
+	if ok, dropped := l.throttle.Allow(time.Now()); ok {
+		l.log.Warn().Str("component", "go-redis").Int64("dropped", dropped).Msg(fmt.Sprintf(format, v...))
 	}
-	dropped := l.dropped
-	l.dropped = 0
-	l.last = now
-	l.mu.Unlock()
-	l.log.Warn().Str("component", "go-redis").Int("dropped", dropped).Msg(fmt.Sprintf(format, v...))
 }
 
 var quietOnce sync.Once
@@ -131,6 +121,9 @@ var quietOnce sync.Once
 // once per process, when the first client is made.
 func quietLibrary() {
 	quietOnce.Do(func() {
-		redis.SetLogger(&libraryLogger{log: zerolog.New(os.Stderr).With().Timestamp().Int("pid", os.Getpid()).Logger()})
+		redis.SetLogger(&libraryLogger{
+			log:      zerolog.New(os.Stderr).With().Timestamp().Int("pid", os.Getpid()).Logger(),
+			throttle: plugins.Throttle{Every: DownInterval},
+		})
 	})
 }

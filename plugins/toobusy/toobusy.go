@@ -11,8 +11,9 @@ package toobusy
 
 import (
 	"fmt"
-	"sync/atomic"
 	"time"
+
+	"github.com/rs/zerolog"
 
 	"loopmx/config"
 	"loopmx/plugins"
@@ -39,11 +40,9 @@ type TooBusy struct {
 	maxLag   time.Duration
 	maxQueue int
 
-	// The log lines are rate limited per process: each holds the Unix
-	// second of its last line. refused counts refusals not yet logged.
-	readingLogged atomic.Int64
-	refusalLogged atomic.Int64
-	refused       atomic.Int64
+	// The log lines are rate limited per process, one a second each.
+	readingLog plugins.Throttle
+	refusalLog plugins.Throttle
 }
 
 func setup(cfg *config.Config) (plugins.Plugin, error) {
@@ -69,7 +68,8 @@ func setup(cfg *config.Config) (plugins.Plugin, error) {
 // and maxQueue for the jobs waiting in the workpool queue. Zero turns a
 // check off.
 func New(maxLag time.Duration, maxQueue int) *TooBusy {
-	return &TooBusy{maxLag: maxLag, maxQueue: maxQueue}
+	return &TooBusy{maxLag: maxLag, maxQueue: maxQueue,
+		readingLog: plugins.Throttle{Every: time.Second}, refusalLog: plugins.Throttle{Every: time.Second}}
 }
 
 // Name implements plugins.Plugin.
@@ -79,11 +79,13 @@ func (*TooBusy) Name() string { return Name }
 // are atomics kept by the host.
 func (t *TooBusy) Connect(c *plugins.Conn) plugins.Result {
 	ld := c.Load()
-	now := time.Now().Unix()
-	if c.Log != nil && due(&t.readingLogged, now) {
-		c.Log.Debug().Str("plugin", Name).Dur("loop_lag", ld.LoopLag).Int("pool_queued", ld.PoolQueued).
-			Int("pool_busy", ld.PoolBusy).Int("pool_workers", ld.PoolWorkers).Int64("connections", ld.Connections).
-			Msg("load")
+	now := time.Now()
+	if c.Log != nil && c.Log.GetLevel() <= zerolog.DebugLevel {
+		if ok, _ := t.readingLog.Allow(now); ok {
+			c.Log.Debug().Str("plugin", Name).Dur("loop_lag", ld.LoopLag).Int("pool_queued", ld.PoolQueued).
+				Int("pool_busy", ld.PoolBusy).Int("pool_workers", ld.PoolWorkers).Int64("connections", ld.Connections).
+				Msg("load")
+		}
 	}
 	var why string
 	switch {
@@ -94,9 +96,8 @@ func (t *TooBusy) Connect(c *plugins.Conn) plugins.Result {
 	default:
 		return plugins.Next()
 	}
-	t.refused.Add(1)
-	if c.Log != nil && due(&t.refusalLogged, now) {
-		c.Log.Info().Str("plugin", Name).Str("reason", why).Int64("refused", t.refused.Swap(0)).
+	if ok, held := t.refusalLog.Allow(now); ok && c.Log != nil {
+		c.Log.Info().Str("plugin", Name).Str("reason", why).Int64("refused", held+1).
 			Dur("loop_lag", ld.LoopLag).Dur("max_lag", t.maxLag).
 			Int("pool_queued", ld.PoolQueued).Int("max_queue", t.maxQueue).
 			Msg("too busy: refusing new connections")
@@ -117,14 +118,6 @@ func tooBusy(host string) plugins.Result {
 		Action: plugins.TempFailDisconnect,
 		Reply:  smtpproto.Reply{Code: 421, Enhanced: "4.7.0", Text: text},
 	}
-}
-
-// due reports whether a rate-limited log line may be written in second
-// now, and claims that second when it may. Loops call it concurrently; one
-// of them wins each second.
-func due(last *atomic.Int64, now int64) bool {
-	prev := last.Load()
-	return prev != now && last.CompareAndSwap(prev, now)
 }
 
 var _ plugins.ConnectHook = (*TooBusy)(nil)
