@@ -136,6 +136,17 @@ func (c *Config) Path(p string) string {
 // gives nil and no error. For the built-in default, a relative name is
 // read from the built-in files; an absolute name is always read from disk.
 func (c *Config) List(name string) ([]string, error) {
+	lines, err := c.ListItems(name)
+	var items []string
+	for _, l := range lines {
+		items = append(items, l.Text)
+	}
+	return items, err
+}
+
+// ListItems is List with the line each item is on, for plugins that name
+// a bad entry by file and line.
+func (c *Config) ListItems(name string) ([]ListItem, error) {
 	data, err := c.readFile(name)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
@@ -143,11 +154,7 @@ func (c *Config) List(name string) ([]string, error) {
 	if err != nil {
 		return nil, fmt.Errorf("config: %s: %w", name, err)
 	}
-	var items []string
-	for _, l := range listLines(data) {
-		items = append(items, l.text)
-	}
-	return items, nil
+	return listLines(data), nil
 }
 
 // Plugin opens the settings of the plugin called name: the file named
@@ -213,15 +220,15 @@ func (c *Config) readPlugins() ([]string, error) {
 	var plugins []string
 	seen := make(map[string]bool)
 	for _, l := range listLines(data) {
-		if !validPluginName(l.text) {
-			return nil, fmt.Errorf("config: %s:%d: %q is not a valid plugin name", name, l.n, l.text)
+		if !validPluginName(l.Text) {
+			return nil, fmt.Errorf("config: %s:%d: %q is not a valid plugin name", name, l.Line, l.Text)
 		}
-		if seen[l.text] {
-			return nil, fmt.Errorf("config: %s:%d: duplicate plugin %q", name, l.n, l.text)
+		if seen[l.Text] {
+			return nil, fmt.Errorf("config: %s:%d: duplicate plugin %q", name, l.Line, l.Text)
 		}
-		seen[l.text] = true
-		plugins = append(plugins, l.text)
-		c.pluginLines = append(c.pluginLines, l.n)
+		seen[l.Text] = true
+		plugins = append(plugins, l.Text)
+		c.pluginLines = append(c.pluginLines, l.Line)
 	}
 	return plugins, nil
 }
@@ -235,21 +242,21 @@ func (c *Config) PluginLine(i int) int {
 	return c.pluginLines[i]
 }
 
-// listLine is one item of a flat list file and its 1-based line number.
-type listLine struct {
-	n    int
-	text string
+// ListItem is one item of a flat list file and its 1-based line number.
+type ListItem struct {
+	Line int
+	Text string
 }
 
 // listLines splits a flat list file into its items.
-func listLines(data []byte) []listLine {
-	var out []listLine
+func listLines(data []byte) []ListItem {
+	var out []ListItem
 	for i, line := range strings.Split(string(data), "\n") {
 		if j := commentStart(line); j >= 0 {
 			line = line[:j]
 		}
 		if line = strings.TrimSpace(line); line != "" {
-			out = append(out, listLine{i + 1, line})
+			out = append(out, ListItem{Line: i + 1, Text: line})
 		}
 	}
 	return out

@@ -62,7 +62,7 @@ func setup(cfg *config.Config) (plugins.Plugin, error) {
 	}
 	p := &Access{}
 	for _, key := range listKeys {
-		lines, err := readLines(paths[key], shownName(cfg, paths[key]))
+		lines, err := readLines(cfg, shownName(cfg, paths[key]))
 		if err != nil {
 			return nil, err
 		}

@@ -5,6 +5,8 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+
+	"loopmx/config"
 )
 
 func lines(texts ...string) []line {
@@ -94,12 +96,16 @@ func TestAddressList(t *testing.T) {
 }
 
 func TestReadLines(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "list")
+	dir := t.TempDir()
 	data := "# heading\n\n  a.example  \nb.example # why\nc#d.example\n\t# indented comment\n"
-	if err := os.WriteFile(path, []byte(data), 0o600); err != nil {
+	if err := os.WriteFile(filepath.Join(dir, "list"), []byte(data), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	got, err := readLines(path, "list")
+	cfg, err := config.Load(dir, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := readLines(cfg, "list")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -112,7 +118,7 @@ func TestReadLines(t *testing.T) {
 			t.Errorf("entry %d = %q, want %q", i, got[i], want[i])
 		}
 	}
-	if got, err := readLines(filepath.Join(t.TempDir(), "missing"), "missing"); got != nil || err != nil {
+	if got, err := readLines(cfg, "missing"); got != nil || err != nil {
 		t.Errorf("a missing file gives %q, %v; want an empty list", got, err)
 	}
 }

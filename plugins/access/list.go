@@ -1,14 +1,13 @@
 package access
 
 import (
-	"errors"
 	"fmt"
-	"io/fs"
 	"net/netip"
-	"os"
 	"regexp"
 	"strconv"
 	"strings"
+
+	"loopmx/config"
 )
 
 // line is one entry of a list file and where it was written.
@@ -17,29 +16,17 @@ type line struct {
 	src  string // "file:line", for errors and the debug log
 }
 
-// readLines reads a list file the way config.List does (one entry a line,
-// trimmed; blank lines and '#' comments skipped, a '#' starting a comment
-// at the start of a line or after a space or tab), keeping line numbers.
-// A missing file is an empty list. shown is the file name for messages.
-func readLines(path, shown string) ([]line, error) {
-	data, err := os.ReadFile(path)
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil, nil
+// readLines reads a list file with config.ListItems (a missing file is an
+// empty list) and names each entry "file:line" for errors. name is the
+// file relative to the config directory, or absolute.
+func readLines(cfg *config.Config, name string) ([]line, error) {
+	items, err := cfg.ListItems(name)
+	if err != nil || len(items) == 0 {
+		return nil, err
 	}
-	if err != nil {
-		return nil, fmt.Errorf("config: %s: %w", shown, err)
-	}
-	var out []line
-	for i, text := range strings.Split(string(data), "\n") {
-		for j := 0; j < len(text); j++ {
-			if text[j] == '#' && (j == 0 || text[j-1] == ' ' || text[j-1] == '\t') {
-				text = text[:j]
-				break
-			}
-		}
-		if text = strings.TrimSpace(text); text != "" {
-			out = append(out, line{text: text, src: shown + ":" + strconv.Itoa(i+1)})
-		}
+	out := make([]line, len(items))
+	for i, it := range items {
+		out[i] = line{text: it.Text, src: name + ":" + strconv.Itoa(it.Line)}
 	}
 	return out, nil
 }
