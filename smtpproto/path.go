@@ -186,15 +186,34 @@ func validDomain(d []byte) bool {
 		i := strings.IndexByte(lit, ':')
 		return i > 0 && i < len(lit)-1 && ldhStr(lit[:i]) && !strings.ContainsAny(lit, "[]\\ ")
 	}
-	for _, label := range bytes.Split(d, []byte{'.'}) {
-		if len(label) == 0 || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' {
-			return false
-		}
-		for _, c := range label {
+	return validLabels(d)
+}
+
+// ValidDomainName reports whether s is a Domain of RFC 5321 4.1.2, an
+// address literal aside: labels of letters, digits and '-', 1 to 63 octets
+// each (RFC 1035 2.3.4), not starting or ending with '-', 255 octets in
+// all, no trailing dot; UTF-8 labels are allowed (RFC 6531 3.3).
+func ValidDomainName(s string) bool { return validLabels(s) && utf8.ValidString(s) }
+
+// validLabels checks the labels of a domain name in place (no split, no
+// allocation: it runs for every MAIL and RCPT).
+func validLabels[T string | []byte](d T) bool {
+	if len(d) == 0 || len(d) > 255 {
+		return false
+	}
+	start := 0
+	for i := 0; i <= len(d); i++ {
+		if i < len(d) && d[i] != '.' {
+			c := d[i]
 			if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c >= 0x80) {
 				return false
 			}
+			continue
 		}
+		if n := i - start; n == 0 || n > 63 || d[start] == '-' || d[i-1] == '-' {
+			return false
+		}
+		start = i + 1
 	}
 	return true
 }

@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"net/netip"
 	"strings"
-	"unicode/utf8"
 
 	"loopmx/config"
 	"loopmx/plugins"
@@ -206,7 +205,7 @@ func classify(s string) helo {
 		h.kind, h.ip = bareIP, ip.WithZone("").Unmap()
 		return h
 	}
-	if validDomain(s) {
+	if smtpproto.ValidDomainName(s) {
 		h.kind = domain
 	}
 	return h
@@ -232,29 +231,6 @@ func parseLiteral(s string) (netip.Addr, bool) {
 		return netip.Addr{}, false
 	}
 	return ip, true
-}
-
-// validDomain reports whether s is a Domain of RFC 5321 4.1.2: labels of
-// letters, digits and '-', each starting and ending with a letter or
-// digit, 1 to 63 octets long (RFC 1035 2.3.4), 255 octets at most in all,
-// without a trailing dot. A label may also be a UTF-8 U-label (RFC 6531
-// 3.3); its ASCII characters follow the same rules.
-func validDomain(s string) bool {
-	if s == "" || len(s) > 255 {
-		return false
-	}
-	for label := range strings.SplitSeq(s, ".") {
-		if label == "" || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' {
-			return false
-		}
-		for _, c := range []byte(label) {
-			ok := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c >= 0x80
-			if !ok {
-				return false
-			}
-		}
-	}
-	return utf8.ValidString(s)
 }
 
 var (
