@@ -21,6 +21,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"loopmx/internal/testlog"
 )
 
 var (
@@ -70,25 +72,6 @@ func loopmxBinary(t *testing.T) string {
 		t.Fatal(e2eBinErr)
 	}
 	return e2eBinPath
-}
-
-// syncBuffer collects a child's output; the test reads it while the child
-// is still writing.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // writeFiles writes files (name -> content) into dir.
@@ -473,3 +456,6 @@ func checkStored(t *testing.T, f spoolFile, msg []byte) {
 		t.Errorf("new/%s has no Received header in front of the message; what loopmx added is %q", f.name, head)
 	}
 }
+
+// syncBuffer is the shared goroutine-safe log sink.
+type syncBuffer = testlog.Buffer

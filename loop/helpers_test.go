@@ -20,6 +20,8 @@ import (
 	"testing"
 	"time"
 
+	"loopmx/internal/testlog"
+
 	"github.com/rs/zerolog"
 
 	"loopmx/loop"
@@ -103,24 +105,6 @@ func (ts *testServer) waitConnections(t *testing.T, n int64) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-}
-
-// syncBuffer is a log sink safe for the loops and the workpool.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // gate holds blocking hooks until the test opens it.
@@ -567,3 +551,6 @@ func (c *tapConn) received() []byte {
 	defer c.mu.Unlock()
 	return bytes.Clone(c.got.Bytes())
 }
+
+// syncBuffer is the shared goroutine-safe log sink.
+type syncBuffer = testlog.Buffer

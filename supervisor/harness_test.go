@@ -8,7 +8,6 @@ package supervisor
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -22,6 +21,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"loopmx/internal/testlog"
 
 	"github.com/rs/zerolog"
 	"golang.org/x/sys/unix"
@@ -88,24 +89,6 @@ func fakeWorker() int {
 		l.Close()
 	}
 	return 0
-}
-
-// logBuf collects the supervisor's JSON log lines.
-type logBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *logBuf) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *logBuf) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
 
 // lines returns the decoded log lines whose message is msg.
@@ -319,3 +302,7 @@ func (n *notifyListener) first(prefix string, from int) int {
 	}
 	return -1
 }
+
+// logBuf collects the supervisor's JSON log lines (the shared
+// goroutine-safe sink, plus a decoder).
+type logBuf struct{ testlog.Buffer }

@@ -9,7 +9,6 @@
 package servertest
 
 import (
-	"bytes"
 	"context"
 	"io"
 	"os"
@@ -22,6 +21,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"loopmx/config"
+	"loopmx/internal/testlog"
 	"loopmx/loop"
 	"loopmx/loop/workpool"
 	"loopmx/plugins"
@@ -186,40 +186,8 @@ func Start(t testing.TB, files map[string]string) *Server {
 	return StartDir(t, WriteDir(t, files))
 }
 
-// Buffer is a log sink safe for the event loops and the workpool.
-type Buffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-// Write appends p to the buffer.
-func (b *Buffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-// String returns everything written so far.
-func (b *Buffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
-}
-
-// Count returns the number of lines that hold every one of subs.
-func (b *Buffer) Count(subs ...string) int {
-	n := 0
-	for line := range strings.SplitSeq(b.String(), "\n") {
-		all := line != ""
-		for _, sub := range subs {
-			all = all && strings.Contains(line, sub)
-		}
-		if all {
-			n++
-		}
-	}
-	return n
-}
+// Buffer is the shared log sink (internal/testlog).
+type Buffer = testlog.Buffer
 
 // Eventually calls cond every interval until it holds, and fails the
 // test when IOTimeout passes first.
