@@ -555,11 +555,10 @@ func TestEnhancedCodesAfterEHLO(t *testing.T) {
 	}
 }
 
-// BUG: a message the protocol refuses at its end (too big, bare line
-// ending, long line) ends the transaction for the client, but not for the
-// plugins and the log: the next MAIL hook still sees the old transaction,
-// and the refused one gets no transaction log line (it is logged as
-// "aborted" only when the connection closes, if no MAIL came first).
+// A message the protocol refuses at its end (too big, bare line ending,
+// long line) ends the transaction for the plugins and the log too: the
+// next MAIL hook sees no old transaction, and the refused one has its own
+// transaction log line.
 func TestRefusedMessageEndsTransaction(t *testing.T) {
 	var mu sync.Mutex
 	var staleAt []string

@@ -128,6 +128,22 @@ type signal chan struct{}
 
 func newSignal() signal { return make(signal, 64) }
 
+// gatedMail is a blocking MAIL hook that signals entered, then waits on
+// the gate.
+func gatedMail() (*hooks, *gate, signal) {
+	g, entered := newGate(), newSignal()
+	return &hooks{
+		name:     "test/gated-mail",
+		blocking: []plugins.Hook{plugins.HookMail},
+		gate:     g,
+		mail: func(*plugins.Conn, string) plugins.Result {
+			entered.ping()
+			g.wait()
+			return plugins.Next()
+		},
+	}, g, entered
+}
+
 func (s signal) ping() {
 	if s != nil {
 		select {

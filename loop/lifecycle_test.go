@@ -15,7 +15,6 @@ import (
 	"golang.org/x/sys/unix"
 
 	"loopmx/loop"
-	"loopmx/plugins"
 )
 
 func TestDisconnectMidDataQueuesNothing(t *testing.T) {
@@ -212,10 +211,9 @@ func TestGracefulShutdownBlockingQueue(t *testing.T) {
 	rec.only(t)
 }
 
-// BUG: once a shutdown has begun, a new client is neither refused nor
-// told 421: the kernel completes its connection into the backlog of a
-// listener nobody accepts from any more, and it hangs without a banner
-// until the last transaction ends.
+// Once a shutdown has begun, a new client is refused by the kernel: the
+// listeners are closed when every loop has stopped accepting, so nobody
+// hangs in a backlog no loop reads (a regression test).
 func TestNewConnectionDuringShutdown(t *testing.T) {
 	ts := startServer(t, oneLoop, 2, 16, hostList(), &recorder{})
 	idle := connect(t, ts.addr)
@@ -247,23 +245,12 @@ func TestNewConnectionDuringShutdown(t *testing.T) {
 	awaitShutdown(t, done)
 }
 
-// BUG: a loop that stops (here after the graceful time ran out) closes its
-// wake-up eventfd while a hook of one of its connections still runs on
-// the workpool. When the hook ends it writes the 8-octet wake-up to that
-// descriptor number, which by then may belong to anything else the
-// process opened: here a socket, whose peer receives the stray octets.
+// A hook that ends after its loop stopped (here after the graceful time
+// ran out) must not write its wake-up into the loop's closed eventfd,
+// whose number may by then belong to a socket: its peer would receive
+// stray octets (a regression test).
 func TestHookEndingAfterShutdownWritesNowhere(t *testing.T) {
-	g, entered := newGate(), newSignal()
-	slow := &hooks{
-		name:     "test/gated-mail",
-		blocking: []plugins.Hook{plugins.HookMail},
-		gate:     g,
-		mail: func(*plugins.Conn, string) plugins.Result {
-			entered.ping()
-			g.wait()
-			return plugins.Next()
-		},
-	}
+	slow, g, entered := gatedMail()
 	ts := startServer(t, oneLoop, 1, 4, slow, hostList(), &recorder{})
 	c := connect(t, ts.addr)
 	c.hello()
