@@ -287,6 +287,9 @@ func (c *conn) endTx(result string, code, size int) {
 	if tx == nil {
 		return
 	}
+	if ch := c.el.srv.chain; ch.HasTxEnd() {
+		ch.TxEnded(c.pc, tx)
+	}
 	if l := c.el.srv.log.Info(); l.Enabled() {
 		l.Str("tx", tx.ID).Str("ip", c.pc.RemoteIP.String()).Str("helo", c.pc.Helo).
 			Str("from", tx.From).Strs("rcpts", tx.Rcpts).Int("size", size).

@@ -23,6 +23,7 @@ type Chain struct {
 	byHook  [numHooks][]int // indexes into entries, per hook
 	caps    []int           // plugins with a capabilities hook
 	denied  []int           // plugins with a deny hook
+	txEnd   []int           // plugins with a transaction-end hook
 }
 
 // Build creates every plugin named in cfg.Plugins, in order. An unknown
@@ -75,6 +76,9 @@ func (ch *Chain) add(name string, p Plugin) {
 	}
 	if _, ok := p.(DenyHook); ok {
 		ch.denied = append(ch.denied, idx)
+	}
+	if _, ok := p.(TxEndHook); ok {
+		ch.txEnd = append(ch.txEnd, idx)
 	}
 	for h := Hook(0); h < numHooks; h++ {
 		if !implements(p, h) {
@@ -228,6 +232,17 @@ func (ch *Chain) Denied(c *Conn, h Hook, r Result) {
 	for _, i := range ch.denied {
 		e := &ch.entries[i]
 		guard(c, e.name, "deny", func() { e.p.(DenyHook).Denied(c, h, r) })
+	}
+}
+
+// HasTxEnd reports whether any plugin wants to see transactions end.
+func (ch *Chain) HasTxEnd() bool { return len(ch.txEnd) > 0 }
+
+// TxEnded tells every transaction-end hook that tx is over.
+func (ch *Chain) TxEnded(c *Conn, tx *Transaction) {
+	for _, i := range ch.txEnd {
+		e := &ch.entries[i]
+		guard(c, e.name, "tx_end", func() { e.p.(TxEndHook).TxEnded(c, tx) })
 	}
 }
 

@@ -117,6 +117,13 @@ type DisconnectHook interface {
 	Disconnect(c *Conn)
 }
 
+// TxEndHook sees every transaction end (its message queued or refused,
+// RSET, a new HELO, the connection closing) while the transaction is still
+// at hand; tx is the one ending. It runs inline and must not block.
+type TxEndHook interface {
+	TxEnded(c *Conn, tx *Transaction)
+}
+
 // DenyHook sees every rejection or temporary failure any hook decided
 // (for logging, reputation, karma). It runs inline and must not block.
 type DenyHook interface {

@@ -13,9 +13,8 @@
 //	c.SetNote("result:dnsbl", "fail: listed in zen.example")
 //	c.Tx.SetNote("result:spf", []string{"pass: mail from", "skip: helo"})
 //
-// A transaction is summarised when results first sees that it is over:
-// at the next MAIL, at the disconnect, or at any of its hooks that finds
-// another transaction. By then every plugin has had its say about it.
+// A transaction is summarised when the server ends it (the tx_end hook),
+// so every plugin has had its say about it.
 package results
 
 import (
@@ -103,8 +102,7 @@ func (r *Results) Close() error {
 // on two copies of the connection that share this state.
 type state struct {
 	mu      sync.Mutex
-	tx      *plugins.Transaction // the transaction seen last, not yet summarised
-	pending []publication        // results not yet published
+	pending []publication // results not yet published
 }
 
 type publication struct {
@@ -122,73 +120,31 @@ func stateOf(c *plugins.Conn) *state {
 	return st
 }
 
-// observe summarises the transaction seen last if it is over, and
-// remembers the current one. st.mu is held.
-func (r *Results) observe(c *plugins.Conn, st *state) {
-	if st.tx != nil && (c.Tx == nil || c.Tx.ID != st.tx.ID) {
-		r.summarise(c, st, st.tx)
-		st.tx = nil
-	}
-	if c.Tx != nil {
-		st.tx = c.Tx
-	}
-}
-
-// track is observe for the hooks that never publish.
-func (r *Results) track(c *plugins.Conn) {
+// TxEnded implements plugins.TxEndHook: the transaction is summarised,
+// inline; its publications wait for the next hook that may block.
+func (r *Results) TxEnded(c *plugins.Conn, tx *plugins.Transaction) {
 	st := stateOf(c)
 	st.mu.Lock()
-	r.observe(c, st)
+	r.summarise(c, st, tx)
 	st.mu.Unlock()
 }
 
-// Mail implements plugins.MailHook: a new transaction begins, so the last
-// one is over.
+// Mail implements plugins.MailHook: with redis_publish it sends what the
+// transactions before this one left to publish.
 func (r *Results) Mail(c *plugins.Conn, _ string) plugins.Result {
 	st := stateOf(c)
 	st.mu.Lock()
-	r.observe(c, st)
 	pending := r.take(st)
 	st.mu.Unlock()
 	r.send(c, pending)
 	return plugins.Next()
 }
 
-// Rcpt implements plugins.RcptHook; it only notes the transaction.
-func (r *Results) Rcpt(c *plugins.Conn, _ string) plugins.Result {
-	r.track(c)
-	return plugins.Next()
-}
-
-// Data implements plugins.DataHook; it only notes the transaction.
-func (r *Results) Data(c *plugins.Conn) plugins.Result {
-	r.track(c)
-	return plugins.Next()
-}
-
-// Queue implements plugins.QueueHook; it only notes the transaction and
-// leaves the message to the queue plugins after it.
-func (r *Results) Queue(c *plugins.Conn, _ *plugins.Message) plugins.Result {
-	r.track(c)
-	return plugins.Next()
-}
-
-// Denied implements plugins.DenyHook; it only notes the transaction, so
-// that one whose every recipient was refused is summarised too.
-func (r *Results) Denied(c *plugins.Conn, _ plugins.Hook, _ plugins.Result) {
-	r.track(c)
-}
-
-// Disconnect implements plugins.DisconnectHook: the last transaction and
-// the connection are summarised.
+// Disconnect implements plugins.DisconnectHook: the connection is
+// summarised (the host ended its last transaction before).
 func (r *Results) Disconnect(c *plugins.Conn) {
 	st := stateOf(c)
 	st.mu.Lock()
-	r.observe(c, st)
-	if st.tx != nil { // the host had not ended the transaction yet
-		r.summarise(c, st, st.tx)
-		st.tx = nil
-	}
 	r.summarise(c, st, nil)
 	pending := r.take(st)
 	st.mu.Unlock()
@@ -329,10 +285,7 @@ func (r *Results) send(c *plugins.Conn, pending []publication) {
 
 var (
 	_ plugins.MailHook       = (*Results)(nil)
-	_ plugins.RcptHook       = (*Results)(nil)
-	_ plugins.DataHook       = (*Results)(nil)
-	_ plugins.QueueHook      = (*Results)(nil)
-	_ plugins.DenyHook       = (*Results)(nil)
+	_ plugins.TxEndHook      = (*Results)(nil)
 	_ plugins.DisconnectHook = (*Results)(nil)
 	_ plugins.Blocker        = (*Results)(nil)
 	_ plugins.Closer         = (*Results)(nil)
