@@ -44,7 +44,6 @@ type conn struct {
 	deadline  time.Time
 	earlyTalk bool // input arrived before the banner
 	msg       *plugins.Message
-	nTx       int
 
 	kind       listenKind // what the listener it came from speaks
 	wantTLS    bool       // hand over to TLS once the output is written
@@ -500,7 +499,7 @@ func (c *conn) finish() {
 	}
 	if l := c.el.srv.log.Info(); l.Enabled() {
 		l.Str("conn", c.pc.ID).Str("ip", c.pc.RemoteIP.String()).Str("helo", c.pc.Helo).
-			Int("transactions", c.nTx).Int("errors", c.sess.Errors()).Str("end", c.why).
+			Int("transactions", c.pc.Transactions()).Int("errors", c.sess.Errors()).Str("end", c.why).
 			Dur("duration", c.now().Sub(c.pc.Started)).Msg("connection")
 	}
 	c.sess = nil

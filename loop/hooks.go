@@ -222,7 +222,6 @@ func (c *conn) resolve(call plugins.Call, res plugins.Result) {
 		}
 	case plugins.HookMail:
 		if ok {
-			c.nTx++
 			c.pc.BeginTx(call.Arg, c.now()).SMTPUTF8 = c.sess.Tx().SMTPUTF8
 		}
 	case plugins.HookRcpt:

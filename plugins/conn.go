@@ -92,6 +92,9 @@ func (c *Conn) BeginTx(from string, now time.Time) *Transaction {
 	return c.Tx
 }
 
+// Transactions is the number of transactions begun on the connection.
+func (c *Conn) Transactions() int { return c.txN }
+
 // EndTx forgets the transaction.
 func (c *Conn) EndTx() { c.Tx = nil }
 
