@@ -30,6 +30,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"loopmx/config"
+	"loopmx/internal/throttle"
 	"loopmx/loop/workpool"
 	"loopmx/plugins"
 	"loopmx/smtpproto"
@@ -158,7 +159,7 @@ type Server struct {
 	replyTooManyIP []byte
 	replyShutdown  []byte
 	replyTimeout   []byte
-	acceptLog      plugins.Throttle
+	acceptLog      throttle.Throttle
 }
 
 // New binds the listeners. The server does nothing until Start.
@@ -210,7 +211,7 @@ func New(opts Options, chain *plugins.Chain, pool *workpool.Pool) (*Server, erro
 		replyTooManyIP: []byte("421 4.7.0 " + host + " Too many connections from your address\r\n"),
 		replyShutdown:  []byte("421 4.3.2 " + host + " Service shutting down, try again later\r\n"),
 		replyTimeout:   []byte("421 4.4.2 " + host + " Error: timeout exceeded\r\n"),
-		acceptLog:      plugins.Throttle{Every: time.Second},
+		acceptLog:      throttle.Throttle{Every: time.Second},
 	}
 	// Other loops, or other processes that were handed the same sockets,
 	// compete for connections.

@@ -15,6 +15,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"loopmx/config"
+	"loopmx/internal/throttle"
 	"loopmx/plugins"
 )
 
@@ -46,7 +47,7 @@ type DNSBL struct {
 	cache         *cache // nil when caching is off
 
 	// Failed lookups are logged at most once a minute.
-	failLog plugins.Throttle
+	failLog throttle.Throttle
 }
 
 // setup reads dnsbl.ini once, at start.
@@ -70,7 +71,7 @@ func setup(cfg *config.Config) (plugins.Plugin, error) {
 	bad := func(key, value, why string) error {
 		return fmt.Errorf("config: %s: [main] %s: %q %s", pc.File(), key, value, why)
 	}
-	p := &DNSBL{lookupTimeout: lookupTimeout, skipPrivate: skipPrivate, failLog: plugins.Throttle{Every: time.Minute}}
+	p := &DNSBL{lookupTimeout: lookupTimeout, skipPrivate: skipPrivate, failLog: throttle.Throttle{Every: time.Minute}}
 	if len(zones) == 0 {
 		return nil, bad("zones", pc.String("", "zones", ""), "lists no zone (give at least one, such as zen.spamhaus.org)")
 	}

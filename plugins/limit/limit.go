@@ -18,8 +18,8 @@ import (
 	"time"
 
 	"loopmx/config"
+	"loopmx/internal/redisx"
 	"loopmx/plugins"
-	"loopmx/plugins/redisx"
 	"loopmx/smtpproto"
 )
 

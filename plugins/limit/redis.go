@@ -13,8 +13,8 @@ import (
 	"github.com/redis/go-redis/v9"
 	"github.com/rs/zerolog"
 
+	"loopmx/internal/redisx"
 	"loopmx/plugins"
-	"loopmx/plugins/redisx"
 )
 
 // These are the Redis keys limit uses; every one expires by itself.

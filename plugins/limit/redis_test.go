@@ -5,9 +5,9 @@ import (
 	"strings"
 	"testing"
 
+	"loopmx/internal/redisx/redistest"
 	"loopmx/internal/servertest"
 	_ "loopmx/plugins/rcpt_to.in_host_list"
-	"loopmx/plugins/redisx/redistest"
 )
 
 // TestServerLimitsInMemory runs the in-memory limits through a real

@@ -7,7 +7,7 @@ import (
 	"time"
 
 	"loopmx/config"
-	"loopmx/plugins/redisx"
+	"loopmx/internal/redisx"
 )
 
 // rate is a number of events per period, written N/period in limit.ini

@@ -28,8 +28,8 @@ import (
 	"github.com/rs/zerolog"
 
 	"loopmx/config"
+	"loopmx/internal/redisx"
 	"loopmx/plugins"
-	"loopmx/plugins/redisx"
 )
 
 // Name is the plugin's name in the plugins file.

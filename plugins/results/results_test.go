@@ -13,10 +13,10 @@ import (
 	"github.com/rs/zerolog"
 
 	"loopmx/config"
+	"loopmx/internal/redisx/redistest"
 	"loopmx/internal/servertest"
 	"loopmx/plugins"
 	_ "loopmx/plugins/queue/discard"
-	"loopmx/plugins/redisx/redistest"
 	_ "loopmx/plugins/results"
 )
 

@@ -16,6 +16,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"loopmx/config"
+	"loopmx/internal/throttle"
 	"loopmx/plugins"
 	"loopmx/smtpproto"
 )
@@ -41,8 +42,8 @@ type TooBusy struct {
 	maxQueue int
 
 	// The log lines are rate limited per process, one a second each.
-	readingLog plugins.Throttle
-	refusalLog plugins.Throttle
+	readingLog throttle.Throttle
+	refusalLog throttle.Throttle
 }
 
 func setup(cfg *config.Config) (plugins.Plugin, error) {
@@ -69,7 +70,7 @@ func setup(cfg *config.Config) (plugins.Plugin, error) {
 // check off.
 func New(maxLag time.Duration, maxQueue int) *TooBusy {
 	return &TooBusy{maxLag: maxLag, maxQueue: maxQueue,
-		readingLog: plugins.Throttle{Every: time.Second}, refusalLog: plugins.Throttle{Every: time.Second}}
+		readingLog: throttle.Throttle{Every: time.Second}, refusalLog: throttle.Throttle{Every: time.Second}}
 }
 
 // Name implements plugins.Plugin.

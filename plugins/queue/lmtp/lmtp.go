@@ -8,8 +8,8 @@ package lmtp
 
 import (
 	"loopmx/config"
+	"loopmx/internal/nexthop"
 	"loopmx/plugins"
-	"loopmx/plugins/queue/nexthop"
 )
 
 // Name is the plugin's name in the plugins file; its settings are in

@@ -6,9 +6,9 @@ import (
 	"testing"
 	"time"
 
+	"loopmx/internal/nexthop/nexthoptest"
 	"loopmx/internal/servertest"
 	_ "loopmx/plugins/queue/lmtp"
-	"loopmx/plugins/queue/nexthop/nexthoptest"
 )
 
 const body = "From: Alice <alice@example.org>\r\n" +

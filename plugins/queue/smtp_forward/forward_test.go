@@ -9,8 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"loopmx/internal/nexthop/nexthoptest"
 	"loopmx/internal/servertest"
-	"loopmx/plugins/queue/nexthop/nexthoptest"
 	_ "loopmx/plugins/queue/smtp_forward"
 )
 

@@ -7,8 +7,8 @@ package smtpforward
 
 import (
 	"loopmx/config"
+	"loopmx/internal/nexthop"
 	"loopmx/plugins"
-	"loopmx/plugins/queue/nexthop"
 )
 
 // Name is the plugin's name in the plugins file; its settings are in

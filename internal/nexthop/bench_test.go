@@ -6,8 +6,8 @@ import (
 	"testing"
 	"time"
 
+	"loopmx/internal/nexthop/nexthoptest"
 	"loopmx/plugins"
-	"loopmx/plugins/queue/nexthop/nexthoptest"
 )
 
 // BenchmarkForward forwards 1 KiB messages over one pooled, pipelined

@@ -11,7 +11,7 @@ import (
 	"github.com/redis/go-redis/v9"
 	"github.com/rs/zerolog"
 
-	"loopmx/plugins"
+	"loopmx/internal/throttle"
 )
 
 // DownInterval is the least time between two "redis unavailable" lines of
@@ -106,7 +106,7 @@ func (d *DownLogger) IsDown() bool { return d.down.Load() }
 // per DownInterval: the plugins' DownLoggers already report an outage.
 type libraryLogger struct {
 	log      zerolog.Logger
-	throttle plugins.Throttle
+	throttle throttle.Throttle
 }
 
 func (l *libraryLogger) Printf(_ context.Context, format string, v ...any) {
@@ -123,7 +123,7 @@ func quietLibrary() {
 	quietOnce.Do(func() {
 		redis.SetLogger(&libraryLogger{
 			log:      zerolog.New(os.Stderr).With().Timestamp().Int("pid", os.Getpid()).Logger(),
-			throttle: plugins.Throttle{Every: DownInterval},
+			throttle: throttle.Throttle{Every: DownInterval},
 		})
 	})
 }

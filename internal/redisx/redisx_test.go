@@ -9,8 +9,8 @@ import (
 	"time"
 
 	"loopmx/config"
-	"loopmx/plugins/redisx"
-	"loopmx/plugins/redisx/redistest"
+	"loopmx/internal/redisx"
+	"loopmx/internal/redisx/redistest"
 )
 
 // loadDir writes files (name -> content) into a new config directory and

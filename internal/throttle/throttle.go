@@ -1,4 +1,4 @@
-package plugins
+package throttle
 
 import (
 	"sync/atomic"
