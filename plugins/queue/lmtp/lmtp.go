@@ -1,7 +1,7 @@
 // Package lmtp is the queue/lmtp plugin: every message that passes the
 // earlier hooks is handed to a mail store over LMTP (RFC 2033), and the
 // client hears 250 only once the store said 250 for every recipient. The
-// client side lives in plugins/queue/nexthop, shared with
+// client side lives in internal/nexthop, shared with
 // queue/smtp_forward; README.md says what the client is told when the
 // store accepts the message for some recipients and not for others.
 package lmtp

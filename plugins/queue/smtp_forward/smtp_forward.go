@@ -1,7 +1,7 @@
 // Package smtpforward is the queue/smtp_forward plugin: every message
 // that passes the earlier hooks is handed to a next hop over SMTP, and the
 // client hears 250 only once the next hop said 250. The client side lives
-// in plugins/queue/nexthop, shared with queue/lmtp; README.md says what the
+// in internal/nexthop, shared with queue/lmtp; README.md says what the
 // client is told in each case.
 package smtpforward
 
