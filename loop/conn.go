@@ -286,7 +286,7 @@ func (c *conn) endTx(result string, code, size int) {
 	if tx == nil {
 		return
 	}
-	if ch := c.el.srv.chain; ch.HasTxEnd() {
+	if ch := c.el.srv.chain; ch.Has(plugins.HookTxEnd) {
 		ch.TxEnded(c.pc, tx)
 	}
 	if l := c.el.srv.log.Info(); l.Enabled() {

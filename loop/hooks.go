@@ -169,7 +169,7 @@ func (c *conn) resolve(call plugins.Call, res plugins.Result) {
 	rep := plugins.ReplyFor(call.Hook, res)
 	ok := rep.Positive()
 	if !ok {
-		if ch.HasDenied() {
+		if ch.Has(plugins.HookDeny) {
 			ch.Denied(c.pc, call.Hook, res)
 		}
 		c.logReject(call, res, rep)
@@ -192,7 +192,7 @@ func (c *conn) resolve(call plugins.Call, res plugins.Result) {
 	case plugins.HookHelo, plugins.HookEhlo:
 		if ok {
 			c.endTx("reset", 0, 0)
-			if call.Hook == plugins.HookEhlo && ch.HasCapabilities() {
+			if call.Hook == plugins.HookEhlo && ch.Has(plugins.HookCapabilities) {
 				c.sess.SetEHLOKeywords(ch.Capabilities(c.pc, c.el.srv.opts.Proto.Keywords(c.sess.TLS())))
 			}
 		}

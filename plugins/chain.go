@@ -21,9 +21,6 @@ type entry struct {
 type Chain struct {
 	entries []entry
 	byHook  [numHooks][]int // indexes into entries, per hook
-	caps    []int           // plugins with a capabilities hook
-	denied  []int           // plugins with a deny hook
-	txEnd   []int           // plugins with a transaction-end hook
 }
 
 // Build creates every plugin named in cfg.Plugins, in order. An unknown
@@ -71,52 +68,17 @@ func (ch *Chain) add(name string, p Plugin) {
 	e.cb, _ = p.(ConnBlocker)
 	b, _ := p.(Blocker)
 	idx := len(ch.entries)
-	if _, ok := p.(CapabilitiesHook); ok {
-		ch.caps = append(ch.caps, idx)
-	}
-	if _, ok := p.(DenyHook); ok {
-		ch.denied = append(ch.denied, idx)
-	}
-	if _, ok := p.(TxEndHook); ok {
-		ch.txEnd = append(ch.txEnd, idx)
-	}
-	for h := Hook(0); h < numHooks; h++ {
-		if !implements(p, h) {
+	for h := range numHooks {
+		spec := &hookTable[h]
+		if !spec.has(p) {
 			continue
 		}
-		if b != nil {
+		if b != nil && !spec.notify {
 			e.blocks[h] = b.Blocks(h)
 		}
 		ch.byHook[h] = append(ch.byHook[h], idx)
 	}
 	ch.entries = append(ch.entries, e)
-}
-
-func implements(p Plugin, h Hook) bool {
-	var ok bool
-	switch h {
-	case HookConnect:
-		_, ok = p.(ConnectHook)
-	case HookHelo:
-		_, ok = p.(HeloHook)
-	case HookEhlo:
-		_, ok = p.(EhloHook)
-	case HookDataPost:
-		_, ok = p.(DataPostHook)
-	case HookUnrecognized:
-		_, ok = p.(UnrecognizedHook)
-	case HookMail:
-		_, ok = p.(MailHook)
-	case HookRcpt:
-		_, ok = p.(RcptHook)
-	case HookData:
-		_, ok = p.(DataHook)
-	case HookQueue:
-		_, ok = p.(QueueHook)
-	case HookDisconnect:
-		_, ok = p.(DisconnectHook)
-	}
-	return ok
 }
 
 // Has reports whether any plugin implements h.
@@ -144,14 +106,6 @@ func (ch *Chain) Close() error {
 	return errors.Join(errs...)
 }
 
-// Call is one hook invocation: the hook, its argument (HELO name or path),
-// and the message for the queue hook.
-type Call struct {
-	Hook Hook
-	Arg  string
-	Msg  *Message
-}
-
 // Step runs the plugins of call.Hook from position i while their hooks do
 // not block. It returns done with the chain's result, or !done with the
 // position of the first blocking hook, which the caller must hand to
@@ -168,7 +122,7 @@ func (ch *Chain) Step(c *Conn, call *Call, i int) (res Result, next int, done bo
 			return r, i, true
 		}
 	}
-	return ch.fallthrough_(call.Hook), i, true
+	return hookTable[call.Hook].undecided, i, true
 }
 
 // RunOne runs only the plugin at position i of call.Hook. The loop uses
@@ -177,7 +131,7 @@ func (ch *Chain) Step(c *Conn, call *Call, i int) (res Result, next int, done bo
 func (ch *Chain) RunOne(c *Conn, call *Call, i int) Result {
 	list := ch.byHook[call.Hook]
 	if i >= len(list) {
-		return ch.fallthrough_(call.Hook)
+		return hookTable[call.Hook].undecided
 	}
 	return ch.invoke(&ch.entries[list[i]], c, call)
 }
@@ -201,49 +155,38 @@ func (ch *Chain) PluginAt(h Hook, i int) string {
 	return ch.entries[list[i]].name
 }
 
-// HasCapabilities reports whether any plugin edits EHLO keywords.
-func (ch *Chain) HasCapabilities() bool { return len(ch.caps) > 0 }
+// Notify runs an informational hook (capabilities, deny, tx_end): every
+// plugin that has it, inline and in order. A panic is logged with the
+// plugin's name and goes no further.
+func (ch *Chain) Notify(c *Conn, call *Call) {
+	for _, i := range ch.byHook[call.Hook] {
+		e := &ch.entries[i]
+		func() {
+			defer func() {
+				if v := recover(); v != nil && c.Log != nil {
+					c.Log.Error().Str("plugin", e.name).Str("hook", call.Hook.String()).Str("panic", fmt.Sprint(v)).Msg("plugin panicked")
+				}
+			}()
+			hookTable[call.Hook].call(e.p, c, call)
+		}()
+	}
+}
 
 // Capabilities lets every capabilities hook edit the EHLO keywords.
 func (ch *Chain) Capabilities(c *Conn, caps []string) []string {
-	for _, i := range ch.caps {
-		e := &ch.entries[i]
-		guard(c, e.name, "capabilities", func() { caps = e.p.(CapabilitiesHook).Capabilities(c, caps) })
-	}
-	return caps
+	call := Call{Hook: HookCapabilities, Caps: caps}
+	ch.Notify(c, &call)
+	return call.Caps
 }
-
-// guard runs an informational hook; a panic is logged with the plugin's
-// name and goes no further.
-func guard(c *Conn, name, hook string, f func()) {
-	defer func() {
-		if v := recover(); v != nil && c.Log != nil {
-			c.Log.Error().Str("plugin", name).Str("hook", hook).Str("panic", fmt.Sprint(v)).Msg("plugin panicked")
-		}
-	}()
-	f()
-}
-
-// HasDenied reports whether any plugin has a deny hook.
-func (ch *Chain) HasDenied() bool { return len(ch.denied) > 0 }
 
 // Denied tells every deny hook about a rejection or temporary failure.
 func (ch *Chain) Denied(c *Conn, h Hook, r Result) {
-	for _, i := range ch.denied {
-		e := &ch.entries[i]
-		guard(c, e.name, "deny", func() { e.p.(DenyHook).Denied(c, h, r) })
-	}
+	ch.Notify(c, &Call{Hook: HookDeny, Denied: h, Verdict: r})
 }
-
-// HasTxEnd reports whether any plugin wants to see transactions end.
-func (ch *Chain) HasTxEnd() bool { return len(ch.txEnd) > 0 }
 
 // TxEnded tells every transaction-end hook that tx is over.
 func (ch *Chain) TxEnded(c *Conn, tx *Transaction) {
-	for _, i := range ch.txEnd {
-		e := &ch.entries[i]
-		guard(c, e.name, "tx_end", func() { e.p.(TxEndHook).TxEnded(c, tx) })
-	}
+	ch.Notify(c, &Call{Hook: HookTxEnd, Tx: tx})
 }
 
 // RunFrom runs the plugins of call.Hook from position i to a decision,
@@ -255,16 +198,7 @@ func (ch *Chain) RunFrom(c *Conn, call *Call, i int) Result {
 			return r
 		}
 	}
-	return ch.fallthrough_(call.Hook)
-}
-
-// fallthrough_ is the result when no plugin decided. A message that no
-// queue plugin took is never acknowledged.
-func (ch *Chain) fallthrough_(h Hook) Result {
-	if h == HookQueue {
-		return Result{Action: TempFail, Reply: InternalError().Reply, Plugin: "(no queue plugin accepted)"}
-	}
-	return Result{}
+	return hookTable[call.Hook].undecided
 }
 
 // invoke calls one plugin's hook and turns a panic into a logged 451.
@@ -279,28 +213,7 @@ func (ch *Chain) invoke(e *entry, c *Conn, call *Call) (r Result) {
 			r.Plugin = e.name
 		}
 	}()
-	switch call.Hook {
-	case HookConnect:
-		r = e.p.(ConnectHook).Connect(c)
-	case HookHelo:
-		r = e.p.(HeloHook).Helo(c, call.Arg)
-	case HookEhlo:
-		r = e.p.(EhloHook).Ehlo(c, call.Arg)
-	case HookDataPost:
-		r = e.p.(DataPostHook).DataPost(c, call.Msg)
-	case HookUnrecognized:
-		r = e.p.(UnrecognizedHook).Unrecognized(c, call.Arg)
-	case HookMail:
-		r = e.p.(MailHook).Mail(c, call.Arg)
-	case HookRcpt:
-		r = e.p.(RcptHook).Rcpt(c, call.Arg)
-	case HookData:
-		r = e.p.(DataHook).Data(c)
-	case HookQueue:
-		r = e.p.(QueueHook).Queue(c, call.Msg)
-	case HookDisconnect:
-		e.p.(DisconnectHook).Disconnect(c)
-	}
+	r = hookTable[call.Hook].call(e.p, c, call)
 	r.Plugin = e.name
 	return r
 }

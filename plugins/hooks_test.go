@@ -136,8 +136,8 @@ func TestCapabilities(t *testing.T) {
 			return out
 		}},
 	)
-	if !ch.HasCapabilities() {
-		t.Fatal("HasCapabilities is false")
+	if !ch.Has(plugins.HookCapabilities) {
+		t.Fatal("Has(capabilities) is false")
 	}
 	got := ch.Capabilities(&plugins.Conn{ID: "t.1", Log: logTo(&logBuf)}, []string{"PIPELINING", "CHUNKING"})
 	if want := []string{"PIPELINING", "XCLIENT"}; !reflect.DeepEqual(got, want) {
@@ -146,8 +146,8 @@ func TestCapabilities(t *testing.T) {
 	if !strings.Contains(logBuf.String(), `"plugin":"broken"`) {
 		t.Errorf("the panic was not logged with the plugin name: %q", logBuf.String())
 	}
-	if plugins.NewChain(rcptOnly{}).HasCapabilities() {
-		t.Error("HasCapabilities is true without a capabilities plugin")
+	if plugins.NewChain(rcptOnly{}).Has(plugins.HookCapabilities) {
+		t.Error("Has(capabilities) is true without a capabilities plugin")
 	}
 }
 
@@ -158,8 +158,8 @@ func TestDenied(t *testing.T) {
 		&denyPlugin{name: "karma", seen: &seen, panic: true},
 		&denyPlugin{name: "log", seen: &seen},
 	)
-	if !ch.HasDenied() {
-		t.Fatal("HasDenied is false")
+	if !ch.Has(plugins.HookDeny) {
+		t.Fatal("Has(deny) is false")
 	}
 	ch.Denied(&plugins.Conn{ID: "t.1", Log: logTo(&logBuf)}, plugins.HookRcpt, plugins.Result{Action: plugins.Reject, Plugin: "rcpt_to.in_host_list"})
 	want := []string{"karma rcpt rcpt_to.in_host_list", "log rcpt rcpt_to.in_host_list"}

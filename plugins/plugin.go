@@ -13,7 +13,6 @@ package plugins
 import (
 	"bufio"
 	"bytes"
-	"fmt"
 	"net/mail"
 	"net/textproto"
 	"sort"
@@ -25,109 +24,6 @@ import (
 // Plugin is anything registered under a name.
 type Plugin interface {
 	Name() string
-}
-
-// Hook names a hook point.
-type Hook uint8
-
-// The hook points, in the order a session meets them.
-const (
-	HookConnect Hook = iota
-	HookHelo
-	HookEhlo
-	HookMail
-	HookRcpt
-	HookData
-	HookDataPost
-	HookQueue
-	HookUnrecognized
-	HookDisconnect
-	numHooks
-)
-
-var hookNames = [...]string{"connect", "helo", "ehlo", "mail", "rcpt", "data", "data_post", "queue", "unrecognized_command", "disconnect"}
-
-func (h Hook) String() string {
-	if int(h) < len(hookNames) {
-		return hookNames[h]
-	}
-	return fmt.Sprintf("hook(%d)", h)
-}
-
-// ConnectHook runs when a connection opens, before the banner.
-type ConnectHook interface {
-	Connect(c *Conn) Result
-}
-
-// HeloHook runs for HELO.
-type HeloHook interface {
-	Helo(c *Conn, name string) Result
-}
-
-// EhloHook runs for EHLO.
-type EhloHook interface {
-	Ehlo(c *Conn, name string) Result
-}
-
-// CapabilitiesHook edits the EHLO keywords offered to a client (add or
-// remove entries of caps and return it). It runs inline, after the EHLO
-// hooks accepted, and must not block.
-type CapabilitiesHook interface {
-	Capabilities(c *Conn, caps []string) []string
-}
-
-// MailHook runs for MAIL FROM; from is "" for the null sender.
-type MailHook interface {
-	Mail(c *Conn, from string) Result
-}
-
-// RcptHook runs for each RCPT TO.
-type RcptHook interface {
-	Rcpt(c *Conn, to string) Result
-}
-
-// DataHook runs at DATA, or the first BDAT of a transaction.
-type DataHook interface {
-	Data(c *Conn) Result
-}
-
-// DataPostHook runs when the whole message is in, before the queue hooks;
-// m.Header() parses its header.
-type DataPostHook interface {
-	DataPost(c *Conn, m *Message) Result
-}
-
-// QueueHook takes a complete message. Returning Accept means the message is
-// durable or the next hop has it (the client is told 250); anything else
-// makes the client retry or give up. A queue hook should always block.
-type QueueHook interface {
-	Queue(c *Conn, m *Message) Result
-}
-
-// UnrecognizedHook sees commands loopmx does not implement (line is the
-// whole command). Continue gives the default 500/502 reply; Accept with a
-// Reply answers the command instead.
-type UnrecognizedHook interface {
-	Unrecognized(c *Conn, line string) Result
-}
-
-// DisconnectHook runs after the connection has closed. Its Result is
-// ignored.
-type DisconnectHook interface {
-	Disconnect(c *Conn)
-}
-
-// TxEndHook sees every transaction end (its message queued or refused,
-// RSET, a new HELO, the connection closing) while the transaction is still
-// at hand; tx is the one ending. It runs inline and must not block.
-type TxEndHook interface {
-	TxEnded(c *Conn, tx *Transaction)
-}
-
-// DenyHook sees every rejection or temporary failure any hook decided
-// (for logging, reputation, karma). It runs inline and must not block.
-type DenyHook interface {
-	Denied(c *Conn, h Hook, r Result)
 }
 
 // Blocker is implemented by plugins that have hooks which may wait.

@@ -2,6 +2,7 @@ package plugins
 
 import (
 	"time"
+	"unicode/utf8"
 
 	"loopmx/smtpproto"
 )
@@ -79,7 +80,7 @@ func ReplyFor(h Hook, r Result) smtpproto.Reply {
 	switch r.Action {
 	case Continue, Accept:
 		if h == HookQueue && rep.IsZero() {
-			return smtpproto.Reply{Code: 250, Enhanced: "2.0.0", Text: "Ok: queued"}
+			return queuedReply("", "")
 		}
 		if rep.Code >= 400 {
 			// An accepting plugin with a refusal code: the action wins,
@@ -115,4 +116,42 @@ func ReplyFor(h Hook, r Result) smtpproto.Reply {
 		}
 	}
 	return rep
+}
+
+// Queued is a queue plugin's acceptance: 250 2.0.0 "Ok: queued as <id>"
+// with the transaction id (the connection id outside one), and detail in
+// parentheses when there is one. Every queue plugin answers through it, so
+// clients and log readers see one shape.
+func Queued(c *Conn, detail string) Result {
+	id := c.ID
+	if c.Tx != nil {
+		id = c.Tx.ID
+	}
+	return Result{Action: Accept, Reply: queuedReply(id, detail)}
+}
+
+// maxReplyText bounds a reply's text so that with the codes and CRLF the
+// line stays within RFC 5321 4.5.3.1.5's 512 octets.
+const maxReplyText = 480
+
+func queuedReply(id, detail string) smtpproto.Reply {
+	text := "Ok: queued"
+	if id != "" {
+		text += " as " + id
+	}
+	if detail != "" {
+		text = clipText(text+" ("+detail, maxReplyText-1) + ")"
+	}
+	return smtpproto.Reply{Code: 250, Enhanced: "2.0.0", Text: text}
+}
+
+// clipText cuts s to at most n octets, at a UTF-8 character boundary.
+func clipText(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n]
 }

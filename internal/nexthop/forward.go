@@ -227,9 +227,7 @@ func (f *Forwarder) accepted(c *plugins.Conn, d *delivery, r Reply) plugins.Resu
 		ev.Str("plugin", f.name).Str("tx", c.Tx.ID).Str("host", d.host).
 			Str("backend", r.Error()).Msg("next hop took the message")
 	}
-	return plugins.Result{Action: plugins.Accept, Reply: smtpproto.Reply{
-		Code: 250, Enhanced: "2.0.0", Text: clip("Ok: queued as "+c.Tx.ID+" (backend: "+r.Text, maxText-1) + ")",
-	}}
+	return plugins.Queued(c, "backend: "+r.Text)
 }
 
 // maxText bounds the text of our replies: with the code, the enhanced

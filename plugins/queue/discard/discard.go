@@ -10,7 +10,6 @@ import (
 
 	"loopmx/config"
 	"loopmx/plugins"
-	"loopmx/smtpproto"
 )
 
 // Name is the plugin's name in the plugins file.
@@ -39,11 +38,7 @@ func (Discard) Name() string { return Name }
 
 // Queue implements plugins.QueueHook; it runs inline, it never waits.
 func (Discard) Queue(c *plugins.Conn, _ *plugins.Message) plugins.Result {
-	id := c.ID
-	if c.Tx != nil {
-		id = c.Tx.ID
-	}
-	return plugins.Result{Action: plugins.Accept, Reply: smtpproto.Reply{Code: 250, Enhanced: "2.0.0", Text: "Ok: queued as " + id + " (discarded)"}}
+	return plugins.Queued(c, "discarded")
 }
 
 var _ plugins.QueueHook = Discard{}

@@ -19,7 +19,6 @@ import (
 
 	"loopmx/config"
 	"loopmx/plugins"
-	"loopmx/smtpproto"
 )
 
 // Name is the plugin's name in the plugins file.
@@ -95,7 +94,7 @@ func (m *Maildir) Queue(c *plugins.Conn, msg *plugins.Message) plugins.Result {
 		c.Log.Error().Err(err).Str("plugin", Name).Str("tx", txID(c)).Msg("cannot store message")
 		return plugins.InternalError()
 	}
-	return plugins.Result{Action: plugins.Accept, Reply: smtpproto.Reply{Code: 250, Enhanced: "2.0.0", Text: "Ok: queued as " + txID(c)}}
+	return plugins.Queued(c, "")
 }
 
 func (m *Maildir) deliver(c *plugins.Conn, msg *plugins.Message, name string, now time.Time) (err error) {
