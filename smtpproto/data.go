@@ -24,7 +24,7 @@ func (s *Session) data(in []byte) (int, bool) {
 	i := 0
 	for i < len(in) {
 		c := in[i]
-		switch s.dst {
+		switch s.dotState {
 		case dsMid:
 			// Fast path: copy the run up to the next CR or LF at once.
 			j := i
@@ -38,7 +38,7 @@ func (s *Session) data(in []byte) (int, bool) {
 				continue
 			}
 			if c == '\r' {
-				s.dst = dsCR
+				s.dotState = dsCR
 			} else { // bare LF: kept under KeepBareLineEndings, ends a line
 				s.bareEOL = true
 				s.put(in[i : i+1])
@@ -48,18 +48,18 @@ func (s *Session) data(in []byte) (int, bool) {
 		case dsLineStart:
 			switch c {
 			case '.':
-				s.dst = dsDot
+				s.dotState = dsDot
 			case '\r':
-				s.dst = dsCR
+				s.dotState = dsCR
 			case '\n':
 				s.bareEOL = true
 				s.put(in[i : i+1])
 				s.checkLine()
-				s.dst = dsMid
+				s.dotState = dsMid
 			default:
 				s.lineLen++
 				s.put(in[i : i+1])
-				s.dst = dsMid
+				s.dotState = dsMid
 			}
 			i++
 		case dsDot:
@@ -67,31 +67,31 @@ func (s *Session) data(in []byte) (int, bool) {
 			// the line's content.
 			switch c {
 			case '\r':
-				s.dst = dsDotCR
+				s.dotState = dsDotCR
 				i++
 			default:
-				s.dst = dsMid
+				s.dotState = dsMid
 			}
 		case dsDotCR:
 			if c == '\n' {
 				s.checkLine()
-				s.dst = dsLineStart
+				s.dotState = dsLineStart
 				return i + 1, true
 			}
 			// "." CR not followed by LF: a bare CR inside the line.
 			s.bareEOL = true
 			s.lineLen++
 			s.put(crByte)
-			s.dst = dsMid
+			s.dotState = dsMid
 			if c == '\r' {
-				s.dst = dsCR
+				s.dotState = dsCR
 				i++
 			}
 		case dsCR:
 			if c == '\n' {
 				s.put(crlfBytes)
 				s.checkLine()
-				s.dst = dsLineStart
+				s.dotState = dsLineStart
 				i++
 				continue
 			}
@@ -99,9 +99,9 @@ func (s *Session) data(in []byte) (int, bool) {
 			s.bareEOL = true
 			s.lineLen++
 			s.put(crByte)
-			s.dst = dsMid
+			s.dotState = dsMid
 			if c == '\r' {
-				s.dst = dsCR
+				s.dotState = dsCR
 				i++
 			}
 		}
@@ -152,7 +152,7 @@ func (s *Session) startBody() {
 		s.body = make([]byte, 0, want)
 	}
 	s.lineLen = 0
-	s.dst = dsMid // BDAT's line scanner; DATA starts at dsLineStart
+	s.dotState = dsMid // BDAT's line scanner; DATA starts at dsLineStart
 }
 
 // bodyPool recycles message buffers between transactions so an idle
@@ -201,7 +201,7 @@ func (s *Session) bdatCmd(arg []byte) Event {
 		s.bdatReject = replyNeedMail
 	case s.usedData:
 		s.bdatReject = replyMixedBdat
-	case len(s.tx.Rcpts) == 0:
+	case s.tx.Recipients == 0:
 		s.bdatReject = replyNoValidRcpt
 	default:
 		s.bdatCountErr = false
@@ -270,7 +270,7 @@ func (s *Session) bdatChunk(in []byte) (int, Event) {
 	if !s.bdatLast {
 		return take, reply(replyChunkOK)
 	}
-	if s.dst == dsCR {
+	if s.dotState == dsCR {
 		s.bareEOL = true // the message ends in a lone CR
 	}
 	s.checkLine()
@@ -290,18 +290,18 @@ func (s *Session) bdatChunk(in []byte) (int, Event) {
 func (s *Session) scanChunk(b []byte) {
 	for _, c := range b {
 		switch {
-		case s.dst == dsCR && c == '\n':
+		case s.dotState == dsCR && c == '\n':
 			s.checkLine()
-			s.dst = dsMid
+			s.dotState = dsMid
 			continue
-		case s.dst == dsCR:
+		case s.dotState == dsCR:
 			s.bareEOL = true
 			s.lineLen++
 		}
-		s.dst = dsMid
+		s.dotState = dsMid
 		switch c {
 		case '\r':
-			s.dst = dsCR
+			s.dotState = dsCR
 		case '\n':
 			s.bareEOL = true
 			s.checkLine()

@@ -75,7 +75,7 @@ func checkReplies(t *testing.T, cfg *Config, in []byte) {
 			t.Fatalf("Next used %d of %d octets", n, len(in))
 		}
 		in = in[n:]
-		checkReply(t, ev.Reply, s.Extended)
+		checkReply(t, ev.Reply, s.Extended())
 		switch ev.Kind {
 		case KindHelo:
 			checkReply(t, s.Resolve(Reply{}), false)
@@ -83,7 +83,7 @@ func checkReplies(t *testing.T, cfg *Config, in []byte) {
 			if !s.Pending() {
 				t.Fatalf("event %d but nothing pending", ev.Kind)
 			}
-			checkReply(t, s.Resolve(Reply{}), s.Extended)
+			checkReply(t, s.Resolve(Reply{}), s.Extended())
 		}
 		if ev.Close {
 			if !s.Closed() {

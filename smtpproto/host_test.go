@@ -65,10 +65,12 @@ func TestTxParameters(t *testing.T) {
 	}
 }
 
-// TestTxEnvelope checks that Tx holds the envelope the host accepted.
+// TestTxEnvelope checks that the session hands each path to the host in
+// its event (the host owns the envelope) and counts accepted recipients.
 func TestTxEnvelope(t *testing.T) {
 	s := NewSession(testConfig())
 	in := []byte(inEHLO + "MAIL FROM:<a@b.test>\r\nRCPT TO:<d@e.test>\r\nRCPT TO:<f@g.test>\r\nDATA\r\nx\r\n.\r\n")
+	var paths []string
 	for {
 		n, ev := s.Next(in)
 		in = in[n:]
@@ -76,12 +78,14 @@ func TestTxEnvelope(t *testing.T) {
 		case KindNeedMore:
 			t.Fatal("no message")
 		case KindMessage:
-			tx := s.Tx()
-			if tx.From != "a@b.test" || strings.Join(tx.Rcpts, ",") != "d@e.test,f@g.test" {
-				t.Fatalf("Tx From=%q Rcpts=%q, want From=\"a@b.test\" Rcpts=[\"d@e.test\" \"f@g.test\"]", tx.From, tx.Rcpts)
+			if got := strings.Join(paths, ","); got != "a@b.test,d@e.test,f@g.test" || s.Tx().Recipients != 2 {
+				t.Fatalf("paths %q, %d recipients; want a@b.test,d@e.test,f@g.test and 2", got, s.Tx().Recipients)
 			}
 			return
 		case KindReply:
+		case KindMail, KindRcpt:
+			paths = append(paths, ev.Arg)
+			s.Resolve(Reply{})
 		default:
 			s.Resolve(Reply{})
 		}
@@ -188,12 +192,12 @@ func TestReset(t *testing.T) {
 			s.Resolve(Reply{})
 		}
 	}
-	if !s.Extended || s.Helo != "client.test" || !s.Tx().Active {
-		t.Fatalf("before Reset: Extended=%v Helo=%q Active=%v", s.Extended, s.Helo, s.Tx().Active)
+	if !s.Extended() || !s.Greeted() || !s.Tx().Active {
+		t.Fatalf("before Reset: Extended=%v Greeted=%v Active=%v", s.Extended(), s.Greeted(), s.Tx().Active)
 	}
 	s.Reset()
-	if s.Extended || s.Helo != "" || s.Tx().Active {
-		t.Fatalf("after Reset: Extended=%v Helo=%q Active=%v", s.Extended, s.Helo, s.Tx().Active)
+	if s.Extended() || s.Greeted() || s.Tx().Active {
+		t.Fatalf("after Reset: Extended=%v Greeted=%v Active=%v", s.Extended(), s.Greeted(), s.Tx().Active)
 	}
 	_, ev := s.Next([]byte("MAIL FROM:<a@b.test>\r\n"))
 	if got, want := string(ev.Reply), "503 5.5.1 Error: send HELO/EHLO first\r\n"; got != want {

@@ -245,7 +245,7 @@ func cutFold(s, prefix string) (string, bool) {
 // 555 5.5.4. Parameters are only allowed after EHLO.
 func (s *Session) mailParams(params []byte, tx *Tx) []byte {
 	for _, p := range bytes.Fields(params) {
-		if !s.Extended {
+		if !s.extended {
 			return replyBadParam
 		}
 		key, val, hasVal := bytes.Cut(p, []byte{'='})

@@ -52,14 +52,14 @@ type Event struct {
 	EndTx bool
 }
 
-// Tx is the current mail transaction as the host sees it.
+// Tx is the protocol state of the current mail transaction. The envelope
+// itself (the sender and recipient paths) is the host's: the session hands
+// each path over in its Event and keeps only what the protocol needs.
 type Tx struct {
 	// Active is true once MAIL was accepted.
 	Active bool
-	// From is the reverse path without angle brackets ("" for <>).
-	From string
-	// Rcpts are the accepted forward paths in order.
-	Rcpts []string
+	// Recipients counts the accepted RCPT commands.
+	Recipients int
 	// SMTPUTF8 is true when MAIL carried SMTPUTF8 (RFC 6531).
 	SMTPUTF8 bool
 	// Body8Bit is true when MAIL carried BODY=8BITMIME (RFC 6152).
@@ -87,9 +87,8 @@ type Session struct {
 	pending     Kind
 	bdatPending bool // the pending KindData came from BDAT
 
-	// Helo is the accepted HELO/EHLO name; Extended is true after EHLO.
-	Helo     string
-	Extended bool
+	greeted  bool // a HELO or EHLO was accepted
+	extended bool // the accepted greeting was EHLO
 	errors   int
 
 	tx           Tx
@@ -103,7 +102,7 @@ type Session struct {
 	// message body state
 	body     []byte
 	bodySize int64
-	dst      uint8 // dot-state, see data.go
+	dotState uint8 // where DATA is in a line, see data.go
 	lineLen  int
 	tooBig   bool
 	longLine bool
@@ -128,8 +127,8 @@ func NewSession(cfg *Config) *Session {
 // STARTTLS: the HELO name and any transaction are forgotten.
 func (s *Session) Reset() {
 	s.resetTx()
-	s.Helo = ""
-	s.Extended = false
+	s.greeted = false
+	s.extended = false
 	s.st = stCommand
 }
 
@@ -150,6 +149,11 @@ func (s *Session) DetachBody() { s.body = nil }
 
 // PendingEHLO reports whether the pending KindHelo came from EHLO.
 func (s *Session) PendingEHLO() bool { return s.pendExt }
+
+// Greeted reports whether a HELO or EHLO was accepted; Extended whether
+// that greeting was EHLO.
+func (s *Session) Greeted() bool  { return s.greeted }
+func (s *Session) Extended() bool { return s.extended }
 
 // Errors returns the number of protocol errors so far.
 func (s *Session) Errors() int { return s.errors }
@@ -173,14 +177,14 @@ func (s *Session) Protocol() string {
 		return "UTF8SMTP"
 	case s.tls:
 		return "ESMTPS"
-	case s.Extended:
+	case s.extended:
 		return "ESMTP"
 	}
 	return "SMTP"
 }
 
 func (s *Session) resetTx() {
-	s.tx = Tx{Rcpts: s.tx.Rcpts[:0]}
+	s.tx = Tx{}
 	releaseBody(s.body)
 	s.body = nil
 	s.bodySize = 0
@@ -320,7 +324,7 @@ func (s *Session) startTLS(arg []byte) Event {
 		return s.fail(replyTLSActive)
 	case len(bytes.TrimSpace(arg)) > 0:
 		return s.fail(replySyntaxNoArg)
-	case s.Helo == "" || !s.Extended:
+	case !s.greeted || !s.extended:
 		return s.fail(replyEhloFirst)
 	}
 	s.st = stClosed // nothing is parsed until StartedTLS
@@ -372,7 +376,7 @@ func (s *Session) pend(k Kind, arg string) Event {
 }
 
 func (s *Session) mail(arg []byte) Event {
-	if s.Helo == "" {
+	if !s.greeted {
 		return s.fail(replyHeloFirst)
 	}
 	if s.tx.Active {
@@ -424,7 +428,7 @@ func (s *Session) rcpt(arg []byte) Event {
 	if r != nil {
 		return s.fail(r)
 	}
-	if len(s.tx.Rcpts) >= s.cfg.MaxRecipients {
+	if s.tx.Recipients >= s.cfg.MaxRecipients {
 		// RFC 5321 4.5.3.1.10: 452 for too many recipients; not an error.
 		return reply(replyTooMany)
 	}
@@ -441,7 +445,7 @@ func (s *Session) dataCmd(arg []byte) Event {
 	if s.usedBdat {
 		return s.fail(replyMixedBdat)
 	}
-	if len(s.tx.Rcpts) == 0 {
+	if s.tx.Recipients == 0 {
 		// RFC 5321 3.3: no valid recipients; 554 (503 is also allowed).
 		return s.fail(replyNoValidRcpt)
 	}
@@ -485,9 +489,9 @@ func (s *Session) Resolve(r Reply) []byte {
 		if ok {
 			// RFC 5321 4.1.4: HELO/EHLO resets any transaction.
 			s.resetTx()
-			s.Helo = s.pendArg
-			s.Extended = s.pendExt
-			if s.Extended {
+			s.greeted = true
+			s.extended = s.pendExt
+			if s.extended {
 				out = s.cfg.ehloReply
 				if s.tls {
 					out = s.cfg.ehloReplyTLS
@@ -504,14 +508,13 @@ func (s *Session) Resolve(r Reply) []byte {
 		if ok {
 			s.tx = s.pendTx
 			s.tx.Active = true
-			s.tx.From = s.pendArg
 			if out == nil {
 				out = replyMailOK
 			}
 		}
 	case KindRcpt:
 		if ok {
-			s.tx.Rcpts = append(s.tx.Rcpts, s.pendArg)
+			s.tx.Recipients++
 			if out == nil {
 				out = replyRcptOK
 			}
@@ -534,7 +537,7 @@ func (s *Session) Resolve(r Reply) []byte {
 			s.usedData = true
 			s.startBody()
 			s.st = stData
-			s.dst = dsLineStart
+			s.dotState = dsLineStart
 			if out == nil || out[0] != '3' {
 				out = replyDataGo
 			}
