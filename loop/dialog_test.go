@@ -4,6 +4,7 @@ package loop_test
 // net/smtp, pipelining, smuggling, BDAT, size limits and protocol errors.
 
 import (
+	"fmt"
 	"net"
 	"net/smtp"
 	"os"
@@ -557,17 +558,17 @@ func TestEnhancedCodesAfterEHLO(t *testing.T) {
 
 // A message the protocol refuses at its end (too big, bare line ending,
 // long line) ends the transaction for the plugins and the log too: the
-// next MAIL hook sees no old transaction, and the refused one has its own
-// transaction log line.
+// next MAIL hook sees its own new transaction (not the old one), and the
+// refused one has its own transaction log line.
 func TestRefusedMessageEndsTransaction(t *testing.T) {
 	var mu sync.Mutex
 	var staleAt []string
 	seen := &hooks{
 		name: "test/sees-tx",
 		mail: func(c *plugins.Conn, from string) plugins.Result {
-			if c.Tx != nil {
+			if c.Tx == nil || c.Tx.From != from || len(c.Tx.Rcpts) > 0 {
 				mu.Lock()
-				staleAt = append(staleAt, from+" saw "+c.Tx.From)
+				staleAt = append(staleAt, fmt.Sprintf("%s saw %+v", from, c.Tx))
 				mu.Unlock()
 			}
 			return plugins.Next()
@@ -592,7 +593,7 @@ func TestRefusedMessageEndsTransaction(t *testing.T) {
 	mu.Lock()
 	defer mu.Unlock()
 	if len(staleAt) > 0 {
-		t.Errorf("MAIL hooks saw a finished transaction: %q", staleAt)
+		t.Errorf("MAIL hooks did not see their own new transaction: %q", staleAt)
 	}
 	logs := ts.log.String()
 	for _, code := range []string{`"code":552`, `"code":550`} {

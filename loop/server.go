@@ -27,7 +27,6 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
-	"golang.org/x/sys/unix"
 
 	"loopmx/config"
 	"loopmx/internal/throttle"
@@ -119,11 +118,13 @@ type listenKind struct {
 	Proxy bool // a PROXY protocol header first
 }
 
-// listener is one listening socket. Each loop registers it in its epoll
-// with its index in Server.listeners as the event's tag, so an event says
-// which listener it is for without a lookup.
+// listener is one listening socket. On Linux each loop registers fd in
+// its epoll with its index in Server.listeners as the event's tag, so an
+// event says which listener it is for without a lookup; elsewhere ln
+// accepts.
 type listener struct {
 	fd   int
+	ln   net.Listener
 	kind listenKind
 	addr netip.AddrPort // the bound address (the real port when 0 was asked)
 }
@@ -138,10 +139,10 @@ type Server struct {
 	listeners []listener
 	lstClosed bool // the listening sockets are closed (only Shutdown and New touch it)
 
-	tlsMu    sync.Mutex
-	tlsConns map[*conn]struct{}
-	tlsWG    sync.WaitGroup
-	loops    []*eventLoop
+	streamMu sync.Mutex
+	streams  map[*stream]struct{}
+	streamWG sync.WaitGroup
+	engine   engine // the platform's way to accept and serve
 
 	conns    atomic.Int64
 	ipMu     sync.Mutex
@@ -205,7 +206,7 @@ func New(opts Options, chain *plugins.Chain, pool *workpool.Pool) (*Server, erro
 		pool:           pool,
 		log:            opts.Log,
 		perIP:          map[netip.Addr]int32{},
-		tlsConns:       map[*conn]struct{}{},
+		streams:        map[*stream]struct{}{},
 		idPrefix:       strconv.FormatInt(time.Now().UnixNano()/1e6%(1<<40)^int64(os.Getpid())<<40, 36),
 		replyTooMany:   []byte("421 4.7.0 " + host + " Too many connections, try again later\r\n"),
 		replyTooManyIP: []byte("421 4.7.0 " + host + " Too many connections from your address\r\n"),
@@ -216,73 +217,14 @@ func New(opts Options, chain *plugins.Chain, pool *workpool.Pool) (*Server, erro
 	// Other loops, or other processes that were handed the same sockets,
 	// compete for connections.
 	s.rearm = opts.Loops > 1 || len(opts.Listeners) > 0
-	if len(opts.Listeners) > 0 {
-		for _, f := range opts.Listeners {
-			fd, err := unix.Dup(int(f.Fd()))
-			f.Close()
-			if err != nil {
-				s.closeListeners()
-				return nil, fmt.Errorf("loop: inherited listener: %w", err)
-			}
-			unix.CloseOnExec(fd)
-			if err := unix.SetNonblock(fd, true); err != nil {
-				unix.Close(fd)
-				s.closeListeners()
-				return nil, fmt.Errorf("loop: inherited listener: %w", err)
-			}
-			s.listeners = append(s.listeners, listener{fd: fd})
-		}
-		if len(s.listeners) != len(opts.Specs) {
-			s.closeListeners()
-			return nil, fmt.Errorf("loop: %d inherited listeners for %d configured addresses (listen, smtps_listen, proxy_listen, in that order)", len(s.listeners), len(opts.Specs))
-		}
-	} else {
-		for _, sp := range opts.Specs {
-			fd, err := ListenFD(sp.Addr, opts.Backlog, false)
-			if err != nil {
-				s.closeListeners()
-				return nil, err
-			}
-			s.listeners = append(s.listeners, listener{fd: fd})
-		}
-	}
-	for i := range s.listeners {
-		l := &s.listeners[i]
-		l.kind = listenKind{TLS: opts.Specs[i].TLS, Proxy: opts.Specs[i].Proxy}
-		tuneListener(l.fd, opts.TCPKeepalive, opts.RecvBuffer, opts.SendBuffer)
-		l.addr = localAddr(l.fd)
+	if err := s.openListeners(); err != nil {
+		s.closeListeners()
+		return nil, err
 	}
 	if len(s.listeners) == 0 {
 		return nil, errors.New("loop: no listen address")
 	}
 	return s, nil
-}
-
-// ListenFD opens a non-blocking listening socket on a ("host:port"), with
-// SO_REUSEPORT when reuseport is set (one socket per worker process).
-func ListenFD(a string, backlog int, reuseport bool) (int, error) {
-	ap, err := resolveListen(a)
-	if err != nil {
-		return -1, fmt.Errorf("loop: listen %q: %w", a, err)
-	}
-	if backlog <= 0 {
-		backlog = 4096
-	}
-	fd, err := listenTCP(ap, backlog, reuseport)
-	if err != nil {
-		return -1, fmt.Errorf("loop: listen %s: %w", a, err)
-	}
-	return fd, nil
-}
-
-// ListenFile is ListenFD wrapped in an *os.File, for a supervisor that
-// hands listeners to worker processes.
-func ListenFile(a string, backlog int, reuseport bool) (*os.File, error) {
-	fd, err := ListenFD(a, backlog, reuseport)
-	if err != nil {
-		return nil, err
-	}
-	return os.NewFile(uintptr(fd), "listen "+a), nil
 }
 
 func resolveListen(a string) (netip.AddrPort, error) {
@@ -308,18 +250,6 @@ func resolveListen(a string) (netip.AddrPort, error) {
 	return netip.AddrPortFrom(ip.Unmap(), uint16(p)), nil
 }
 
-// closeListeners closes the listening sockets once. The table stays: the
-// loops no longer look at it once they have drained.
-func (s *Server) closeListeners() {
-	if s.lstClosed {
-		return
-	}
-	s.lstClosed = true
-	for _, l := range s.listeners {
-		unix.Close(l.fd)
-	}
-}
-
 // Addrs returns the bound addresses (with the real port when 0 was asked).
 func (s *Server) Addrs() []netip.AddrPort {
 	out := make([]netip.AddrPort, len(s.listeners))
@@ -327,26 +257,6 @@ func (s *Server) Addrs() []netip.AddrPort {
 		out[i] = l.addr
 	}
 	return out
-}
-
-// Start launches the event loops. The process gets one extra P per loop
-// because a loop waiting in a raw epoll_wait keeps its P (see sys_linux.go).
-func (s *Server) Start() error {
-	if runtime.GOMAXPROCS(0) < runtime.NumCPU()+s.opts.Loops {
-		runtime.GOMAXPROCS(runtime.NumCPU() + s.opts.Loops)
-	}
-	for i := 0; i < s.opts.Loops; i++ {
-		el, err := newEventLoop(s, i)
-		if err != nil {
-			return err
-		}
-		s.loops = append(s.loops, el)
-	}
-	for _, el := range s.loops {
-		s.stopped.Add(1)
-		go el.run()
-	}
-	return nil
 }
 
 // Connections is the number of open connections.
@@ -359,27 +269,49 @@ func (s *Server) Shutdown(ctx context.Context) {
 	if s.draining.Swap(true) {
 		return
 	}
-	s.drained.Add(len(s.loops))
-	for _, el := range s.loops {
-		el.post(ctlDrain)
-	}
-	// Once no loop waits on the listeners, close them: new clients are
-	// refused by the kernel instead of waiting in a backlog nobody reads
-	// (with several worker processes, the others take them).
-	s.drained.Wait()
-	s.closeListeners()
-	s.wakeTLS(false)
+	s.drain()
+	s.wakeStreams(false)
 	done := make(chan struct{})
-	go func() { s.stopped.Wait(); s.tlsWG.Wait(); close(done) }()
+	go func() { s.stopped.Wait(); s.streamWG.Wait(); close(done) }()
 	select {
 	case <-done:
 	case <-ctx.Done():
-		for _, el := range s.loops {
-			el.post(ctlForce)
-		}
-		s.wakeTLS(true)
+		s.force()
+		s.wakeStreams(true)
 		<-done
 	}
+}
+
+// admit decides whether a new connection from ip on a listener of kind is
+// served. When it is, it counts in the connection total and (outside
+// PROXY listeners, where the peer is the balancer and the limit applies
+// to the address of the header instead) in the per-address limit. When it
+// is not, reply is what to write before closing (nil: close without a
+// word, as for a TLS client that cannot read a plaintext refusal).
+func (s *Server) admit(ip netip.Addr, kind listenKind, draining bool) (ok bool, reply []byte) {
+	refuse := func(r []byte) (bool, []byte) {
+		if kind.TLS {
+			return false, nil
+		}
+		return false, r
+	}
+	switch {
+	case kind.Proxy && !s.proxyTrusted(ip):
+		// Only the load balancer may speak first on a PROXY listener;
+		// anyone else is closed without a banner.
+		return false, nil
+	case draining:
+		return refuse(s.replyShutdown)
+	}
+	if n := s.conns.Add(1); s.opts.MaxConnections > 0 && n > int64(s.opts.MaxConnections) {
+		s.conns.Add(-1)
+		return refuse(s.replyTooMany)
+	}
+	if !kind.Proxy && !s.acquireIP(ip) {
+		s.conns.Add(-1)
+		return refuse(s.replyTooManyIP)
+	}
+	return true, nil
 }
 
 // proxyTrusted reports whether ip may send a PROXY header.

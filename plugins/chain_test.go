@@ -662,7 +662,6 @@ func receivedConn(ip string, rcpts ...string) *plugins.Conn {
 		RemotePort: 40000,
 		Hostname:   "mx.example.net",
 		Helo:       "client.example.org",
-		Extended:   true,
 	}
 	c.BeginTx("sender@example.org", time.Time{})
 	c.Tx.Rcpts = rcpts

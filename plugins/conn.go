@@ -24,19 +24,17 @@ type Conn struct {
 	LocalPort uint16
 	// Hostname is the server's `me`.
 	Hostname string
-	// Helo is the accepted HELO/EHLO name; Extended is true after EHLO.
-	Helo     string
-	Extended bool
-	// PendingEHLO tells a helo hook whether the command was EHLO.
-	PendingEHLO bool
+	// Helo is the accepted HELO/EHLO name. The host sets it once a helo or
+	// ehlo hook accepted, and clears it when TLS starts (RFC 3207 4.2).
+	Helo string
 	// Tx is the transaction, nil outside one.
 	Tx *Transaction
 	// Log is the connection's logger.
 	Log *zerolog.Logger
 	// Started is when the connection was accepted.
 	Started time.Time
-	// Server reports the server's load; set by the host.
-	Server LoadReporter
+	// LoadSource reports the server's load (see Load); set by the host.
+	LoadSource LoadReporter
 	// TLS is the TLS state after STARTTLS or on an implicit-TLS listener
 	// (protocol, cipher, client certificates); nil on a plain connection.
 	TLS *tls.ConnectionState
@@ -48,7 +46,16 @@ type Conn struct {
 	txN   int
 }
 
-// Transaction is the mail transaction a plugin sees.
+// StartedTLS records a finished TLS handshake: the client must greet
+// again (RFC 3207 4.2), so the HELO name is forgotten.
+func (c *Conn) StartedTLS(st *tls.ConnectionState) {
+	c.TLS = st
+	c.Helo = ""
+}
+
+// Transaction is the mail transaction a plugin sees. It is the one record
+// of the envelope: the host adds the sender and each recipient as the
+// hooks accept them.
 type Transaction struct {
 	// ID is "<connection id>.<n>", the queue id given in the 250 reply.
 	ID string
@@ -90,6 +97,15 @@ func (c *Conn) BeginTx(from string, now time.Time) *Transaction {
 	c.txN++
 	c.Tx = &Transaction{ID: c.ID + "." + strconv.Itoa(c.txN), From: from, Started: now}
 	return c.Tx
+}
+
+// AbandonTx forgets a transaction whose MAIL was refused: it never began,
+// and its number is given to the next one.
+func (c *Conn) AbandonTx() {
+	if c.Tx != nil {
+		c.Tx = nil
+		c.txN--
+	}
 }
 
 // Transactions is the number of transactions begun on the connection.
@@ -186,10 +202,10 @@ type LoadReporter interface {
 // Load returns the server's load as the host reports it (zero without a
 // host, as in unit tests).
 func (c *Conn) Load() LoadInfo {
-	if c.Server == nil {
+	if c.LoadSource == nil {
 		return LoadInfo{}
 	}
-	return c.Server.Load()
+	return c.LoadSource.Load()
 }
 
 // NoteKeys returns the keys of the connection's notes in sorted order.

@@ -228,7 +228,7 @@ func (l load) Load() plugins.LoadInfo { return plugins.LoadInfo(l) }
 func connect(t *testing.T, ch *plugins.Chain, ld plugins.LoadInfo, logs *bytes.Buffer) string {
 	t.Helper()
 	l := zerolog.New(logs)
-	c := &plugins.Conn{ID: "t.1", Hostname: "mx.test", Server: load(ld), Log: &l}
+	c := &plugins.Conn{ID: "t.1", Hostname: "mx.test", LoadSource: load(ld), Log: &l}
 	res, _, done := ch.Step(c, &plugins.Call{Hook: plugins.HookConnect}, 0)
 	if !done {
 		t.Fatal("toobusy went to the workpool; it must run inline")

@@ -41,7 +41,6 @@ func newConn(id string, logBuf *bytes.Buffer, sender string, rcpts ...string) *p
 		RemotePort: 40000,
 		Hostname:   "mx.example.net",
 		Helo:       "client.example.org",
-		Extended:   true,
 		Log:        &l,
 	}
 	c.BeginTx(sender, time.Now())

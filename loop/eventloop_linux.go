@@ -13,11 +13,10 @@ import (
 )
 
 const (
-	readBufSize   = 64 << 10
-	maxOutPending = 256 << 10 // stop reading a client that does not read its replies
-	lingerTime    = 2 * time.Second
-	tickEvery     = 500 * time.Millisecond
-	acceptBatch   = 64
+	readBufSize = 64 << 10
+	lingerTime  = 2 * time.Second
+	tickEvery   = 500 * time.Millisecond
+	acceptBatch = 64
 )
 
 type ctl uint8
@@ -37,13 +36,13 @@ type eventLoop struct {
 	events []unix.EpollEvent
 	rbuf   []byte
 	wbuf   []byte // replies of the connection being handled; empty between handlers
-	conns  []*conn
+	conns  []*epollConn
 	nconns int
 	served uint64 // connections accepted by this loop
 	now    time.Time
 
 	// idle list: every open, non-pending connection, least recently active first
-	head, tail *conn
+	head, tail *epollConn
 
 	acceptOff    bool
 	acceptResume time.Time
@@ -54,7 +53,7 @@ type eventLoop struct {
 	timers timerHeap
 	// connections handed to TLS during this iteration; their goroutines
 	// start when the loop is done with them
-	handoffs []*conn
+	handoffs []*stream
 
 	// load: the longest batch of work per window, for toobusy
 	batchMax time.Duration
@@ -189,8 +188,8 @@ func (el *eventLoop) run() {
 		if len(el.timers) > 0 {
 			el.runTimers()
 		}
-		for i, c := range el.handoffs {
-			go c.runTLS()
+		for i, s := range el.handoffs {
+			go s.run(false)
 			el.handoffs[i] = nil
 		}
 		el.handoffs = el.handoffs[:0]
@@ -299,33 +298,8 @@ func (el *eventLoop) open(fd int, peer netip.AddrPort, l *listener) {
 	s := el.srv
 	kind := l.kind
 	ip := peer.Addr().Unmap()
-	if kind.Proxy && !s.proxyTrusted(ip) {
-		// Only the load balancer may speak first on a PROXY listener;
-		// anyone else is closed without a banner.
-		rawClose(fd)
-		return
-	}
-	// A TLS client cannot read a plaintext refusal: close instead.
-	plain := func(r []byte) []byte {
-		if kind.TLS {
-			return nil
-		}
-		return r
-	}
-	if el.draining {
-		refuse(fd, plain(s.replyShutdown))
-		return
-	}
-	if n := s.conns.Add(1); s.opts.MaxConnections > 0 && n > int64(s.opts.MaxConnections) {
-		s.conns.Add(-1)
-		refuse(fd, plain(s.replyTooMany))
-		return
-	}
-	// Behind a proxy the peer is the balancer: the per-IP limit applies
-	// to the client address of the header instead.
-	if !kind.Proxy && !s.acquireIP(ip) {
-		s.conns.Add(-1)
-		refuse(fd, plain(s.replyTooManyIP))
+	if ok, reply := s.admit(ip, kind, el.draining); !ok {
+		refuse(fd, reply)
 		return
 	}
 	if e := rawEpollCtl(el.epfd, unix.EPOLL_CTL_ADD, fd, unix.EPOLLIN|unix.EPOLLRDHUP); e != 0 {
@@ -337,9 +311,9 @@ func (el *eventLoop) open(fd int, peer netip.AddrPort, l *listener) {
 		return
 	}
 	for fd >= len(el.conns) {
-		el.conns = append(el.conns, make([]*conn, len(el.conns)+64)...)
+		el.conns = append(el.conns, make([]*epollConn, len(el.conns)+64)...)
 	}
-	c := newConn(el, fd, peer, l)
+	c := newEpollConn(el, fd, peer, l)
 	c.ipHeld = !kind.Proxy
 	el.conns[fd] = c
 	el.nconns++
@@ -440,7 +414,7 @@ func (el *eventLoop) forceClose() {
 // Idle list: a doubly linked list in order of last activity, so the
 // timeout scan stops at the first young connection.
 
-func (el *eventLoop) pushIdle(c *conn) {
+func (el *eventLoop) pushIdle(c *epollConn) {
 	c.lastActive = el.now
 	c.prev = el.tail
 	c.next = nil
@@ -453,7 +427,7 @@ func (el *eventLoop) pushIdle(c *conn) {
 	c.inList = true
 }
 
-func (el *eventLoop) removeIdle(c *conn) {
+func (el *eventLoop) removeIdle(c *epollConn) {
 	if !c.inList {
 		return
 	}
@@ -471,7 +445,7 @@ func (el *eventLoop) removeIdle(c *conn) {
 	c.inList = false
 }
 
-func (el *eventLoop) touch(c *conn) {
+func (el *eventLoop) touch(c *epollConn) {
 	if c.inList && el.tail != c {
 		el.removeIdle(c)
 		el.pushIdle(c)

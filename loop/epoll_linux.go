@@ -1,0 +1,380 @@
+package loop
+
+import (
+	"net"
+	"net/netip"
+	"os"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"loopmx/plugins"
+)
+
+// epollConn is a connection on an event loop, and its transport: the
+// descriptor, its epoll interest, and its places in the loop's idle list
+// and timer heap. It embeds the session so that one allocation holds a
+// whole plain connection.
+type epollConn struct {
+	conn
+	el *eventLoop
+	fd int
+
+	events    uint32 // the epoll interest currently set
+	borrowed  bool   // in points into the loop's read buffer
+	lingering bool   // write side shut, reading until EOF
+	wantTLS   bool   // move to the stream transport once the output is written
+
+	// idle list: every open connection without a hook outstanding, least
+	// recently active first
+	inList     bool
+	lastActive time.Time
+	prev, next *epollConn
+
+	timerKind uint8
+	timerIdx  int // position in the loop's timer heap, -1 when none
+	deadline  time.Time
+}
+
+// hookResult carries a blocking hook's outcome back to the loop.
+type hookResult struct {
+	c   *epollConn
+	gen uint32
+	res plugins.Result
+}
+
+func newEpollConn(el *eventLoop, fd int, peer netip.AddrPort, l *listener) *epollConn {
+	e := &epollConn{el: el, fd: fd, events: unix.EPOLLIN | unix.EPOLLRDHUP, timerIdx: -1}
+	local := l.addr
+	if local.Addr().IsUnspecified() {
+		local = localAddr(fd)
+	}
+	e.init(el.srv, peer, local, l, el.now, el)
+	e.tr = e
+	return e
+}
+
+func (e *epollConn) now() time.Time { return e.el.now }
+func (e *epollConn) draining() bool { return e.el.draining }
+
+func (e *epollConn) onEvent(ev uint32) {
+	if ev&unix.EPOLLOUT != 0 && len(e.out) > 0 {
+		e.flush()
+		if e.closed {
+			return
+		}
+	}
+	if ev&(unix.EPOLLIN|unix.EPOLLHUP|unix.EPOLLERR|unix.EPOLLRDHUP) != 0 {
+		e.onReadable()
+	}
+}
+
+func (e *epollConn) onReadable() {
+	el := e.el
+	n, errno := rawRead(e.fd, el.rbuf)
+	if errno == unix.EAGAIN || errno == unix.EINTR {
+		return
+	}
+	if n <= 0 || errno != 0 {
+		if errno == 0 && e.greeted && !e.lingering && (e.pending || len(e.in) > 0 || len(e.out) > 0) {
+			// Half-close after pipelined commands: answer them, then close.
+			e.eof = true
+			e.setEvents(e.events &^ (unix.EPOLLIN | unix.EPOLLRDHUP))
+			return
+		}
+		// EOF or reset: the client is gone. A message whose DATA did not
+		// end is dropped: it was never acknowledged.
+		e.close("client closed")
+		return
+	}
+	if e.lingering {
+		return // discard what arrives after our last reply
+	}
+	if !e.greeted && !e.proxyWait && !e.kind.TLS {
+		// (On an implicit-TLS listener the client rightly speaks first:
+		// its ClientHello is not early talk.)
+		e.earlyTalk = true
+	}
+	el.touch(e)
+	if len(e.in) == 0 {
+		e.in = el.rbuf[:n]
+		e.borrowed = true
+	} else {
+		e.in = append(e.in, el.rbuf[:n]...)
+	}
+	if e.proxyWait {
+		if e.parseProxy() {
+			el.removeTimer(e)
+			el.pushIdle(e)
+			e.proxied()
+		}
+	} else {
+		e.process()
+	}
+	e.flush()
+}
+
+// retain makes sure unprocessed input no longer points into the loop's
+// shared read buffer, and stops reading a client whose input piles up.
+func (e *epollConn) retain() {
+	if len(e.in) == 0 {
+		e.in = nil
+		e.borrowed = false
+		return
+	}
+	if e.borrowed {
+		own := make([]byte, len(e.in), len(e.in)+512)
+		copy(own, e.in)
+		e.in = own
+		e.borrowed = false
+	}
+	if len(e.in) > e.srv.opts.MaxPipelineBuffer {
+		e.setEvents(e.events &^ unix.EPOLLIN)
+	}
+}
+
+// write queues a reply. Replies of the connection being handled go to the
+// loop's shared buffer, written at the end of the event; only what the
+// socket does not take is copied to the connection.
+func (e *epollConn) write(b []byte) {
+	if e.out != nil {
+		e.out = append(e.out, b...)
+		return
+	}
+	e.el.wbuf = append(e.el.wbuf, b...)
+}
+
+// flush writes what the connection owes. A short write keeps the rest and
+// asks epoll for writability.
+func (e *epollConn) flush() {
+	if e.handoff {
+		return
+	}
+	el := e.el
+	if e.closed {
+		el.wbuf = el.wbuf[:0]
+		return
+	}
+	buf := e.out
+	if buf == nil {
+		buf = el.wbuf
+	}
+	if len(buf) > 0 {
+		n, errno := rawWrite(e.fd, buf)
+		if n < 0 {
+			n = 0
+		}
+		switch {
+		case n == len(buf):
+			e.out = nil
+		case errno == 0 || errno == unix.EAGAIN || errno == unix.EINTR:
+			rest := buf[n:]
+			if e.out == nil {
+				e.out = append(make([]byte, 0, len(rest)), rest...)
+			} else {
+				e.out = rest
+			}
+		default:
+			el.wbuf = el.wbuf[:0]
+			e.close("write error")
+			return
+		}
+		el.wbuf = el.wbuf[:0]
+	}
+	want := e.events | unix.EPOLLIN
+	if len(e.in) > e.srv.opts.MaxPipelineBuffer || len(e.out) >= maxOutPending {
+		want &^= unix.EPOLLIN
+	}
+	if len(e.out) > 0 {
+		want |= unix.EPOLLOUT
+	} else {
+		want &^= unix.EPOLLOUT
+		if e.wantTLS {
+			e.handOff()
+			return
+		}
+		if e.closing && !e.lingering {
+			e.linger()
+			return
+		}
+		if !e.pending && len(e.in) > 0 && e.events&unix.EPOLLIN == 0 {
+			// The client caught up with its replies: go on with its
+			// pipelined input.
+			e.setEvents(want)
+			e.process()
+			e.flush()
+			return
+		}
+	}
+	e.setEvents(want)
+}
+
+// setEvents changes the epoll interest. A failure means the descriptor is
+// unusable: the connection closes.
+func (e *epollConn) setEvents(ev uint32) {
+	if ev == e.events || e.closed || e.handoff {
+		return
+	}
+	e.events = ev
+	if errno := rawEpollCtl(e.el.epfd, unix.EPOLL_CTL_MOD, e.fd, ev); errno != 0 {
+		e.srv.log.Error().Str("conn", e.view.ID).Err(errno).Msg("epoll_ctl failed; closing the connection")
+		e.close("epoll error")
+	}
+}
+
+// await hands a blocking hook to the workpool; the result comes back
+// through the loop's wake-up (hookDone), the timeout through the timer
+// heap (timerFired).
+func (e *epollConn) await(job func() plugins.Result, gen uint32, timeout time.Duration) bool {
+	el := e.el
+	el.removeIdle(e)
+	el.addTimer(e, timerHook, el.now.Add(timeout))
+	if !e.srv.pool.Submit(func() { el.post(hookResult{c: e, gen: gen, res: job()}) }) {
+		el.removeTimer(e)
+		el.pushIdle(e)
+		return false
+	}
+	return true
+}
+
+// pause parks the connection on a timer.
+func (e *epollConn) pause(d time.Duration) {
+	e.el.removeIdle(e)
+	e.el.addTimer(e, timerDelay, e.el.now.Add(d))
+}
+
+// hookDone runs on the loop when a blocking hook has finished.
+func (e *epollConn) hookDone(r hookResult) {
+	if !e.pending || r.gen != e.gen {
+		return // the hook timed out earlier; its late result is dropped
+	}
+	el := e.el
+	el.removeTimer(e)
+	if e.closed {
+		e.pending = false
+		e.finish()
+		return
+	}
+	el.pushIdle(e)
+	e.hookReturned(r.res)
+	e.process()
+	e.flush()
+}
+
+// timerFired runs when the connection's timer is due.
+func (e *epollConn) timerFired() {
+	kind := e.timerKind
+	e.timerKind = timerNone
+	switch kind {
+	case timerProxy:
+		e.close("no PROXY header in time")
+		return
+	case timerHook:
+		if !e.closed {
+			e.el.pushIdle(e)
+		}
+		e.hookExpired()
+	default:
+		e.el.pushIdle(e)
+		e.pauseOver()
+	}
+	if !e.closed {
+		e.process()
+		e.flush()
+	}
+}
+
+// startTLS moves the connection to TLS once the reply is on the wire.
+func (e *epollConn) startTLS() {
+	e.wantTLS = true
+	e.flush()
+}
+
+// handOff takes the connection off the loop and gives it to a stream
+// transport that runs the handshake. Input that arrived after the
+// STARTTLS command is dropped: RFC 3207 5 forbids acting on it.
+func (e *epollConn) handOff() {
+	el := e.el
+	srv := e.srv
+	e.wantTLS = false
+	var early []byte
+	if !e.greeted && len(e.in) > 0 {
+		// Implicit TLS: bytes read before the hand-off (during a connect
+		// hook) are the start of the client's handshake; keep them.
+		early = append([]byte(nil), e.in...)
+	}
+	e.in = nil
+	e.borrowed = false
+	if errno := rawEpollCtl(el.epfd, unix.EPOLL_CTL_DEL, e.fd, 0); errno != 0 {
+		srv.log.Warn().Str("conn", e.view.ID).Err(errno).Msg("epoll_ctl DEL failed at the TLS hand-off")
+	}
+	el.conns[e.fd] = nil
+	el.nconns--
+	el.removeIdle(e)
+	el.removeTimer(e)
+	f := os.NewFile(uintptr(e.fd), "smtp")
+	nc, err := net.FileConn(f) // dups the descriptor into Go's netpoller
+	f.Close()
+	e.fd = -1
+	if err != nil {
+		srv.log.Error().Err(err).Str("conn", e.view.ID).Msg("cannot hand the connection to TLS")
+		e.setEndReason("tls hand-off failed")
+		e.closed = true
+		e.ended()
+		return
+	}
+	if early != nil {
+		nc = &prefixConn{Conn: nc, prefix: early}
+	}
+	s := newStream(&e.conn, nc)
+	s.tlsNext = true
+	e.tr = s
+	srv.trackStream(s, true)
+	// The goroutine starts once the loop is done with this event: code up
+	// the loop's call stack may still look at the connection (it sees
+	// handoff).
+	e.handoff = true
+	el.handoffs = append(el.handoffs, s)
+}
+
+// closeWhenFlushed lingers once the replies are written.
+func (e *epollConn) closeWhenFlushed() {
+	e.el.touch(e)
+	if len(e.out) == 0 && len(e.el.wbuf) == 0 {
+		e.linger()
+	}
+}
+
+// linger shuts the write side and reads until the client closes (or a
+// short timeout), so our last reply is not destroyed by a reset caused by
+// unread input.
+func (e *epollConn) linger() {
+	if e.lingering || e.closed {
+		return
+	}
+	e.lingering = true
+	rawShutdownWrite(e.fd)
+	e.in = nil
+	e.setEvents(unix.EPOLLIN | unix.EPOLLRDHUP)
+	e.el.touch(e)
+}
+
+// closeNow releases the descriptor.
+func (e *epollConn) closeNow() {
+	if e.closed {
+		return
+	}
+	el := e.el
+	rawClose(e.fd)
+	el.conns[e.fd] = nil
+	el.nconns--
+	el.removeIdle(e)
+	if e.timerKind != timerHook {
+		// Only a blocking hook's deadline outlives the connection (its
+		// result, or the timeout, runs finish); a Delay or a PROXY wait
+		// holds nothing elsewhere and ends here.
+		el.removeTimer(e)
+		e.pending = false
+	}
+	e.ended()
+}

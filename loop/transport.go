@@ -1,0 +1,42 @@
+package loop
+
+import (
+	"time"
+
+	"loopmx/plugins"
+)
+
+// transport moves a connection's bytes. There are two: the epoll
+// transport of an event loop (epoll_linux.go), which every plain
+// connection on Linux uses, and the stream transport (stream.go), a
+// goroutine over a net.Conn, which a connection moves to when TLS starts
+// and which serves every connection where epoll does not exist. The
+// session logic and the hook driver (conn.go, hooks.go) reach the client
+// only through this interface.
+type transport interface {
+	// write queues reply bytes; flush sends what is queued and, on the
+	// epoll transport, picks up parsing again when the client caught up.
+	write(b []byte)
+	flush()
+	// retain makes the unprocessed input (conn.in) the connection's own
+	// before the transport reuses its read buffer.
+	retain()
+	// now is the transport's clock.
+	now() time.Time
+	// draining reports whether the server has stopped taking sessions.
+	draining() bool
+	// await runs job, a blocking hook, on the workpool. Its result comes
+	// back through conn.hookReturned, or conn.hookExpired once timeout has
+	// passed; false means the pool refused the job.
+	await(job func() plugins.Result, gen uint32, timeout time.Duration) bool
+	// pause parks the connection for d (a hook's Delay) and then calls
+	// conn.pauseOver; input that arrives meanwhile is early talk.
+	pause(d time.Duration)
+	// startTLS starts the TLS handshake once the replies queued so far
+	// are on the wire.
+	startTLS()
+	// closeWhenFlushed closes once the queued replies are written;
+	// closeNow closes at once. Both end in conn.ended.
+	closeWhenFlushed()
+	closeNow()
+}
