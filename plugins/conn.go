@@ -46,6 +46,10 @@ type Conn struct {
 
 	notes map[string]any
 	txN   int
+
+	// findings are the connection's results (record.go).
+	findings        []Finding
+	findingsDropped int
 }
 
 // Transaction is the mail transaction a plugin sees.
@@ -61,6 +65,10 @@ type Transaction struct {
 	Started time.Time
 
 	notes map[string]any
+
+	// findings are the transaction's results (record.go).
+	findings        []Finding
+	findingsDropped int
 }
 
 // Note returns a connection-scoped note.
@@ -152,6 +160,7 @@ func (c *Conn) Clone() *Conn {
 		tx.notes = cloneNotes(c.Tx.notes)
 		n.Tx = &tx
 	}
+	cloneFindings(&n, c)
 	return &n
 }
 
