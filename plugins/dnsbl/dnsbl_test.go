@@ -15,6 +15,7 @@ import (
 	"loopmx/internal/servertest"
 	"loopmx/plugins"
 	_ "loopmx/plugins/dnsbl"
+	_ "loopmx/plugins/results"
 )
 
 // fakeZone is a DNS server on 127.0.0.1 that answers A queries from a
@@ -219,6 +220,37 @@ func TestReplyNamesTheListingZone(t *testing.T) {
 	if n := zone.queries.Load(); n != 2 {
 		t.Errorf("the zones got %d queries, want 2 (one per zone)", n)
 	}
+}
+
+// TestResults: with the results plugin in front, a listed client's
+// transaction and connection lines carry dnsbl's fail with the zone; a
+// clean client's a pass, a skipped one's a skip.
+func TestResults(t *testing.T) {
+	zone := startZone(t, map[string]string{listedName: "127.0.0.2"})
+	f := files(iniFor(zone.addr))
+	f["plugins"] = "results\ndnsbl\n"
+	ts := servertest.Start(t, f)
+	for _, tc := range []struct{ from, rcpt, finding string }{
+		{"127.0.0.1", listedRcpt, `"conn":{"dnsbl":["fail: listed by bl.test"]}`},
+		{"127.0.0.2", rcptOK, `"conn":{"dnsbl":["pass: not listed"]}`},
+	} {
+		c := dialer.DialFrom(t, ts.Addr, tc.from)
+		toRcpt(c, tc.rcpt)
+		c.CmdExact("QUIT", "221 2.0.0 Bye")
+		// One transaction line, then the connection line.
+		servertest.Eventually(t, 20*time.Millisecond, "the results lines of "+tc.from, func() bool {
+			return ts.Log.Count(`"plugin":"results"`, tc.finding) == 2
+		})
+	}
+
+	f["dnsbl.ini"] = "zones = bl.test\nresolver = " + zone.addr + "\n"
+	ts = servertest.Start(t, f)
+	c := dialer.DialFrom(t, ts.Addr, "127.0.0.1")
+	c.ExpectExact(banner)
+	c.CmdExact("QUIT", "221 2.0.0 Bye")
+	servertest.Eventually(t, 20*time.Millisecond, "the results line of a private address", func() bool {
+		return ts.Log.Count(`"plugin":"results"`, `"conn":{"dnsbl":["skip: private address"]}`) == 1
+	})
 }
 
 func TestCacheAnswersSecondConnection(t *testing.T) {
