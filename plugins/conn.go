@@ -44,6 +44,10 @@ type Conn struct {
 
 	notes map[string]any
 	txN   int
+
+	// findings are the connection's results (record.go).
+	findings        []Finding
+	findingsDropped int
 }
 
 // StartedTLS records a finished TLS handshake: the client must greet
@@ -68,6 +72,10 @@ type Transaction struct {
 	Started time.Time
 
 	notes map[string]any
+
+	// findings are the transaction's results (record.go).
+	findings        []Finding
+	findingsDropped int
 }
 
 // Note returns a connection-scoped note.
@@ -168,6 +176,7 @@ func (c *Conn) Clone() *Conn {
 		tx.notes = cloneNotes(c.Tx.notes)
 		n.Tx = &tx
 	}
+	cloneFindings(&n, c)
 	return &n
 }
 

@@ -2,8 +2,9 @@
 // client's address and reverse name (at connect), the HELO/EHLO name, the
 // sender and the recipients, read from files of the config directory at
 // start. At each stage a match in an allow list wins over a match in a
-// deny list. Every check is a map probe or a regular expression, so all
-// hooks run inline on the event loop.
+// deny list. Every match is recorded for the results plugin. Every check
+// is a map probe or a regular expression, so all hooks run inline on the
+// event loop.
 package access
 
 import (
@@ -112,19 +113,19 @@ func (*Access) Name() string { return Name }
 func (p *Access) Connect(c *plugins.Conn) plugins.Result {
 	rdns, _ := c.Note(RDNSNote).(string)
 	if src, ok := p.ipAllow.match(c.RemoteIP); ok {
-		return allowed(c, plugins.HookConnect, src)
+		return allowed(c, plugins.HookConnect, c.RemoteIP.Unmap().String(), src)
 	}
 	if rdns != "" {
 		if src, ok := p.rdnsAllow.match(rdns); ok {
-			return allowed(c, plugins.HookConnect, src)
+			return allowed(c, plugins.HookConnect, rdns, src)
 		}
 	}
 	if src, ok := p.ipDeny.match(c.RemoteIP); ok {
-		return denied(c, plugins.HookConnect, src, deniedConnect)
+		return denied(c, plugins.HookConnect, c.RemoteIP.Unmap().String(), src, deniedConnect)
 	}
 	if rdns != "" {
 		if src, ok := p.rdnsDeny.match(rdns); ok {
-			return denied(c, plugins.HookConnect, src, deniedConnect)
+			return denied(c, plugins.HookConnect, rdns, src, deniedConnect)
 		}
 	}
 	return plugins.Next()
@@ -153,15 +154,16 @@ func (p *Access) Rcpt(c *plugins.Conn, to string) plugins.Result {
 // judge applies one stage's lists to v: allow wins over deny.
 func judge(c *plugins.Conn, h plugins.Hook, allow, deny *list, v string) plugins.Result {
 	if src, ok := allow.match(v); ok {
-		return allowed(c, h, src)
+		return allowed(c, h, v, src)
 	}
 	if src, ok := deny.match(v); ok {
-		return denied(c, h, src, deniedCommand)
+		return denied(c, h, v, src, deniedCommand)
 	}
 	return plugins.Next()
 }
 
-// The refusals are fixed; the entry that matched goes to the debug log.
+// The refusals are fixed; the entry that matched goes to the results
+// and the debug log.
 var (
 	deniedConnect = plugins.Deny(554, "5.7.1", "Access denied")
 	deniedCommand = plugins.Deny(550, "5.7.1", "Access denied")
@@ -169,19 +171,32 @@ var (
 
 // allowed answers Continue: an allow entry only overrides this plugin's
 // deny lists, so the plugins after it (a relay check above all) still
-// judge the command.
-func allowed(c *plugins.Conn, h plugins.Hook, src string) plugins.Result {
-	if c.Log != nil {
-		c.Log.Debug().Str("plugin", Name).Str("conn", c.ID).Str("hook", h.String()).Str("rule", src).Msg("allowed")
-	}
+// judge the command. It records a pass naming the entry.
+func allowed(c *plugins.Conn, h plugins.Hook, v, src string) plugins.Result {
+	matched(c, h, plugins.Pass, v, src)
 	return plugins.Next()
 }
 
-func denied(c *plugins.Conn, h plugins.Hook, src string, r plugins.Result) plugins.Result {
-	if c.Log != nil {
-		c.Log.Debug().Str("plugin", Name).Str("conn", c.ID).Str("hook", h.String()).Str("rule", src).Msg("denied")
-	}
+// denied records a fail naming the entry and answers r.
+func denied(c *plugins.Conn, h plugins.Hook, v, src string, r plugins.Result) plugins.Result {
+	matched(c, h, plugins.Fail, v, src)
 	return r
+}
+
+// matched records that v, at hook h, matched the list entry src: the
+// finding reads "<hook> <value> in <file:line>", the null sender as <>.
+func matched(c *plugins.Conn, h plugins.Hook, o plugins.Outcome, v, src string) {
+	if v == "" {
+		v = "<>"
+	}
+	c.Record(plugins.Finding{Plugin: Name, Outcome: o, Message: h.String() + " " + v + " in " + src})
+	if c.Log != nil {
+		verdict := "allowed"
+		if o == plugins.Fail {
+			verdict = "denied"
+		}
+		c.Log.Debug().Str("plugin", Name).Str("conn", c.ID).Str("hook", h.String()).Str("rule", src).Msg(verdict)
+	}
 }
 
 var (

@@ -6,11 +6,13 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"loopmx/config"
 	"loopmx/internal/servertest"
 	"loopmx/plugins"
 	_ "loopmx/plugins/access"
+	_ "loopmx/plugins/results"
 )
 
 const (
@@ -131,6 +133,35 @@ func TestMailAndRcptLists(t *testing.T) {
 	}
 	for _, to := range []string{"postmaster@closed.example.com", "user@open.closed.example.com", "reply@example.com", "postmaster"} {
 		c.CmdExact("RCPT TO:<"+to+">", rcptOK)
+	}
+}
+
+// TestResults: with the results plugin in front, each match is in the
+// results line with the entry that matched: a refused MAIL is the
+// connection's (no transaction begins), RCPT matches the transaction's.
+func TestResults(t *testing.T) {
+	ts := servertest.Start(t, withAccess(map[string]string{
+		"plugins":           "results\naccess\n",
+		"access.ip.allow":   "127.0.0.0/8\n",
+		"access.mail.deny":  ".spammer.example\n",
+		"access.rcpt.deny":  "closed.example\n",
+		"access.rcpt.allow": "# the one open mailbox\nvip@closed.example\n",
+	}))
+	c := dialer.DialFrom(t, ts.Addr, "127.0.0.1")
+	c.ExpectExact(banner)
+	c.EHLO("client.example.org")
+	c.CmdExact("MAIL FROM:<x@news.spammer.example>", denied)
+	c.CmdExact("MAIL FROM:<s@example.org>", mailOK)
+	c.CmdExact("RCPT TO:<a@closed.example>", denied)
+	c.CmdExact("RCPT TO:<vip@closed.example>", rcptOK)
+	c.CmdExact("QUIT", "221 2.0.0 Bye")
+	conn := `"conn":{"access":["pass: connect 127.0.0.1 in access.ip.allow:1","fail: mail x@news.spammer.example in access.mail.deny:1"]}`
+	want := `"results":{` + conn + `,"tx":{"access":["fail: rcpt a@closed.example in access.rcpt.deny:1","pass: rcpt vip@closed.example in access.rcpt.allow:2"]}}`
+	servertest.Eventually(t, 20*time.Millisecond, "the connection's results line", func() bool {
+		return ts.Log.Count(`"plugin":"results"`, `"results":{`+conn+`}`) == 1
+	})
+	if ts.Log.Count(`"plugin":"results"`, want) != 1 {
+		t.Errorf("no transaction results line with %s:\n%s", want, ts.Log)
 	}
 }
 

@@ -2,7 +2,8 @@
 // DNS blocklists (RFC 5782) and refuses a listed client, either at connect
 // or at each RCPT. The lookup runs once per connection, in the connect
 // hook, on the workpool; its verdict is kept as a connection note, so the
-// RCPT hook is a note lookup that runs inline.
+// RCPT hook is a note lookup that runs inline, and recorded as a finding
+// for the results plugin.
 package dnsbl
 
 import (
@@ -181,6 +182,7 @@ const inlineKey = "dnsbl.inline"
 func (p *DNSBL) Connect(c *plugins.Conn) plugins.Result {
 	ip := c.RemoteIP.Unmap()
 	if !ip.IsValid() || p.skipPrivate && private(ip) {
+		c.Record(plugins.Finding{Plugin: Name, Outcome: plugins.Skip, Message: "private address"})
 		return plugins.Next()
 	}
 	v, inline := c.Note(inlineKey).(verdict)
@@ -189,6 +191,7 @@ func (p *DNSBL) Connect(c *plugins.Conn) plugins.Result {
 	} else {
 		v = p.check(ip, c.Log)
 	}
+	c.Record(v.finding())
 	if v.clean() {
 		return plugins.Next()
 	}
@@ -277,6 +280,19 @@ type verdict struct {
 }
 
 func (v verdict) clean() bool { return v.zone == "" && !v.failed }
+
+// finding is the verdict for the results plugin: pass, fail naming the
+// zone, or err.
+func (v verdict) finding() plugins.Finding {
+	f := plugins.Finding{Plugin: Name, Outcome: plugins.Pass, Message: v.String()}
+	switch {
+	case v.zone != "":
+		f.Outcome = plugins.Fail
+	case v.failed:
+		f.Outcome = plugins.Err
+	}
+	return f
+}
 
 // String is how the note reads in logs.
 func (v verdict) String() string {

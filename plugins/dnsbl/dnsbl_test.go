@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/netip"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -14,6 +15,7 @@ import (
 	"loopmx/internal/servertest"
 	"loopmx/plugins"
 	_ "loopmx/plugins/dnsbl"
+	_ "loopmx/plugins/results"
 )
 
 // fakeZone is a DNS server on 127.0.0.1 that answers A queries from a
@@ -22,15 +24,29 @@ type fakeZone struct {
 	addr    string
 	answers map[string]string // absolute query name -> A record
 	queries atomic.Int64
+
+	// holds orders answers: the answer for a key is sent only once a
+	// query for its value has come (or after servertest.IOTimeout).
+	holds map[string]string
+
+	mu      sync.Mutex
+	arrived map[string]chan struct{} // closed at the first query for the name
 }
 
 func startZone(t *testing.T, answers map[string]string) *fakeZone {
+	t.Helper()
+	return startZoneHolding(t, answers, nil)
+}
+
+// startZoneHolding starts a zone whose answers for the keys of holds wait
+// for a query for their values.
+func startZoneHolding(t *testing.T, answers, holds map[string]string) *fakeZone {
 	t.Helper()
 	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	z := &fakeZone{addr: pc.LocalAddr().String(), answers: answers}
+	z := &fakeZone{addr: pc.LocalAddr().String(), answers: answers, holds: holds, arrived: map[string]chan struct{}{}}
 	up := make(chan struct{})
 	srv := &dns.Server{PacketConn: pc, Handler: dns.HandlerFunc(z.serve), NotifyStartedFunc: func() { close(up) }}
 	go srv.ActivateAndServe()
@@ -39,13 +55,41 @@ func startZone(t *testing.T, answers map[string]string) *fakeZone {
 	return z
 }
 
+// arrival returns the channel closed at the first query for name; with
+// came it closes it.
+func (z *fakeZone) arrival(name string, came bool) chan struct{} {
+	z.mu.Lock()
+	defer z.mu.Unlock()
+	ch, ok := z.arrived[name]
+	if !ok {
+		ch = make(chan struct{})
+		z.arrived[name] = ch
+	}
+	if came {
+		select {
+		case <-ch:
+		default:
+			close(ch)
+		}
+	}
+	return ch
+}
+
 func (z *fakeZone) serve(w dns.ResponseWriter, req *dns.Msg) {
 	z.queries.Add(1)
 	m := new(dns.Msg)
 	m.SetReply(req)
 	if len(req.Question) == 1 {
 		q := req.Question[0]
-		a, ok := z.answers[strings.ToLower(q.Name)]
+		name := strings.ToLower(q.Name)
+		z.arrival(name, true)
+		if other, ok := z.holds[name]; ok {
+			select {
+			case <-z.arrival(other, false):
+			case <-time.After(servertest.IOTimeout):
+			}
+		}
+		a, ok := z.answers[name]
 		switch {
 		case !ok:
 			m.Rcode = dns.RcodeNameError
@@ -161,13 +205,52 @@ func TestUnlistedAccepted(t *testing.T) {
 	}
 }
 
+// TestReplyNamesTheListingZone: of two zones, the one that lists the
+// client is named, although the other comes first in dnsbl.ini, and each
+// zone is asked once. The listing answer is held until the other zone's
+// query has come: the lookup stops at the first listing and does not wait
+// for the other answers, so without the hold the other query may still be
+// in flight when the client reads its reply, and the count below would
+// race with it.
 func TestReplyNamesTheListingZone(t *testing.T) {
-	zone := startZone(t, map[string]string{listedName: "127.0.0.2"})
+	const cleanName = "1.0.0.127.clean.test."
+	zone := startZoneHolding(t, map[string]string{listedName: "127.0.0.2"}, map[string]string{listedName: cleanName})
 	ts := servertest.Start(t, files("zones = clean.test, bl.test\nresolver = "+zone.addr+"\nskip_private = false\n"))
 	toRcpt(dialer.DialFrom(t, ts.Addr, "127.0.0.1"), listedRcpt)
 	if n := zone.queries.Load(); n != 2 {
 		t.Errorf("the zones got %d queries, want 2 (one per zone)", n)
 	}
+}
+
+// TestResults: with the results plugin in front, a listed client's
+// transaction and connection lines carry dnsbl's fail with the zone; a
+// clean client's a pass, a skipped one's a skip.
+func TestResults(t *testing.T) {
+	zone := startZone(t, map[string]string{listedName: "127.0.0.2"})
+	f := files(iniFor(zone.addr))
+	f["plugins"] = "results\ndnsbl\n"
+	ts := servertest.Start(t, f)
+	for _, tc := range []struct{ from, rcpt, finding string }{
+		{"127.0.0.1", listedRcpt, `"conn":{"dnsbl":["fail: listed by bl.test"]}`},
+		{"127.0.0.2", rcptOK, `"conn":{"dnsbl":["pass: not listed"]}`},
+	} {
+		c := dialer.DialFrom(t, ts.Addr, tc.from)
+		toRcpt(c, tc.rcpt)
+		c.CmdExact("QUIT", "221 2.0.0 Bye")
+		// One transaction line, then the connection line.
+		servertest.Eventually(t, 20*time.Millisecond, "the results lines of "+tc.from, func() bool {
+			return ts.Log.Count(`"plugin":"results"`, tc.finding) == 2
+		})
+	}
+
+	f["dnsbl.ini"] = "zones = bl.test\nresolver = " + zone.addr + "\n"
+	ts = servertest.Start(t, f)
+	c := dialer.DialFrom(t, ts.Addr, "127.0.0.1")
+	c.ExpectExact(banner)
+	c.CmdExact("QUIT", "221 2.0.0 Bye")
+	servertest.Eventually(t, 20*time.Millisecond, "the results line of a private address", func() bool {
+		return ts.Log.Count(`"plugin":"results"`, `"conn":{"dnsbl":["skip: private address"]}`) == 1
+	})
 }
 
 func TestCacheAnswersSecondConnection(t *testing.T) {

@@ -80,9 +80,11 @@ func (p *EarlyTalker) Connect(c *plugins.Conn) plugins.Result {
 		return plugins.Result{Action: plugins.Continue, Delay: p.pause}
 	}
 	if !c.EarlyTalker {
+		c.Record(plugins.Finding{Plugin: Name, Outcome: plugins.Pass, Message: "waited " + p.pause.String()})
 		return plugins.Next()
 	}
 	c.SetNote(NoteTalked, true)
+	c.Record(plugins.Finding{Plugin: Name, Outcome: plugins.Fail, Message: "talked before the banner"})
 	if !p.reject {
 		if c.Log != nil {
 			c.Log.Debug().Str("plugin", Name).Str("conn", c.ID).Str("ip", c.RemoteIP.String()).

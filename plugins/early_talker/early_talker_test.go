@@ -21,6 +21,7 @@ import (
 	"loopmx/internal/servertest"
 	"loopmx/plugins"
 	earlytalker "loopmx/plugins/early_talker"
+	_ "loopmx/plugins/results"
 )
 
 const (
@@ -86,8 +87,8 @@ func init() {
 	})
 }
 
-// start serves early_talker with the given early_talker.ini, followed by
-// a watch plugin, which it returns.
+// start serves early_talker with the given early_talker.ini, after
+// results and followed by a watch plugin, which it returns.
 func start(t *testing.T, ini string) (*servertest.Server, *watch) {
 	t.Helper()
 	return startWith(t, map[string]string{"early_talker.ini": ini})
@@ -99,7 +100,7 @@ func startWith(t *testing.T, files map[string]string) (*servertest.Server, *watc
 	current = &watch{}
 	t.Cleanup(func() { current = nil })
 	w := current
-	files["plugins"] = "early_talker\ntest/watch\n"
+	files["plugins"] = "results\nearly_talker\ntest/watch\n"
 	s := servertest.Start(t, files)
 	return s, w
 }
@@ -128,6 +129,7 @@ func TestPoliteClientIsGreetedAfterThePause(t *testing.T) {
 	if len(notes) != 1 || notes[0][earlytalker.NotePaused] != pause || notes[0][earlytalker.NoteTalked] != nil {
 		t.Errorf("notes at EHLO %v, want only %s = %v", notes, earlytalker.NotePaused, pause)
 	}
+	resultsShow(t, s, `"conn":{"early_talker":["pass: waited 300ms"]}`)
 }
 
 func TestEarlyTalkerIsRefused(t *testing.T) {
@@ -144,6 +146,17 @@ func TestEarlyTalkerIsRefused(t *testing.T) {
 	if log := s.Log.String(); !strings.Contains(log, `"plugin":"early_talker","code":554`) {
 		t.Errorf("the refusal is not in the log:\n%s", log)
 	}
+	resultsShow(t, s, `"conn":{"early_talker":["fail: talked before the banner"]}`)
+}
+
+// resultsShow waits for the results line of the connection (written when
+// it has closed) with the connection findings conn.
+func resultsShow(t *testing.T, s *servertest.Server, conn string) {
+	t.Helper()
+	want := `"results":{` + conn + `},"message":"results"`
+	servertest.Eventually(t, 20*time.Millisecond, "a connection results line with "+want, func() bool {
+		return s.Log.Count(`"plugin":"results"`, want) == 1
+	})
 }
 
 func TestEarlyTalkerOnlyNoted(t *testing.T) {
@@ -157,6 +170,7 @@ func TestEarlyTalkerOnlyNoted(t *testing.T) {
 	if len(notes) != 1 || notes[0][earlytalker.NoteTalked] != true {
 		t.Errorf("notes at EHLO %v, want %s = true", notes, earlytalker.NoteTalked)
 	}
+	resultsShow(t, s, `"conn":{"early_talker":["fail: talked before the banner"]}`)
 }
 
 func TestNoPauseNoCheck(t *testing.T) {
@@ -170,6 +184,7 @@ func TestNoPauseNoCheck(t *testing.T) {
 	if len(notes) != 1 || len(notes[0]) != 0 {
 		t.Errorf("notes at EHLO %v, want none (no pause, no check)", notes)
 	}
+	resultsShow(t, s, `"conn":{}`)
 }
 
 // TestClientLeavingDuringThePauseIsReleased: a client that hangs up while

@@ -1,7 +1,8 @@
 // Package headers is the headers plugin: when a message is complete it
 // checks the message's header section and refuses messages whose header is
 // too large (552 5.6.0) or that carry more Received fields than a message
-// ever needs (554 5.4.6, a mail loop: RFC 5321 6.3).
+// ever needs (554 5.4.6, a mail loop: RFC 5321 6.3), recording each
+// refusal for the results plugin.
 //
 // The check runs inline on the event loop: one pass over the header
 // section, no allocation, and never more than max_header_bytes of it.
@@ -10,6 +11,7 @@ package headers
 import (
 	"bytes"
 	"fmt"
+	"strconv"
 
 	"loopmx/config"
 	"loopmx/plugins"
@@ -79,9 +81,13 @@ func (h *Headers) DataPost(c *plugins.Conn, m *plugins.Message) plugins.Result {
 	switch {
 	case h.maxBytes > 0 && size > h.maxBytes:
 		h.logRefusal(c, "header section over max_header_bytes", size, received)
+		c.Record(plugins.Finding{Plugin: Name, Outcome: plugins.Fail,
+			Message: "header section over max_header_bytes " + strconv.Itoa(h.maxBytes)})
 		return tooLarge
 	case h.maxReceived > 0 && received > h.maxReceived:
 		h.logRefusal(c, "more Received fields than max_received", size, received)
+		c.Record(plugins.Finding{Plugin: Name, Outcome: plugins.Fail,
+			Message: strconv.Itoa(received) + " Received fields over max_received " + strconv.Itoa(h.maxReceived)})
 		return tooMany
 	}
 	return plugins.Next()

@@ -5,6 +5,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"loopmx/config"
 	"loopmx/internal/servertest"
@@ -171,20 +172,32 @@ func TestChecksOff(t *testing.T) {
 }
 
 // dataPost runs the data_post hooks as the loop does and returns what the
-// client reads ("" when the message goes on to the queue).
+// client reads ("" when the message goes on to the queue). A refusal must
+// be recorded as the transaction's one finding, a fail whose message
+// names the limit; a message let through gets no finding.
 func dataPost(t *testing.T, p *headers.Headers, msg string) string {
 	t.Helper()
 	ch := plugins.NewChain(p)
 	c := &plugins.Conn{ID: "t.1"}
+	c.BeginTx("s@example.org", time.Now())
 	call := &plugins.Call{Hook: plugins.HookDataPost, Msg: &plugins.Message{Body: []byte(msg), Protocol: "ESMTP"}}
 	res, _, done := ch.Step(c, call, 0)
 	if !done {
 		t.Fatal("headers went to the workpool; it must run inline")
 	}
-	if res.Action == plugins.Continue {
-		return ""
+	got := ""
+	if res.Action != plugins.Continue {
+		got = strings.TrimSuffix(string(plugins.ReplyFor(plugins.HookDataPost, res).AppendTo(nil)), "\r\n")
 	}
-	return strings.TrimSuffix(string(plugins.ReplyFor(plugins.HookDataPost, res).AppendTo(nil)), "\r\n")
+	f, _ := c.Tx.Findings()
+	switch {
+	case got == "" && len(f) != 0:
+		t.Errorf("a message let through has findings %+v", f)
+	case got == tooLarge && (len(f) != 1 || f[0].Outcome != plugins.Fail || !strings.HasPrefix(f[0].Message, "header section over max_header_bytes ")),
+		got == tooMany && (len(f) != 1 || f[0].Outcome != plugins.Fail || !strings.Contains(f[0].Message, " Received fields over max_received ")):
+		t.Errorf("refused with %q, findings %+v", got, f)
+	}
+	return got
 }
 
 func TestReceivedCount(t *testing.T) {

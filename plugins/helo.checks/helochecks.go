@@ -2,7 +2,8 @@
 // client gives in HELO or EHLO (its syntax, a claim to be this server, an
 // address literal that is not the client's address, a bare IP address).
 // Each check is off, notes its finding for later plugins, or refuses the
-// command. They are string checks, so the hooks run inline.
+// command; every check made is recorded for the results plugin. They are
+// string checks, so the hooks run inline.
 package helochecks
 
 import (
@@ -146,19 +147,26 @@ func (p *HeloChecks) Helo(c *plugins.Conn, name string) plugins.Result { return 
 // Ehlo implements plugins.EhloHook.
 func (p *HeloChecks) Ehlo(c *plugins.Conn, name string) plugins.Result { return p.judge(c, name) }
 
-// judge runs every check that is on. Failed checks in note mode are
-// recorded in the note; the first failed check in reject mode refuses.
-// A name that passes gets no opinion: the next plugin decides.
+// judge runs every check that is on. Each failed check is recorded as a
+// finding; failed checks in note mode also go into the note; the first
+// failed check in reject mode refuses. A name that fails no check is
+// recorded as a pass and gets no opinion: the next plugin decides.
 func (p *HeloChecks) judge(c *plugins.Conn, name string) plugins.Result {
 	h := classify(name)
 	var noted []string
 	var refusal *check
+	checked := false
 	for i := range checks {
 		ck := &checks[i]
 		m := p.modes[i]
-		if m == off || !ck.fails(c, h) {
+		if m == off {
 			continue
 		}
+		checked = true
+		if !ck.fails(c, h) {
+			continue
+		}
+		c.Record(plugins.Finding{Plugin: Name, Outcome: plugins.Fail, Message: ck.key + ": " + name})
 		if m == note {
 			noted = append(noted, ck.key)
 		} else if refusal == nil {
@@ -170,6 +178,9 @@ func (p *HeloChecks) judge(c *plugins.Conn, name string) plugins.Result {
 	}
 	if refusal != nil {
 		return plugins.Result{Action: plugins.Reject, Reply: refusal.reply}
+	}
+	if checked && len(noted) == 0 {
+		c.Record(plugins.Finding{Plugin: Name, Outcome: plugins.Pass, Message: name})
 	}
 	return plugins.Next()
 }

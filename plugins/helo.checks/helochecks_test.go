@@ -4,11 +4,13 @@ import (
 	"net/netip"
 	"strings"
 	"testing"
+	"time"
 
 	"loopmx/config"
 	"loopmx/internal/servertest"
 	"loopmx/plugins"
 	_ "loopmx/plugins/helo.checks"
+	_ "loopmx/plugins/results"
 )
 
 const (
@@ -166,6 +168,28 @@ func TestAllOff(t *testing.T) {
 	for _, name := range []string{"under_score", "mx.test", "[192.0.2.1]", "192.0.2.1"} {
 		hello(c, name, "")
 		noteIs(c, "note unset")
+	}
+}
+
+// TestResults: with the results plugin in front, the connection's
+// summary line shows every name helo.checks judged: the failed checks,
+// refused or only noted, and the names that passed.
+func TestResults(t *testing.T) {
+	f := files()
+	f["plugins"] = "results\nhelo.checks\n"
+	ts := servertest.Start(t, f)
+	c := dialer.DialFrom(t, ts.Addr, "127.0.0.2")
+	c.ExpectExact(banner)
+	c.EHLO("192.0.2.7")
+	c.CmdExact("HELO mx.test", claimsUs)
+	c.CmdExact("HELO client.example.org", "250 mx.test")
+	c.Quit()
+	const want = `"results":{"conn":{"helo.checks":["fail: bare_ip: 192.0.2.7","fail: claims_us: mx.test","pass: client.example.org"]}}`
+	servertest.Eventually(t, 20*time.Millisecond, "the results line", func() bool {
+		return ts.Log.Count(`"plugin":"results"`, `"message":"results"`) > 0
+	})
+	if ts.Log.Count(`"plugin":"results"`, want) != 1 {
+		t.Errorf("no results line with %s:\n%s", want, ts.Log)
 	}
 }
 

@@ -28,13 +28,17 @@ const Name = "limit"
 
 func init() { plugins.Register(Name, setup) }
 
-// These note keys hold the per-connection counters and limit's result.
+// These note keys hold the per-connection counters.
 const (
 	errorsNote       = "limit.errors"
 	unrecognizedNote = "limit.unrecognized"
-	// resultNote records why limit refused, for the results plugin.
-	resultNote = "result:" + Name
 )
+
+// record records why limit refused or could not count, for the results
+// plugin: on the transaction when one is open, else on the connection.
+func record(c *plugins.Conn, o plugins.Outcome, msg string) {
+	c.Record(plugins.Finding{Plugin: Name, Outcome: o, Message: msg})
+}
 
 // These are limit's fixed replies (RFC 5321 4.2.2 for the codes, RFC 3463
 // for X.7.0, X.5.3, X.7.1 and X.3.0).
@@ -142,11 +146,11 @@ func (l *Limit) Connect(c *plugins.Conn) plugins.Result {
 	}
 	l.down.Up(c.Log)
 	if l.s.connRate.On() && cc.rate > l.s.connRate.N {
-		c.SetNote(resultNote, "fail: "+strconv.FormatInt(cc.rate, 10)+" connections from "+ip+" within "+l.s.connRate.Per.String())
+		record(c, plugins.Fail, strconv.FormatInt(cc.rate, 10)+" connections from "+ip+" within "+l.s.connRate.Per.String())
 		return plugins.Result{Action: plugins.TempFailDisconnect, Reply: replyRate}
 	}
 	if l.s.maxConcurrency > 0 && !cc.admitted {
-		c.SetNote(resultNote, "fail: "+strconv.Itoa(cc.open)+" concurrent connections from "+ip)
+		record(c, plugins.Fail, strconv.Itoa(cc.open)+" concurrent connections from "+ip)
 		return plugins.Result{Action: plugins.TempFailDisconnect, Reply: replyConcurrency}
 	}
 	return plugins.Next()
@@ -183,7 +187,7 @@ func (l *Limit) Rcpt(c *plugins.Conn, _ string) plugins.Result {
 		return plugins.Next()
 	}
 	if l.s.maxRcptsPerTx > 0 && len(c.Tx.Rcpts) >= l.s.maxRcptsPerTx {
-		c.Tx.SetNote(resultNote, "fail: more than "+strconv.Itoa(l.s.maxRcptsPerTx)+" recipients")
+		record(c, plugins.Fail, "more than "+strconv.Itoa(l.s.maxRcptsPerTx)+" recipients")
 		return plugins.Result{Action: plugins.TempFail, Reply: replyRcptsPerTx}
 	}
 	if !l.s.senderRate.On() || c.Tx.From == "" {
@@ -195,7 +199,7 @@ func (l *Limit) Rcpt(c *plugins.Conn, _ string) plugins.Result {
 	}
 	l.down.Up(c.Log)
 	if n > l.s.senderRate.N {
-		c.Tx.SetNote(resultNote, "fail: "+strconv.FormatInt(n, 10)+" recipients from the sender within "+l.s.senderRate.Per.String())
+		record(c, plugins.Fail, strconv.FormatInt(n, 10)+" recipients from the sender within "+l.s.senderRate.Per.String())
 		return plugins.Result{Action: plugins.TempFail, Reply: replySenderRate}
 	}
 	return plugins.Next()
@@ -214,7 +218,7 @@ func (l *Limit) Unrecognized(c *plugins.Conn, _ string) plugins.Result {
 	n++
 	c.SetNote(unrecognizedNote, n)
 	if n > l.s.maxUnrecognized {
-		c.SetNote(resultNote, "fail: "+strconv.Itoa(n)+" unrecognized commands")
+		record(c, plugins.Fail, strconv.Itoa(n)+" unrecognized commands")
 		return plugins.Result{Action: plugins.TempFailDisconnect, Reply: replyUnrecognized}
 	}
 	return plugins.Next()
@@ -237,7 +241,7 @@ func (l *Limit) checkErrors(c *plugins.Conn) plugins.Result {
 		return plugins.Next()
 	}
 	if n, _ := c.Note(errorsNote).(int); n >= l.s.maxErrors {
-		c.SetNote(resultNote, "fail: "+strconv.Itoa(n)+" refused commands")
+		record(c, plugins.Fail, strconv.Itoa(n)+" refused commands")
 		return plugins.Result{Action: plugins.TempFailDisconnect, Reply: replyErrors}
 	}
 	return plugins.Next()
@@ -248,11 +252,7 @@ func (l *Limit) checkErrors(c *plugins.Conn) plugins.Result {
 // 451 4.3.0 later). Either way the outage is logged at most once a minute.
 func (l *Limit) unavailable(c *plugins.Conn, h plugins.Hook, err error) plugins.Result {
 	l.down.Down(c.Log, err)
-	if c.Tx != nil && h != plugins.HookConnect {
-		c.Tx.SetNote(resultNote, "err: redis unavailable")
-	} else {
-		c.SetNote(resultNote, "err: redis unavailable")
-	}
+	record(c, plugins.Err, "redis unavailable")
 	if !l.s.failClosed {
 		return plugins.Next()
 	}

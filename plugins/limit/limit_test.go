@@ -123,8 +123,8 @@ func TestInMemoryConcurrency(t *testing.T) {
 	if got, _ := run(t, ch, newConn("192.0.2.1", &logBuf), plugins.HookConnect, ""); got != refusedConcurrency {
 		t.Fatalf("over the limit again: %q", got)
 	}
-	if r, _ := third.Note("result:limit").(string); !strings.HasPrefix(r, "fail: 3 concurrent connections from 192.0.2.1") {
-		t.Errorf("result note %q", r)
+	if f, _ := third.Findings(); len(f) != 1 || f[0].Outcome != plugins.Fail || f[0].Message != "3 concurrent connections from 192.0.2.1" {
+		t.Errorf("findings %+v, want one fail: 3 concurrent connections from 192.0.2.1", f)
 	}
 }
 

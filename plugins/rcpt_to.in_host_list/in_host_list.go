@@ -43,24 +43,35 @@ func New(domains []string) *InHostList {
 // Name implements plugins.Plugin.
 func (*InHostList) Name() string { return Name }
 
-// Rcpt implements plugins.RcptHook.
-func (p *InHostList) Rcpt(_ *plugins.Conn, to string) plugins.Result {
+// Rcpt implements plugins.RcptHook. Each recipient is recorded for the
+// results plugin: pass, or fail saying why.
+func (p *InHostList) Rcpt(c *plugins.Conn, to string) plugins.Result {
 	i := strings.LastIndexByte(to, '@')
 	if i < 0 {
 		// RFC 5321 4.5.1: <postmaster> without a domain must be accepted.
 		if strings.EqualFold(to, "postmaster") {
-			return plugins.OK()
+			return accept(c, to)
 		}
-		return relayDenied
+		return deny(c, to, ": no domain")
 	}
 	d := to[i+1:]
 	if _, ok := p.domains[d]; !ok {
 		d = strings.TrimSuffix(strings.ToLower(d), ".")
 		if _, ok := p.domains[d]; !ok {
-			return relayDenied
+			return deny(c, to, ": domain not in host_list")
 		}
 	}
+	return accept(c, to)
+}
+
+func accept(c *plugins.Conn, to string) plugins.Result {
+	c.Record(plugins.Finding{Plugin: Name, Outcome: plugins.Pass, Message: to})
 	return plugins.OK()
+}
+
+func deny(c *plugins.Conn, to, why string) plugins.Result {
+	c.Record(plugins.Finding{Plugin: Name, Outcome: plugins.Fail, Message: to + why})
+	return relayDenied
 }
 
 var relayDenied = plugins.Deny(550, "5.7.1", "Relaying denied")

@@ -3,6 +3,7 @@ package inhostlist_test
 import (
 	"strings"
 	"testing"
+	"time"
 
 	"loopmx/internal/servertest"
 	"loopmx/plugins"
@@ -15,21 +16,36 @@ const (
 )
 
 // rcpt runs the rcpt hook through ch as the event loop does and returns
-// what the client reads ("" when the session's default 250 is used).
+// what the client reads ("" when the session's default 250 is used). It
+// also requires the one finding recorded for the transaction to match.
 func rcpt(t *testing.T, ch *plugins.Chain, to string) string {
 	t.Helper()
-	res, _, done := ch.Step(&plugins.Conn{ID: "w1.r"}, &plugins.Call{Hook: plugins.HookRcpt, Arg: to}, 0)
+	c := &plugins.Conn{ID: "w1.r"}
+	c.BeginTx("s@example.net", time.Now())
+	res, _, done := ch.Step(c, &plugins.Call{Hook: plugins.HookRcpt, Arg: to}, 0)
 	if !done {
 		t.Fatal("in_host_list went to the workpool; it is a map lookup and should run inline")
 	}
-	rep := plugins.ReplyFor(plugins.HookRcpt, res)
-	if rep.IsZero() {
+	got := accepted
+	if rep := plugins.ReplyFor(plugins.HookRcpt, res); rep.IsZero() {
 		if res.Action != plugins.Accept {
 			t.Errorf("%s: no plugin decided (%s); in_host_list must accept or refuse", to, res.Action)
 		}
-		return accepted
+	} else {
+		got = string(rep.AppendTo(nil))
 	}
-	return string(rep.AppendTo(nil))
+	want := plugins.Finding{Plugin: inhostlist.Name, Outcome: plugins.Pass, Message: to}
+	if got != accepted {
+		want.Outcome = plugins.Fail
+		want.Message += ": domain not in host_list"
+		if !strings.Contains(to, "@") {
+			want.Message = to + ": no domain"
+		}
+	}
+	if f, _ := c.Tx.Findings(); len(f) != 1 || f[0] != want {
+		t.Errorf("RCPT TO:<%s>: transaction findings %+v, want %+v", to, f, want)
+	}
+	return got
 }
 
 // cases are recipients as the session hands them over: without angle

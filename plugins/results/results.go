@@ -1,17 +1,8 @@
 // Package results is the results plugin: it gathers what every plugin
-// decided about a connection and its transactions, writes one summary
-// line per transaction and one per connection, and, when results.ini asks
-// for it, publishes each result to Redis.
-//
-// Plugins never import one another, so results offers no Go API. A plugin
-// records a result as a note whose key is "result:" followed by its own
-// name, on the connection (c.SetNote) or on the transaction
-// (c.Tx.SetNote). The value is a string "<status>" or "<status>: <message>"
-// where status is pass, fail, skip or err, or a []string of such strings
-// for several results:
-//
-//	c.SetNote("result:dnsbl", "fail: listed in zen.example")
-//	c.Tx.SetNote("result:spf", []string{"pass: mail from", "skip: helo"})
+// found about a connection and its transactions (the findings plugins
+// record with plugins.Conn.Record), writes one summary line per
+// transaction and one per connection, and, when results.ini asks for it,
+// publishes each finding to Redis.
 //
 // A transaction is summarised when the server ends it (the tx_end hook),
 // so every plugin has had its say about it.
@@ -21,7 +12,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"strings"
 	"sync"
 
 	"github.com/redis/go-redis/v9"
@@ -34,9 +24,6 @@ import (
 
 // Name is the plugin's name in the plugins file.
 const Name = "results"
-
-// NotePrefix starts the key of every note that records a result.
-const NotePrefix = "result:"
 
 // ChannelPrefix starts the Redis channel a transaction's (or a
 // connection's) results are published to; the id follows.
@@ -151,109 +138,100 @@ func (r *Results) Disconnect(c *plugins.Conn) {
 	r.send(c, pending)
 }
 
-// Result is one result as logged and published.
+// Result is one finding as published.
 type Result struct {
 	Conn    string `json:"conn"`
 	Tx      string `json:"tx,omitempty"`
 	Plugin  string `json:"plugin"`
-	Scope   string `json:"scope"`  // "conn" or "tx": where the note was
-	Status  string `json:"result"` // pass, fail, skip or err
+	Scope   string `json:"scope"`   // "conn" or "tx": what the finding belongs to
+	Outcome string `json:"outcome"` // pass, fail, skip or err
+	Word    string `json:"word,omitempty"`
 	Message string `json:"message,omitempty"`
 }
 
 // summarise writes the summary line of tx, or of the connection when tx
-// is nil, and queues its results for publishing. A transaction's summary
-// holds the connection's results too: they apply to it.
+// is nil, and queues its findings for publishing. A transaction's summary
+// shows the connection's findings too, apart from its own: they apply to
+// it.
 func (r *Results) summarise(c *plugins.Conn, st *state, tx *plugins.Transaction) {
-	var list []Result
-	list = collect(list, c.ID, "", "conn", c.NoteKeys(), c.Note)
+	conn, dropped := c.Findings()
+	var own []plugins.Finding
 	id := c.ID
 	if tx != nil {
 		id = tx.ID
-		for i := range list {
-			list[i].Tx = tx.ID
-		}
-		list = collect(list, c.ID, tx.ID, "tx", tx.NoteKeys(), tx.Note)
+		var n int
+		own, n = tx.Findings()
+		dropped += n
 	}
 	if c.Log != nil {
 		if ev := c.Log.Info(); ev.Enabled() {
 			ev = ev.Str("plugin", Name).Str("conn", c.ID)
+			d := zerolog.Dict().Dict("conn", dict(conn))
 			if tx != nil {
 				ev = ev.Str("tx", tx.ID)
+				d = d.Dict("tx", dict(own))
 			}
-			ev.Dict("results", dict(list)).Msg("results")
+			ev = ev.Dict("results", d)
+			if dropped > 0 {
+				ev = ev.Int("results_dropped", dropped)
+			}
+			ev.Msg("results")
 		}
 	}
 	if !r.publish {
 		return
 	}
-	for _, res := range list {
-		doc, err := json.Marshal(res)
+	txID := ""
+	if tx != nil {
+		txID = tx.ID
+	}
+	st.pending = appendDocs(st.pending, ChannelPrefix+id, c.ID, txID, "conn", conn)
+	st.pending = appendDocs(st.pending, ChannelPrefix+id, c.ID, txID, "tx", own)
+}
+
+// appendDocs queues the publication of each finding of one scope.
+func appendDocs(pending []publication, channel, conn, tx, scope string, list []plugins.Finding) []publication {
+	for _, f := range list {
+		doc, err := json.Marshal(Result{Conn: conn, Tx: tx, Plugin: f.Plugin, Scope: scope,
+			Outcome: f.Outcome.String(), Word: f.Word, Message: f.Message})
 		if err == nil {
-			st.pending = append(st.pending, publication{channel: ChannelPrefix + id, doc: doc})
+			pending = append(pending, publication{channel: channel, doc: doc})
 		}
 	}
+	return pending
 }
 
-// collect appends the results in the notes keys (sorted) of one scope.
-func collect(list []Result, conn, tx, scope string, keys []string, note func(string) any) []Result {
-	for _, k := range keys {
-		plugin, ok := strings.CutPrefix(k, NotePrefix)
-		if !ok || plugin == "" {
-			continue
-		}
-		switch v := note(k).(type) {
-		case string:
-			list = append(list, parse(conn, tx, plugin, scope, v))
-		case []string:
-			for _, s := range v {
-				list = append(list, parse(conn, tx, plugin, scope, s))
-			}
-		case nil:
-		default:
-			list = append(list, Result{Conn: conn, Tx: tx, Plugin: plugin, Scope: scope, Status: "err",
-				Message: "result note is not a string"})
-		}
-	}
-	return list
-}
-
-// parse reads "<status>" or "<status>: <message>". Anything else is kept
-// as an err result quoting the note, so a plugin's mistake shows.
-func parse(conn, tx, plugin, scope, v string) Result {
-	res := Result{Conn: conn, Tx: tx, Plugin: plugin, Scope: scope}
-	status, msg, _ := strings.Cut(v, ":")
-	status = strings.ToLower(strings.TrimSpace(status))
-	switch status {
-	case "pass", "fail", "skip", "err":
-		res.Status, res.Message = status, strings.TrimSpace(msg)
-	default:
-		res.Status, res.Message = "err", "malformed result note: "+v
-	}
-	return res
-}
-
-// dict is the log form of a summary: per plugin, in the order plugins
-// first appear (connection results first), its results as "<status>" or
-// "<status>: <message>".
-func dict(list []Result) *zerolog.Event {
+// dict is the log form of one scope's findings: per plugin, in the order
+// plugins first recorded, its findings as Entry writes them.
+func dict(list []plugins.Finding) *zerolog.Event {
 	var order []string
 	items := make(map[string][]string, len(list))
-	for _, res := range list {
-		if _, seen := items[res.Plugin]; !seen {
-			order = append(order, res.Plugin)
+	for _, f := range list {
+		if _, seen := items[f.Plugin]; !seen {
+			order = append(order, f.Plugin)
 		}
-		s := res.Status
-		if res.Message != "" {
-			s += ": " + res.Message
-		}
-		items[res.Plugin] = append(items[res.Plugin], s)
+		items[f.Plugin] = append(items[f.Plugin], Entry(f))
 	}
 	d := zerolog.Dict()
 	for _, p := range order {
 		d.Strs(p, items[p])
 	}
 	return d
+}
+
+// Entry is how a summary line shows a finding: "<outcome>", then
+// " (<word>)" when the finding has a word other than its outcome, then
+// ": <message>" when it has a message. For example "pass",
+// "fail: listed by zen.example", "fail (softfail): not designated".
+func Entry(f plugins.Finding) string {
+	s := f.Outcome.String()
+	if f.Word != "" && f.Word != s {
+		s += " (" + f.Word + ")"
+	}
+	if f.Message != "" {
+		s += ": " + f.Message
+	}
+	return s
 }
 
 // take hands over the pending publications; st.mu is held.

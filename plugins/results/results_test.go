@@ -17,11 +17,11 @@ import (
 	"loopmx/internal/servertest"
 	"loopmx/plugins"
 	_ "loopmx/plugins/queue/discard"
-	_ "loopmx/plugins/results"
+	"loopmx/plugins/results"
 )
 
-// checkName is a test plugin that records results the way any plugin
-// does, through notes, without importing results.
+// checkName is a test plugin that records findings the way any plugin
+// does, through plugins.Conn.Record, without importing results.
 const checkName = "test_check"
 
 func init() {
@@ -32,20 +32,19 @@ type check struct{}
 
 func (check) Name() string { return checkName }
 
-// Connect records a connection result.
+// Connect records a connection finding.
 func (check) Connect(c *plugins.Conn) plugins.Result {
-	c.SetNote("result:"+checkName, "pass: connect")
+	c.Record(plugins.Finding{Plugin: checkName, Outcome: plugins.Pass, Message: "connect"})
 	return plugins.Next()
 }
 
-// Rcpt records one transaction result per recipient and refuses bad@.
+// Rcpt records one transaction finding per recipient and refuses bad@.
 func (check) Rcpt(c *plugins.Conn, to string) plugins.Result {
-	prev, _ := c.Tx.Note("result:" + checkName).([]string)
 	if strings.HasPrefix(to, "bad@") {
-		c.Tx.SetNote("result:"+checkName, append(prev, "fail: no such user "+to))
+		c.Record(plugins.Finding{Plugin: checkName, Outcome: plugins.Fail, Word: "nouser", Message: "no such user " + to})
 		return plugins.Deny(550, "5.1.1", "No such user")
 	}
-	c.Tx.SetNote("result:"+checkName, append(prev, "pass: "+to))
+	c.Record(plugins.Finding{Plugin: checkName, Outcome: plugins.Pass, Message: to})
 	return plugins.Next()
 }
 
@@ -134,11 +133,15 @@ func TestSummaryPerTransactionAndConnection(t *testing.T) {
 	c.Quit()
 
 	all := waitConnSummary(t, srv, conn)
+	connResults := map[string]any{checkName: []any{"pass: connect"}}
 	want := []map[string]any{
-		{"tx": conn + ".1", "results": map[string]any{checkName: []any{"pass: connect", "pass: a@example.com", "pass: b@example.com"}}},
-		{"tx": conn + ".2", "results": map[string]any{checkName: []any{"pass: connect", "fail: no such user bad@example.com"}}},
-		{"tx": conn + ".3", "results": map[string]any{checkName: []any{"pass: connect", "pass: c@example.com"}}},
-		{"tx": nil, "results": map[string]any{checkName: []any{"pass: connect"}}},
+		{"tx": conn + ".1", "results": map[string]any{"conn": connResults,
+			"tx": map[string]any{checkName: []any{"pass: a@example.com", "pass: b@example.com"}}}},
+		{"tx": conn + ".2", "results": map[string]any{"conn": connResults,
+			"tx": map[string]any{checkName: []any{"fail (nouser): no such user bad@example.com"}}}},
+		{"tx": conn + ".3", "results": map[string]any{"conn": connResults,
+			"tx": map[string]any{checkName: []any{"pass: c@example.com"}}}},
+		{"tx": nil, "results": map[string]any{"conn": connResults}},
 	}
 	if len(all) != len(want) {
 		t.Fatalf("%d summary lines, want one per transaction and one for the connection:\n%s", len(all), srv.Log)
@@ -151,7 +154,25 @@ func TestSummaryPerTransactionAndConnection(t *testing.T) {
 	}
 }
 
-func TestNoteValues(t *testing.T) {
+func TestEntry(t *testing.T) {
+	for _, tc := range []struct {
+		f    plugins.Finding
+		want string
+	}{
+		{plugins.Finding{Outcome: plugins.Pass}, "pass"},
+		{plugins.Finding{Outcome: plugins.Fail, Message: "listed by zen.example"}, "fail: listed by zen.example"},
+		{plugins.Finding{Outcome: plugins.Fail, Word: "softfail", Message: "not designated: see SPF"}, "fail (softfail): not designated: see SPF"},
+		{plugins.Finding{Outcome: plugins.Skip, Word: "skip"}, "skip"},
+		{plugins.Finding{Outcome: plugins.Err, Word: "temperror"}, "err (temperror)"},
+	} {
+		if got := results.Entry(tc.f); got != tc.want {
+			t.Errorf("Entry(%+v) = %q, want %q", tc.f, got, tc.want)
+		}
+	}
+}
+
+// TestDropped: findings past plugins.MaxFindings are counted in the line.
+func TestDropped(t *testing.T) {
 	dir := configDir(t, "")
 	servertest.Write(t, dir, "plugins", "results\n")
 	ch, err := servertest.BuildDir(t, dir)
@@ -161,30 +182,19 @@ func TestNoteValues(t *testing.T) {
 	var buf bytes.Buffer
 	l := zerolog.New(&buf)
 	c := &plugins.Conn{ID: "w1.7", RemoteIP: netip.MustParseAddr("192.0.2.1"), Log: &l}
-	c.SetNote("result:a", "PASS")
-	c.SetNote("result:b", "Fail:  listed in zen.example ")
-	c.SetNote("result:c", "skip: not configured: no zones")
-	c.SetNote("result:d", "maybe")
-	c.SetNote("result:e", 42)
-	c.SetNote("result:", "fail: nameless")
-	c.SetNote("other", "pass: not a result")
-	c.SetNote("result:f", []string{"pass: one", "err: two"})
+	for range plugins.MaxFindings + 3 {
+		c.Record(plugins.Finding{Plugin: "helo.checks", Outcome: plugins.Pass})
+	}
 	ch.RunFrom(c, &plugins.Call{Hook: plugins.HookDisconnect}, 0)
-
 	all := summaries(t, buf.String())
 	if len(all) != 1 {
 		t.Fatalf("summaries: %v", buf.String())
 	}
-	want := map[string]any{
-		"a": []any{"pass"},
-		"b": []any{"fail: listed in zen.example"},
-		"c": []any{"skip: not configured: no zones"},
-		"d": []any{"err: malformed result note: maybe"},
-		"e": []any{"err: result note is not a string"},
-		"f": []any{"pass: one", "err: two"},
+	if got := all[0]["results_dropped"]; got != float64(3) {
+		t.Errorf("results_dropped = %v, want 3", got)
 	}
-	if !reflect.DeepEqual(all[0]["results"], want) {
-		t.Errorf("results %v\nwant %v", all[0]["results"], want)
+	if got := all[0]["results"].(map[string]any)["conn"].(map[string]any)["helo.checks"].([]any); len(got) != plugins.MaxFindings {
+		t.Errorf("%d findings logged, want %d", len(got), plugins.MaxFindings)
 	}
 }
 
@@ -251,6 +261,7 @@ func TestPublish(t *testing.T) {
 	session := func(srv *servertest.Server) (<-chan string, string, func()) {
 		c := dialer.Hello(t, srv.Addr)
 		c.Cmd("MAIL FROM:<s@example.org>", "250")
+		c.Cmd("RCPT TO:<bad@example.com>", "550")
 		c.Cmd("RCPT TO:<a@example.com>", "250")
 		c.Cmd("DATA", "354")
 		tx := txID(t, c.Cmd("Subject: x\r\n\r\nx\r\n.", "250"))
@@ -280,7 +291,7 @@ func TestPublish(t *testing.T) {
 
 	msgs, tx, unsub := session(on)
 	var got []map[string]any
-	for range 2 {
+	for range 3 {
 		var m map[string]any
 		if err := json.Unmarshal([]byte(next(msgs)), &m); err != nil {
 			t.Fatal(err)
@@ -290,8 +301,9 @@ func TestPublish(t *testing.T) {
 	unsub()
 	conn := connOf(tx)
 	want := []map[string]any{
-		{"conn": conn, "tx": tx, "plugin": checkName, "scope": "conn", "result": "pass", "message": "connect"},
-		{"conn": conn, "tx": tx, "plugin": checkName, "scope": "tx", "result": "pass", "message": "a@example.com"},
+		{"conn": conn, "tx": tx, "plugin": checkName, "scope": "conn", "outcome": "pass", "message": "connect"},
+		{"conn": conn, "tx": tx, "plugin": checkName, "scope": "tx", "outcome": "fail", "word": "nouser", "message": "no such user bad@example.com"},
+		{"conn": conn, "tx": tx, "plugin": checkName, "scope": "tx", "outcome": "pass", "message": "a@example.com"},
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("published %v\nwant %v", got, want)

@@ -2,7 +2,7 @@
 // connect hook reads the server's own load (how late the connection's event
 // loop runs, how many jobs wait for the workpool) and, when either is over
 // its limit, answers 421 4.7.0 and closes before any other plugin spends
-// work on the connection.
+// work on the connection, recording why for the results plugin.
 //
 // The hook runs inline on the event loop and costs two atomic loads and a
 // comparison; it must be the first plugin in the plugins file, so that an
@@ -11,6 +11,7 @@ package toobusy
 
 import (
 	"fmt"
+	"strconv"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -88,15 +89,18 @@ func (t *TooBusy) Connect(c *plugins.Conn) plugins.Result {
 				Msg("load")
 		}
 	}
-	var why string
+	var why, figures string
 	switch {
 	case t.maxLag > 0 && ld.LoopLag > t.maxLag:
 		why = "event loop lag"
+		figures = why + " " + ld.LoopLag.String() + " over max_lag " + t.maxLag.String()
 	case t.maxQueue > 0 && ld.PoolQueued > t.maxQueue:
 		why = "workpool queue"
+		figures = why + " " + strconv.Itoa(ld.PoolQueued) + " over max_queue " + strconv.Itoa(t.maxQueue)
 	default:
 		return plugins.Next()
 	}
+	c.Record(plugins.Finding{Plugin: Name, Outcome: plugins.Fail, Message: figures})
 	if ok, held := t.refusalLog.Allow(now); ok && c.Log != nil {
 		c.Log.Info().Str("plugin", Name).Str("reason", why).Int64("refused", held+1).
 			Dur("loop_lag", ld.LoopLag).Dur("max_lag", t.maxLag).

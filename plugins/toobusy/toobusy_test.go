@@ -3,6 +3,7 @@ package toobusy_test
 import (
 	"bytes"
 	"fmt"
+	"reflect"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -227,6 +228,14 @@ func (l load) Load() plugins.LoadInfo { return plugins.LoadInfo(l) }
 // the client reads ("" for the banner).
 func connect(t *testing.T, ch *plugins.Chain, ld plugins.LoadInfo, logs *bytes.Buffer) string {
 	t.Helper()
+	got, _ := connectConn(t, ch, ld, logs)
+	return got
+}
+
+// connectConn is connect that also returns the connection, for its
+// findings.
+func connectConn(t *testing.T, ch *plugins.Chain, ld plugins.LoadInfo, logs *bytes.Buffer) (string, *plugins.Conn) {
+	t.Helper()
 	l := zerolog.New(logs)
 	c := &plugins.Conn{ID: "t.1", Hostname: "mx.test", LoadSource: load(ld), Log: &l}
 	res, _, done := ch.Step(c, &plugins.Call{Hook: plugins.HookConnect}, 0)
@@ -237,9 +246,9 @@ func connect(t *testing.T, ch *plugins.Chain, ld plugins.LoadInfo, logs *bytes.B
 		if res.Delay != 0 {
 			t.Fatalf("toobusy asked for a delay of %v", res.Delay)
 		}
-		return ""
+		return "", c
 	}
-	return string(plugins.ReplyFor(plugins.HookConnect, res).AppendTo(nil))
+	return string(plugins.ReplyFor(plugins.HookConnect, res).AppendTo(nil)), c
 }
 
 func TestLimits(t *testing.T) {
@@ -250,20 +259,31 @@ func TestLimits(t *testing.T) {
 		maxQueue int
 		ld       plugins.LoadInfo
 		want     string
+		finding  string // the message of the fail recorded, "" for none
 	}{
-		{"idle", toobusy.DefaultMaxLag, 0, plugins.LoadInfo{}, ""},
-		{"lag at the limit", toobusy.DefaultMaxLag, 0, plugins.LoadInfo{LoopLag: 70 * time.Millisecond}, ""},
-		{"lag over the limit", toobusy.DefaultMaxLag, 0, plugins.LoadInfo{LoopLag: 71 * time.Millisecond}, refused},
-		{"lag check off", 0, 0, plugins.LoadInfo{LoopLag: time.Hour}, ""},
-		{"queue check off by default", toobusy.DefaultMaxLag, toobusy.DefaultMaxQueue, plugins.LoadInfo{PoolQueued: 100000}, ""},
-		{"queue at the limit", toobusy.DefaultMaxLag, 10, plugins.LoadInfo{PoolQueued: 10, PoolBusy: 4, PoolWorkers: 4}, ""},
-		{"queue over the limit", toobusy.DefaultMaxLag, 10, plugins.LoadInfo{PoolQueued: 11, PoolBusy: 4, PoolWorkers: 4}, refused},
-		{"busy workers alone are fine", toobusy.DefaultMaxLag, 10, plugins.LoadInfo{PoolBusy: 4, PoolWorkers: 4}, ""},
+		{"idle", toobusy.DefaultMaxLag, 0, plugins.LoadInfo{}, "", ""},
+		{"lag at the limit", toobusy.DefaultMaxLag, 0, plugins.LoadInfo{LoopLag: 70 * time.Millisecond}, "", ""},
+		{"lag over the limit", toobusy.DefaultMaxLag, 0, plugins.LoadInfo{LoopLag: 71 * time.Millisecond}, refused,
+			"event loop lag 71ms over max_lag 70ms"},
+		{"lag check off", 0, 0, plugins.LoadInfo{LoopLag: time.Hour}, "", ""},
+		{"queue check off by default", toobusy.DefaultMaxLag, toobusy.DefaultMaxQueue, plugins.LoadInfo{PoolQueued: 100000}, "", ""},
+		{"queue at the limit", toobusy.DefaultMaxLag, 10, plugins.LoadInfo{PoolQueued: 10, PoolBusy: 4, PoolWorkers: 4}, "", ""},
+		{"queue over the limit", toobusy.DefaultMaxLag, 10, plugins.LoadInfo{PoolQueued: 11, PoolBusy: 4, PoolWorkers: 4}, refused,
+			"workpool queue 11 over max_queue 10"},
+		{"busy workers alone are fine", toobusy.DefaultMaxLag, 10, plugins.LoadInfo{PoolBusy: 4, PoolWorkers: 4}, "", ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var logs bytes.Buffer
-			if got := connect(t, plugins.NewChain(toobusy.New(tc.maxLag, tc.maxQueue)), tc.ld, &logs); got != tc.want {
+			got, c := connectConn(t, plugins.NewChain(toobusy.New(tc.maxLag, tc.maxQueue)), tc.ld, &logs)
+			if got != tc.want {
 				t.Errorf("client reads %q, want %q", got, tc.want)
+			}
+			var want []plugins.Finding
+			if tc.finding != "" {
+				want = []plugins.Finding{{Plugin: toobusy.Name, Outcome: plugins.Fail, Message: tc.finding}}
+			}
+			if f, _ := c.Findings(); !reflect.DeepEqual(f, want) {
+				t.Errorf("findings %+v, want %+v", f, want)
 			}
 		})
 	}
