@@ -44,9 +44,14 @@ fmt-check:
 fuzz:
 	$(GO) test -run XXX -fuzz FuzzSession -fuzztime 30s ./smtpproto/
 
+# The load test (docs/benchmarks.md). `make bench CONFIG=/etc/loopmx` (or
+# BENCH_CONFIG=) runs it on a copy of an operator's own config directory:
+# their plugins, their disk and fsync. The scripts use the bin/loopmx that
+# build just made, with its version.
 bench: build
-	./scripts/bench.sh
+	BENCH_CONFIG="$(or $(BENCH_CONFIG),$(CONFIG))" ./scripts/bench.sh
 
+# loopmx against the peers of bench/peers and smtp-sink, as ratios.
 bench-compare: build
 	./scripts/bench-compare.sh
 

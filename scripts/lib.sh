@@ -15,3 +15,18 @@ stop_tree() {
 	done
 	wait "$root" 2>/dev/null || true
 }
+
+# build_binaries builds bin/loopmx and bin/loopmx-bench through `make
+# build`, so bin/loopmx keeps the version stamp (git describe) that
+# `--version` and every log line show. Under make (MAKELEVEL set) the
+# bench targets have already built them.
+build_binaries() {
+	if [ -n "${MAKELEVEL:-}" ]; then
+		return
+	fi
+	if ! command -v "${MAKE:-make}" >/dev/null 2>&1; then
+		echo "$(basename "$0"): make is not installed; it builds bin/loopmx with its version" >&2
+		exit 1
+	fi
+	"${MAKE:-make}" --no-print-directory build
+}
