@@ -3,7 +3,7 @@ GO      ?= go
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X main.version=$(VERSION)
 
-.PHONY: all build run test test-unit test-e2e vet fmt-check fuzz bench bench-compare deps clean
+.PHONY: all build run test test-unit test-e2e vet fmt-check fuzz bench bench-compare bench-tls deps clean
 
 all: build
 
@@ -54,6 +54,10 @@ bench: build
 # loopmx against the peers of bench/peers and smtp-sink, as ratios.
 bench-compare: build
 	./scripts/bench-compare.sh
+
+# The cost of a STARTTLS session against go-smtp (docs/tls.md).
+bench-tls: build
+	./scripts/bench-tls.sh
 
 clean:
 	rm -rf bin var

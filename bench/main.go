@@ -10,6 +10,7 @@ package main
 
 import (
 	"bufio"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -66,6 +67,7 @@ rates, latency per phase, errors, and the server's and its own CPU.
 
 Scenarios (-scenario, comma-separated, or "standard" for all, in this order):
   idle       open -n connections (-c at a time), hold them, read server RSS
+             (with -starttls: EHLO, STARTTLS, EHLO first, so TLS sessions)
   session    connect, banner, EHLO, MAIL, RCPT x rcpts, DATA, QUIT; -n sessions
   keepalive  many messages per session, one command at a time; -n messages
   pipeline   like keepalive, MAIL+RCPT+DATA sent as one PIPELINING group
@@ -107,8 +109,9 @@ summary table, one row per scenario:
   cli/msg    the same per message
   A "-" is a figure not measured: no -pid, or a unit the scenario has not.
 Below it: "latency by phase", count and p50/p90/p99/p99.9/max of each
-phase (connect: the TCP handshake; banner; ehlo; eod: the final dot to the
-server's reply; message; session); "errors", per scenario, replies of the
+phase (connect: the TCP handshake; banner; ehlo; starttls: STARTTLS to the
+end of the TLS handshake; eod: the final dot to the server's reply;
+message; session); "errors", per scenario, replies of the
 wrong class (4xx, 5xx) and failures by kind (refused, reset, timeout,
 closed by the server mid-dialog, other, and unsent: open-loop arrivals no
 connection was free to start), with the first one quoted; and for mix, the
@@ -149,6 +152,7 @@ type options struct {
 	from      string
 	to        string
 	rejectTo  string
+	starttls  bool
 }
 
 // realMain is the program with its arguments and outputs passed in, for
@@ -182,6 +186,7 @@ func realMain(args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&o.from, "from", "bench@loopmx.test", "MAIL FROM address")
 	fs.StringVar(&o.to, "to", "bench@example.com", "RCPT TO address (with -rcpts > 1, local+N@domain)")
 	fs.StringVar(&o.rejectTo, "reject-to", "nobody@unknown.invalid", "mix: the recipient a real MX refuses")
+	fs.BoolVar(&o.starttls, "starttls", false, "after EHLO, upgrade with STARTTLS (a full handshake each time) and say EHLO again; idle then holds TLS sessions; flood ignores it")
 	compare := fs.Bool("compare", false, "compare mode: read RESULT.json files and print medians and ratios to -base")
 	base := fs.String("base", "loopmx", "compare mode: the label every other is divided into")
 	freePort := fs.Bool("free-port", false, "print a free TCP port on 127.0.0.1 and exit")
@@ -256,6 +261,7 @@ func (o options) paramsFor(name string) (params, error) {
 	if name == "mix" {
 		p.Mix = o.mix
 	}
+	p.StartTLS = o.starttls && name != "flood"
 	return p, p.validate()
 }
 
@@ -361,6 +367,13 @@ type env struct {
 func (e *env) execute(p params, sc *script) Result {
 	st := &stats{}
 	r := &run{p: p, sc: sc, dialer: e.dialer, st: st}
+	if p.StartTLS {
+		// The certificate is not checked: the target is this machine, test
+		// servers use self-signed certificates, and checking would add
+		// client work to every handshake. No session cache: every
+		// handshake is a full one, the cost a new sender causes.
+		r.tls = &tls.Config{InsecureSkipVerify: true}
+	}
 	r.left.Store(p.N)
 	var srv *serverDelta
 	if e.pid > 0 {
@@ -434,7 +447,7 @@ func (e *env) monitor(r *run, srv *serverDelta, start time.Time, done chan struc
 // warmUp runs unmeasured sessions so that the server has grown its pools and
 // heap before the first figures are taken.
 func warmUp(e *env, o options, sc *script) error {
-	p := params{Scenario: "session", Conc: min(10, o.warmup), N: int64(o.warmup), Duration: 30 * time.Second, Timeout: o.timeout}
+	p := params{Scenario: "session", Conc: min(10, o.warmup), N: int64(o.warmup), Duration: 30 * time.Second, Timeout: o.timeout, StartTLS: o.starttls}
 	quiet := *e
 	quiet.pid, quiet.progress = 0, nil
 	res := quiet.execute(p, sc)

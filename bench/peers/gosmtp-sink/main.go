@@ -8,6 +8,7 @@
 package main
 
 import (
+	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
@@ -49,10 +50,12 @@ func (discard) Reset() {}
 // Logout ends the session.
 func (discard) Logout() error { return nil }
 
-// main parses -addr, refuses a non-loopback address, and serves until
+// main parses the flags, refuses a non-loopback address, and serves until
 // SIGINT or SIGTERM.
 func main() {
 	addr := flag.String("addr", "127.0.0.1:12527", "listen address (a loopback address)")
+	cert := flag.String("cert", "", "PEM certificate: offer STARTTLS with it (crypto/tls, as loopmx)")
+	key := flag.String("key", "", "PEM private key of -cert")
 	flag.Parse()
 	if err := loopback(*addr); err != nil {
 		fmt.Fprintln(os.Stderr, "gosmtp-sink:", err)
@@ -67,6 +70,14 @@ func main() {
 	s.MaxMessageBytes = 10 << 20
 	s.MaxRecipients = 1000
 	s.ErrorLog = log.New(io.Discard, "", 0)
+	if *cert != "" {
+		pair, err := tls.LoadX509KeyPair(*cert, *key)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "gosmtp-sink: -cert/-key:", err)
+			os.Exit(2)
+		}
+		s.TLSConfig = &tls.Config{Certificates: []tls.Certificate{pair}}
+	}
 
 	stop := make(chan os.Signal, 1)
 	signal.Notify(stop, syscall.SIGINT, syscall.SIGTERM)
