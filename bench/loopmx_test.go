@@ -88,12 +88,20 @@ func TestAgainstLoopmx(t *testing.T) {
 	}
 	defer stop()
 
-	code, out, rep := bench(t, "-wait", "10s", "-warmup", "20", "-scenario", "session,pipeline,idle,mix",
-		"-n", "200", "-c", "10", "-pid", fmt.Sprint(srv.Process.Pid), "-label", "loopmx", addr)
-	if code != 0 {
-		stop()
-		t.Fatalf("exit %d:\n%s\nserver log:\n%s", code, out, logs.String())
+	// run benches the server with args and the server's pid, and stops
+	// the test when loopmx-bench fails.
+	run := func(args ...string) Report {
+		t.Helper()
+		args = append(args, "-wait", "10s", "-c", "10", "-pid", fmt.Sprint(srv.Process.Pid), "-label", "loopmx", addr)
+		code, out, rep := bench(t, args...)
+		if code != 0 {
+			stop()
+			t.Fatalf("%v: exit %d:\n%s\nserver log:\n%s", args, code, out, logs.String())
+		}
+		return rep
 	}
+
+	rep := run("-warmup", "20", "-scenario", "session,pipeline,idle,mix", "-n", "200")
 	for _, r := range rep.Results {
 		noErrors(t, r)
 		if r.Skipped != "" {
@@ -112,12 +120,7 @@ func TestAgainstLoopmx(t *testing.T) {
 
 	// -starttls: every session and every held connection goes through a
 	// TLS handshake, and the messages still arrive.
-	code, out, rep = bench(t, "-warmup", "10", "-starttls", "-scenario", "session,idle",
-		"-n", "50", "-c", "5", "-pid", fmt.Sprint(srv.Process.Pid), "-label", "loopmx", addr)
-	if code != 0 {
-		stop()
-		t.Fatalf("-starttls: exit %d:\n%s\nserver log:\n%s", code, out, logs.String())
-	}
+	rep = run("-warmup", "10", "-starttls", "-scenario", "session,idle", "-n", "50")
 	for _, r := range rep.Results {
 		noErrors(t, r)
 		if got := r.Latency["starttls"].Count; got != 50 {

@@ -42,7 +42,8 @@ fi
 HARAKA_BASE=${HARAKA_BASE:-${TMPDIR:-/tmp}/haraka-peer}
 
 # build_binaries (in lib.sh) builds bin/loopmx as `make build` does, with
-# its version, unless make has just done so.
+# its version, unless make has just done so; stop_tree and note_run live
+# there too.
 . scripts/lib.sh
 build_binaries
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
@@ -169,13 +170,7 @@ for ((r = 1; r <= ROUNDS; r++)); do
 			-label "$name" -json "$out/$name.$r.json" ${BENCH_ARGS:-} "127.0.0.1:$port" \
 			>"$out/$name.$r.txt" 2>&1 || status=$?
 		stop_server
-		if [ "$status" -ne 0 ]; then
-			echo "  round $r: $name: loopmx-bench exited $status:" >&2
-			tail -5 "$out/$name.$r.txt" >&2
-			rm -f "$out/$name.$r.json"
-		else
-			echo "  round $r: $name done in $((SECONDS - t0))s" >&2
-		fi
+		note_run "round $r: $name" "$status" "$out/$name.$r" $((SECONDS - t0))
 	done
 done
 

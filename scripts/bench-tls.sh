@@ -30,7 +30,7 @@ SERVER_CORE=${SERVER_CORE:-0}
 CLIENT_CORE=${CLIENT_CORE:-1}
 [ "$(nproc)" -ge 2 ] || CLIENT_CORE=$SERVER_CORE
 
-# stop_tree and build_binaries live in lib.sh.
+# stop_tree, note_run and build_binaries live in lib.sh.
 . scripts/lib.sh
 build_binaries
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
@@ -87,19 +87,14 @@ for ((r = 1; r <= ROUNDS; r++)); do
 			flags=()
 			[ "$mode" = tls ] && flags=(-starttls)
 			status=0
+			t0=$SECONDS
 			# shellcheck disable=SC2086 # BENCH_ARGS is a list of flags
 			taskset -c "$CLIENT_CORE" bin/loopmx-bench -progress off -wait 30s -scenario idle,session -scale "$SCALE" -c 10 \
 				"${flags[@]}" -pid "$pid" -label "$name" -json "$out/$mode.$name.$r.json" ${BENCH_ARGS:-} "127.0.0.1:$port" \
 				>"$out/$mode.$name.$r.txt" 2>&1 || status=$?
 			stop_tree "$pid"
 			pid=""
-			if [ "$status" -ne 0 ]; then
-				echo "  round $r: $name ($mode): loopmx-bench exited $status:" >&2
-				tail -5 "$out/$mode.$name.$r.txt" >&2
-				rm -f "$out/$mode.$name.$r.json"
-			else
-				echo "  round $r: $name ($mode) done" >&2
-			fi
+			note_run "round $r: $name ($mode)" "$status" "$out/$mode.$name.$r" $((SECONDS - t0))
 		done
 	done
 done
