@@ -111,12 +111,12 @@ summary table, one row per scenario:
 Below it: "latency by phase", count and p50/p90/p99/p99.9/max of each
 phase (connect: the TCP handshake; banner; ehlo; starttls: STARTTLS to the
 end of the TLS handshake; eod: the final dot to the server's reply;
-message; session); "errors", per scenario, replies of the
-wrong class (4xx, 5xx) and failures by kind (refused, reset, timeout,
-closed by the server mid-dialog, other, and unsent: open-loop arrivals no
-connection was free to start), with the first one quoted; and for mix, the
-outcomes (delivered, recipient rejected or accepted, hung up, early talker
-rejected or served), which are the server's choices, not errors.
+message; session); "errors", per scenario, replies of the wrong class
+(4xx, 5xx) and failures by kind (refused, reset, timeout, closed by the
+server mid-dialog, other, and unsent: open-loop arrivals no connection was
+free to start), with the first one quoted; and for mix, the outcomes
+(delivered, recipient rejected or accepted, hung up, early talker rejected
+or served), which are the server's choices, not errors.
 
 -compare prints, per figure, the median over the runs of each -label and
 the ratio of -base to every other: below 1 on CPU, latency or memory, the
