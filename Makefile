@@ -3,7 +3,7 @@ GO      ?= go
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X main.version=$(VERSION)
 
-.PHONY: all build run test test-unit test-e2e vet fmt-check fuzz bench bench-compare deps clean
+.PHONY: all build run test test-unit test-e2e vet fmt-check fuzz bench bench-compare bench-tls deps clean
 
 all: build
 
@@ -44,11 +44,20 @@ fmt-check:
 fuzz:
 	$(GO) test -run XXX -fuzz FuzzSession -fuzztime 30s ./smtpproto/
 
+# The load test (docs/benchmarks.md). `make bench CONFIG=/etc/loopmx` (or
+# BENCH_CONFIG=) runs it on a copy of an operator's own config directory:
+# their plugins, their disk and fsync. The scripts use the bin/loopmx that
+# build just made, with its version.
 bench: build
-	./scripts/bench.sh
+	BENCH_CONFIG="$(or $(BENCH_CONFIG),$(CONFIG))" ./scripts/bench.sh
 
+# loopmx against the peers of bench/peers and smtp-sink, as ratios.
 bench-compare: build
 	./scripts/bench-compare.sh
+
+# The cost of a STARTTLS session against go-smtp (docs/tls.md).
+bench-tls: build
+	./scripts/bench-tls.sh
 
 clean:
 	rm -rf bin var

@@ -96,6 +96,8 @@ func compareMain(files []string, base string, w io.Writer) error {
 	var labels []string
 	var machine Machine
 	loadLo, loadHi := math.Inf(1), math.Inf(-1)
+	busyHi := 0.0
+	warned, warning := 0, ""
 	for _, f := range files {
 		b, err := os.ReadFile(f)
 		if err != nil {
@@ -106,6 +108,15 @@ func compareMain(files []string, base string, w io.Writer) error {
 			return fmt.Errorf("-compare: %s: %w", f, err)
 		}
 		machine = rep.Machine
+		if rep.Machine.Warning != "" {
+			warned++
+			if warning == "" {
+				warning = rep.Machine.Warning
+			}
+		}
+		if b := rep.Machine.OtherBusy; b > 0 {
+			busyHi = max(busyHi, b)
+		}
 		if l, err := strconv.ParseFloat(rep.Machine.Load1, 64); err == nil {
 			loadLo, loadHi = min(loadLo, l), max(loadHi, l)
 		}
@@ -165,7 +176,16 @@ func compareMain(files []string, base string, w io.Writer) error {
 	if loadLo <= loadHi {
 		machine.Load1 = fmt.Sprintf("%.2f-%.2f over the runs", loadLo, loadHi)
 	}
-	fmt.Fprintf(w, "median of runs per server (%s); %s\n\n", strings.Join(n, ", "), machine)
+	machine.OtherBusy = -1
+	fmt.Fprintf(w, "median of runs per server (%s); %s", strings.Join(n, ", "), machine)
+	if busyHi > 0 {
+		fmt.Fprintf(w, ", other work up to %.2f CPUs before a run", busyHi)
+	}
+	fmt.Fprintln(w)
+	if warned > 0 {
+		fmt.Fprintf(w, "warning: %d of %d runs started on a busy machine; the first said: %s\n", warned, len(files), warning)
+	}
+	fmt.Fprintln(w)
 	t.write(w)
 	fmt.Fprintf(w, "\n%s/peer below 1 means %s uses less (CPU, latency, memory); above 1 on a rate means it is faster.\n", labels[0], labels[0])
 	return nil

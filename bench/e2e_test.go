@@ -156,7 +156,8 @@ func TestEndToEndSessionsKeepaliveAndPipeline(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("exit %d:\n%s", code, out)
 	}
-	for _, want := range []string{"loopmx-bench: tiny at " + s.addr(), "latency by phase", "errors: none"} {
+	for _, want := range []string{"loopmx-bench: tiny at " + s.addr(), "latency by phase", "errors: none",
+		"other work", "\ncolumns: conc = "} {
 		if !strings.Contains(out, want) {
 			t.Errorf("output lacks %q:\n%s", want, out)
 		}

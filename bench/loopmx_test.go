@@ -3,7 +3,14 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
 	"fmt"
+	"math/big"
 	"net"
 	"os"
 	"os/exec"
@@ -48,6 +55,10 @@ func TestAgainstLoopmx(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(cfg, "plugins"), []byte("queue/discard\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	writeCert(t, cfg)
+	if err := os.WriteFile(filepath.Join(cfg, "tls.ini"), []byte("cert = cert.pem\nkey = key.pem\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 
 	srv := exec.Command(bin, "-c", cfg)
 	var logs bytes.Buffer
@@ -77,12 +88,20 @@ func TestAgainstLoopmx(t *testing.T) {
 	}
 	defer stop()
 
-	code, out, rep := bench(t, "-wait", "10s", "-warmup", "20", "-scenario", "session,pipeline,idle,mix",
-		"-n", "200", "-c", "10", "-pid", fmt.Sprint(srv.Process.Pid), "-label", "loopmx", addr)
-	if code != 0 {
-		stop()
-		t.Fatalf("exit %d:\n%s\nserver log:\n%s", code, out, logs.String())
+	// run benches the server with args and the server's pid, and stops
+	// the test when loopmx-bench fails.
+	run := func(args ...string) Report {
+		t.Helper()
+		args = append(args, "-wait", "10s", "-c", "10", "-pid", fmt.Sprint(srv.Process.Pid), "-label", "loopmx", addr)
+		code, out, rep := bench(t, args...)
+		if code != 0 {
+			stop()
+			t.Fatalf("%v: exit %d:\n%s\nserver log:\n%s", args, code, out, logs.String())
+		}
+		return rep
 	}
+
+	rep := run("-warmup", "20", "-scenario", "session,pipeline,idle,mix", "-n", "200")
 	for _, r := range rep.Results {
 		noErrors(t, r)
 		if r.Skipped != "" {
@@ -97,5 +116,46 @@ func TestAgainstLoopmx(t *testing.T) {
 	}
 	if idle := result(t, rep, "idle"); idle.Sessions != 200 {
 		t.Errorf("idle: held %d connections, want 200", idle.Sessions)
+	}
+
+	// -starttls: every session and every held connection goes through a
+	// TLS handshake, and the messages still arrive.
+	rep = run("-warmup", "10", "-starttls", "-scenario", "session,idle", "-n", "50")
+	for _, r := range rep.Results {
+		noErrors(t, r)
+		if got := r.Latency["starttls"].Count; got != 50 {
+			t.Errorf("-starttls %s: %d handshakes, want 50", r.Params.Scenario, got)
+		}
+		if !r.Params.StartTLS {
+			t.Errorf("-starttls %s: the report does not record STARTTLS", r.Params.Scenario)
+		}
+	}
+	if s := result(t, rep, "session"); s.Messages != 50 {
+		t.Errorf("-starttls session: %d messages delivered, want 50", s.Messages)
+	}
+}
+
+// writeCert writes a self-signed ECDSA P-256 certificate for mx.test to
+// cert.pem and key.pem in dir.
+func writeCert(t *testing.T, dir string) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "mx.test"},
+		DNSNames: []string{"mx.test"}, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour)}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kder, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, b := range map[string]*pem.Block{"cert.pem": {Type: "CERTIFICATE", Bytes: der}, "key.pem": {Type: "EC PRIVATE KEY", Bytes: kder}} {
+		if err := os.WriteFile(filepath.Join(dir, name), pem.EncodeToMemory(b), 0o600); err != nil {
+			t.Fatal(err)
+		}
 	}
 }

@@ -10,6 +10,7 @@ package main
 
 import (
 	"bufio"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -66,6 +67,7 @@ rates, latency per phase, errors, and the server's and its own CPU.
 
 Scenarios (-scenario, comma-separated, or "standard" for all, in this order):
   idle       open -n connections (-c at a time), hold them, read server RSS
+             (with -starttls: EHLO, STARTTLS, EHLO first, so TLS sessions)
   session    connect, banner, EHLO, MAIL, RCPT x rcpts, DATA, QUIT; -n sessions
   keepalive  many messages per session, one command at a time; -n messages
   pipeline   like keepalive, MAIL+RCPT+DATA sent as one PIPELINING group
@@ -74,6 +76,51 @@ Scenarios (-scenario, comma-separated, or "standard" for all, in this order):
              talkers; the rest deliver) with sizes from -size; open loop
 Flags left unset take each scenario's default (see docs/benchmarks.md);
 flags that are set apply to every scenario listed.
+
+The report. A header names the server, its pid and process count, and the
+machine (CPUs, kernel, Go, load average, and how many CPUs' worth of other
+work ran in the -load-check second before the run); a "warning:" line
+follows when that was enough to make the figures unreliable. Then the
+summary table, one row per scenario:
+  scenario   the scenario
+  conc       connections at once (-c), or the arrival rate (500/s) of an
+             open loop
+  sessions   sessions completed; for flood and idle, connections greeted
+  msgs       messages the server answered with 2xx after the final dot
+  errs       everything that went wrong; the errors table breaks it down
+  sess/s     sessions completed per second while the load lasted (idle: the
+             time to open them all); "-" for keepalive and pipeline, where
+             a kept session is not a rate
+  msg/s      messages per second, likewise
+  latency    the phase the next three columns describe: session (connect
+             to the reply to QUIT), message (MAIL to the reply after the
+             dot), banner (connect to the greeting)
+  p50 p99 p99.9  quantiles of that phase (log-linear histogram, within 0.8%)
+  srv/sess   the server's CPU (user + system, summed over -pid and all its
+             descendants, from /proc) over the scenario, per session; the
+             figure to compare servers by, since it does not depend on how
+             fast this client was or where the scheduler ran the two
+  srv/msg    the same per message
+  srv RSS    the server's largest resident memory seen (sampled every 0.5 s)
+  RSS/conn   idle only: (RSS with every connection open - RSS before) /
+             connections held
+  cli/sess   this program's own CPU per session: on a small machine client
+             and server share the cores, and this is the client's share
+  cli/msg    the same per message
+  A "-" is a figure not measured: no -pid, or a unit the scenario has not.
+Below it: "latency by phase", count and p50/p90/p99/p99.9/max of each
+phase (connect: the TCP handshake; banner; ehlo; starttls: STARTTLS to the
+end of the TLS handshake; eod: the final dot to the server's reply;
+message; session); "errors", per scenario, replies of the wrong class
+(4xx, 5xx) and failures by kind (refused, reset, timeout, closed by the
+server mid-dialog, other, and unsent: open-loop arrivals no connection was
+free to start), with the first one quoted; and for mix, the outcomes
+(delivered, recipient rejected or accepted, hung up, early talker rejected
+or served), which are the server's choices, not errors.
+
+-compare prints, per figure, the median over the runs of each -label and
+the ratio of -base to every other: below 1 on CPU, latency or memory, the
+base uses less; above 1 on a rate, it is faster.
 
 Flags:
 `
@@ -98,12 +145,14 @@ type options struct {
 	jsonPath  string
 	warmup    int
 	wait      time.Duration
+	loadCheck time.Duration
 	scale     float64
 	progress  string
 	helo      string
 	from      string
 	to        string
 	rejectTo  string
+	starttls  bool
 }
 
 // realMain is the program with its arguments and outputs passed in, for
@@ -130,16 +179,25 @@ func realMain(args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&o.jsonPath, "json", "", "also write the report as JSON to this file")
 	fs.IntVar(&o.warmup, "warmup", 200, "unmeasured sessions before the first scenario")
 	fs.DurationVar(&o.wait, "wait", 0, "wait up to this long for the server's greeting before starting")
+	fs.DurationVar(&o.loadCheck, "load-check", time.Second, "before the run, measure for this long how busy other programs keep the machine, and warn when it is too busy; 0 = skip")
 	fs.Float64Var(&o.scale, "scale", 1, "multiply each scenario's default -n by this")
 	fs.StringVar(&o.progress, "progress", "auto", "progress line on stderr: auto (when a terminal), on, off")
 	fs.StringVar(&o.helo, "helo", "loopmx-bench.test", "EHLO name")
 	fs.StringVar(&o.from, "from", "bench@loopmx.test", "MAIL FROM address")
 	fs.StringVar(&o.to, "to", "bench@example.com", "RCPT TO address (with -rcpts > 1, local+N@domain)")
 	fs.StringVar(&o.rejectTo, "reject-to", "nobody@unknown.invalid", "mix: the recipient a real MX refuses")
+	fs.BoolVar(&o.starttls, "starttls", false, "after EHLO, upgrade with STARTTLS (a full handshake each time) and say EHLO again; idle then holds TLS sessions; flood ignores it")
 	compare := fs.Bool("compare", false, "compare mode: read RESULT.json files and print medians and ratios to -base")
 	base := fs.String("base", "loopmx", "compare mode: the label every other is divided into")
 	freePort := fs.Bool("free-port", false, "print a free TCP port on 127.0.0.1 and exit")
 	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			// Asked for: the help goes to stdout, so it can be paged.
+			fs.SetOutput(stdout)
+			fmt.Fprint(stdout, usage)
+			fs.PrintDefaults()
+			return 0
+		}
 		return 2
 	}
 	switch {
@@ -203,6 +261,7 @@ func (o options) paramsFor(name string) (params, error) {
 	if name == "mix" {
 		p.Mix = o.mix
 	}
+	p.StartTLS = o.starttls && name != "flood"
 	return p, p.validate()
 }
 
@@ -254,12 +313,22 @@ func run1(addr string, o options, stdout, stderr io.Writer) error {
 			return fmt.Errorf("-pid: %w", err)
 		}
 	}
+	busy := -1.0
+	if o.loadCheck > 0 {
+		if b, err := otherBusy(procDir, o.pid, o.loadCheck); err != nil {
+			fmt.Fprintln(stderr, "loopmx-bench: warning: -load-check:", err)
+		} else {
+			busy = b
+		}
+	}
 	if o.warmup > 0 {
 		if err := warmUp(e, o, scripts[0]); err != nil {
 			return err
 		}
 	}
 	rep := Report{Label: o.label, Target: target.String(), Started: time.Now().UTC(), Machine: machineInfo()}
+	rep.Machine.OtherBusy = busy
+	rep.Machine.Warning = loadWarning(rep.Machine)
 	var failed error
 	for i, p := range ps {
 		res := e.execute(p, scripts[i])
@@ -298,6 +367,13 @@ type env struct {
 func (e *env) execute(p params, sc *script) Result {
 	st := &stats{}
 	r := &run{p: p, sc: sc, dialer: e.dialer, st: st}
+	if p.StartTLS {
+		// The certificate is not checked: the target is this machine, test
+		// servers use self-signed certificates, and checking would add
+		// client work to every handshake. No session cache: every
+		// handshake is a full one, the cost a new sender causes.
+		r.tls = &tls.Config{InsecureSkipVerify: true}
+	}
 	r.left.Store(p.N)
 	var srv *serverDelta
 	if e.pid > 0 {
@@ -371,7 +447,7 @@ func (e *env) monitor(r *run, srv *serverDelta, start time.Time, done chan struc
 // warmUp runs unmeasured sessions so that the server has grown its pools and
 // heap before the first figures are taken.
 func warmUp(e *env, o options, sc *script) error {
-	p := params{Scenario: "session", Conc: min(10, o.warmup), N: int64(o.warmup), Duration: 30 * time.Second, Timeout: o.timeout}
+	p := params{Scenario: "session", Conc: min(10, o.warmup), N: int64(o.warmup), Duration: 30 * time.Second, Timeout: o.timeout, StartTLS: o.starttls}
 	quiet := *e
 	quiet.pid, quiet.progress = 0, nil
 	res := quiet.execute(p, sc)

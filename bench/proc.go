@@ -189,6 +189,120 @@ type Machine struct {
 	Kernel    string `json:"kernel"`
 	GoVersion string `json:"go"`
 	Load1     string `json:"loadavg_1m"` // at the start: other work on the machine skews figures
+	// OtherBusy is how many CPUs' worth of work other programs did in the
+	// -load-check interval just before the run, with the server's and
+	// this program's own CPU taken out; -1 when it was not measured.
+	OtherBusy float64 `json:"other_busy_cpus"`
+	Warning   string  `json:"warning,omitempty"` // set when the figures are unreliable
+}
+
+// busyLoad is the share of one CPU that other work may use before the run
+// without a warning, and loadPerCPU the one-minute load average per CPU.
+// A benchmark needs the machine to itself: on two cores, a quarter of a
+// core taken by something else already moves rates and latency tails.
+const (
+	busyLoad   = 0.25
+	loadPerCPU = 1.0
+)
+
+// loadWarning says why the figures of a run on m cannot be trusted, or
+// returns "" when the machine was quiet: other work used a quarter of a CPU
+// or more just before the run, or more processes were runnable over the
+// last minute than there are CPUs.
+func loadWarning(m Machine) string {
+	var why []string
+	if m.OtherBusy >= busyLoad {
+		why = append(why, fmt.Sprintf("other programs kept %.2f of %d CPUs busy just before the run", m.OtherBusy, m.NProc))
+	}
+	if l, err := strconv.ParseFloat(m.Load1, 64); err == nil && m.NProc > 0 && l > loadPerCPU*float64(m.NProc) {
+		why = append(why, fmt.Sprintf("load average %s on %d CPUs", m.Load1, m.NProc))
+	}
+	if len(why) == 0 {
+		return ""
+	}
+	return "the machine is busy (" + strings.Join(why, "; ") + "): rates and latency are unreliable; " +
+		"compare servers within one run (make bench-compare) or run again when it is idle"
+}
+
+// parseCPUStat reads the first line of /proc/stat, the sum over all CPUs,
+// and returns the clock ticks spent busy and in total since boot. Busy is
+// user, nice, system, irq, softirq and steal; idle and iowait are not
+// (guest time is already inside user).
+func parseCPUStat(b []byte) (busy, total uint64, err error) {
+	line, _, _ := strings.Cut(string(b), "\n")
+	f := strings.Fields(line)
+	if len(f) < 9 || f[0] != "cpu" {
+		return 0, 0, fmt.Errorf("/proc/stat: first line %q is not the cpu total", line)
+	}
+	for i, name := range []string{"user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal"} {
+		v, err := strconv.ParseUint(f[i+1], 10, 64)
+		if err != nil {
+			return 0, 0, fmt.Errorf("/proc/stat: cpu %s: %w", name, err)
+		}
+		total += v
+		if name != "idle" && name != "iowait" {
+			busy += v
+		}
+	}
+	return busy, total, nil
+}
+
+// cpuSample is what otherBusy reads at each end of its interval.
+type cpuSample struct {
+	at     time.Time
+	busy   time.Duration // all CPUs' busy time since boot, from /proc/stat
+	server time.Duration // the server tree's CPU (0 without a pid)
+	self   time.Duration // this program's CPU
+}
+
+// sampleCPU reads the machine's busy time, the server tree's CPU (pid 0:
+// none) and this program's.
+func sampleCPU(procDir string, pid int) (cpuSample, error) {
+	b, err := os.ReadFile(filepath.Join(procDir, "stat"))
+	if err != nil {
+		return cpuSample{}, err
+	}
+	busy, _, err := parseCPUStat(b)
+	if err != nil {
+		return cpuSample{}, err
+	}
+	s := cpuSample{at: time.Now(), busy: time.Duration(busy * uint64(time.Second) / clockTicks), self: selfCPU()}
+	if pid > 0 {
+		t, err := sampleTree(procDir, pid)
+		if err != nil {
+			return cpuSample{}, err
+		}
+		s.server = t.CPU
+	}
+	return s, nil
+}
+
+// busyBetween is how many CPUs' worth of work other programs did between
+// two samples: the machine's busy time less the server's and this
+// program's, over the time that passed.
+func busyBetween(a, b cpuSample) float64 {
+	el := b.at.Sub(a.at).Seconds()
+	if el <= 0 {
+		return 0
+	}
+	other := (b.busy - a.busy) - (b.server - a.server) - (b.self - a.self)
+	return max(other.Seconds()/el, 0)
+}
+
+// otherBusy measures, over d, how many CPUs' worth of work ran on the
+// machine besides the server's process tree (pid, 0 for none) and this
+// program.
+func otherBusy(procDir string, pid int, d time.Duration) (float64, error) {
+	a, err := sampleCPU(procDir, pid)
+	if err != nil {
+		return 0, err
+	}
+	time.Sleep(d)
+	b, err := sampleCPU(procDir, pid)
+	if err != nil {
+		return 0, err
+	}
+	return busyBetween(a, b), nil
 }
 
 // machineInfo reads the processor count and model and the kernel release

@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 )
@@ -93,5 +94,60 @@ func TestLiveTreeCountsChildren(t *testing.T) {
 func TestClockTicksIsSane(t *testing.T) {
 	if clockTicks < 1 || clockTicks > 10000 {
 		t.Errorf("clockTicks = %d", clockTicks)
+	}
+}
+
+// TestCPUStatBusyLeavesOutIdleAndIOWait reads the cpu total of /proc/stat:
+// busy is user+nice+system+irq+softirq+steal, idle and iowait are not.
+func TestCPUStatBusyLeavesOutIdleAndIOWait(t *testing.T) {
+	stat := "cpu  100 5 50 1000 40 3 2 1 0 0\ncpu0 50 2 25 500 20 1 1 0 0 0\nintr 1\n"
+	busy, total, err := parseCPUStat([]byte(stat))
+	if err != nil || busy != 161 || total != 1201 {
+		t.Errorf("parseCPUStat = busy %d total %d err %v; want 161, 1201", busy, total, err)
+	}
+	for _, bad := range []string{"", "intr 1 2 3\n", "cpu 1 2 x 4 5 6 7 8\n", "cpu 1 2 3\n"} {
+		if _, _, err := parseCPUStat([]byte(bad)); err == nil {
+			t.Errorf("parseCPUStat(%q) gave no error", bad)
+		}
+	}
+}
+
+// TestOtherWorkExcludesServerAndClient: over two seconds the machine was
+// busy for 1.5 CPU-seconds, of which the server took 0.8 and the client
+// 0.4, so other programs kept 0.15 of a CPU busy.
+func TestOtherWorkExcludesServerAndClient(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	a := cpuSample{at: t0, busy: 10 * time.Second, server: time.Second, self: time.Second}
+	b := cpuSample{at: t0.Add(2 * time.Second), busy: 11500 * time.Millisecond, server: 1800 * time.Millisecond, self: 1400 * time.Millisecond}
+	if got := busyBetween(a, b); got < 0.1499 || got > 0.1501 {
+		t.Errorf("other work = %v CPUs, want 0.15", got)
+	}
+	// Tick rounding can make the server's share exceed the machine's: never negative.
+	b.server = 5 * time.Second
+	if got := busyBetween(a, b); got != 0 {
+		t.Errorf("other work = %v, want 0 when the server accounts for all", got)
+	}
+}
+
+// TestBusyMachineIsWarnedAbout: a quiet machine gets no warning; a
+// quarter of a CPU of other work, or a load average above the CPU count,
+// each get one that says which.
+func TestBusyMachineIsWarnedAbout(t *testing.T) {
+	quiet := Machine{NProc: 2, Load1: "0.80", OtherBusy: 0.05}
+	if w := loadWarning(quiet); w != "" {
+		t.Errorf("quiet machine warned: %s", w)
+	}
+	if w := loadWarning(Machine{NProc: 2, Load1: "0.50", OtherBusy: -1}); w != "" {
+		t.Errorf("unmeasured busy warned: %s", w)
+	}
+	busy := quiet
+	busy.OtherBusy = 0.6
+	if w := loadWarning(busy); !strings.Contains(w, "0.60 of 2 CPUs busy") {
+		t.Errorf("busy CPU warning = %q", w)
+	}
+	loaded := quiet
+	loaded.Load1 = "3.10"
+	if w := loadWarning(loaded); !strings.Contains(w, "load average 3.10 on 2 CPUs") {
+		t.Errorf("load warning = %q", w)
 	}
 }

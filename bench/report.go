@@ -164,8 +164,22 @@ func (m Machine) String() string {
 	if m.Load1 != "" {
 		s += ", load " + m.Load1
 	}
+	if m.OtherBusy >= 0 {
+		s += fmt.Sprintf(", other work %.2f CPUs", m.OtherBusy)
+	}
 	return s
 }
+
+// summaryColumns heads the summary table; the usage text explains each.
+var summaryColumns = []string{"scenario", "conc", "sessions", "msgs", "errs", "sess/s", "msg/s", "latency", "p50", "p99", "p99.9",
+	"srv/sess", "srv/msg", "srv RSS", "RSS/conn", "cli/sess", "cli/msg"}
+
+// legend is the one line under the summary table that says what its
+// columns are; -h (columnHelp) says it at length.
+const legend = "columns: conc = connections at once (or arrivals/s); sessions, msgs = completed; errs = failures (errors table); " +
+	"sess/s, msg/s = rates; latency = the phase p50/p99/p99.9 describe; srv/sess, srv/msg = server CPU per session and per message " +
+	"(compare servers by these); srv RSS = server peak memory; RSS/conn = memory per idle connection; cli/sess, cli/msg = this client's CPU. " +
+	"loopmx-bench -h explains each."
 
 // errorCount is the number of errors of every kind in a result.
 func (r Result) errorCount() int64 {
@@ -185,11 +199,14 @@ func printReport(w io.Writer, rep Report) {
 			break
 		}
 	}
-	fmt.Fprintf(w, "; %s\n\n", rep.Machine)
+	fmt.Fprintf(w, "; %s\n", rep.Machine)
+	if rep.Machine.Warning != "" {
+		fmt.Fprintf(w, "warning: %s\n", rep.Machine.Warning)
+	}
+	fmt.Fprintln(w)
 
 	t := &table{}
-	t.row("scenario", "conc", "sessions", "msgs", "errs", "sess/s", "msg/s", "latency", "p50", "p99", "p99.9",
-		"srv/sess", "srv/msg", "srv RSS", "RSS/conn", "cli/sess", "cli/msg")
+	t.row(summaryColumns...)
 	for _, r := range rep.Results {
 		p := r.Params
 		conc := fmt.Sprint(p.Conc)
@@ -215,6 +232,7 @@ func printReport(w io.Writer, rep Report) {
 		t.row(cells...)
 	}
 	t.write(w)
+	fmt.Fprintln(w, legend)
 
 	fmt.Fprintln(w, "\nlatency by phase")
 	t = &table{}

@@ -145,4 +145,59 @@ func TestCompareTakesMediansOverRuns(t *testing.T) {
 	if strings.Contains(text, "pipeline") {
 		t.Errorf("skipped scenarios must not show figures:\n%s", text)
 	}
+	if strings.Contains(text, "warning") {
+		t.Errorf("quiet runs must not warn:\n%s", text)
+	}
+
+	// One run on a busy machine: the comparison says how many, and why.
+	rep := Report{Label: "peer", Machine: Machine{NProc: 2, Load1: "4.00", Warning: "the machine is busy (load average 4.00 on 2 CPUs)"}}
+	b, _ := json.Marshal(rep)
+	busy := filepath.Join(dir, "busy.json")
+	if err := os.WriteFile(busy, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out.Reset()
+	if err := compareMain(append(files, busy), "loopmx", &out); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out.String(), "warning: 1 of 7 runs started on a busy machine; the first said: the machine is busy (load average 4.00") {
+		t.Errorf("no warning for the busy run:\n%s", out.String())
+	}
+}
+
+// TestReportWarnsAndExplainsColumns: the table is followed by its legend,
+// and a run on a busy machine says so under the header.
+func TestReportWarnsAndExplainsColumns(t *testing.T) {
+	rep := Report{Label: "x", Target: "127.0.0.1:1", Machine: Machine{NProc: 2, OtherBusy: 0.5}}
+	rep.Machine.Warning = loadWarning(rep.Machine)
+	rep.Results = []Result{{Params: params{Scenario: "session", Conc: 1}, Sessions: 1, Messages: 1}}
+	var out bytes.Buffer
+	printReport(&out, rep)
+	lines := strings.Split(out.String(), "\n")
+	if len(lines) < 2 || !strings.HasPrefix(lines[1], "warning: the machine is busy") {
+		t.Errorf("second line should warn of the busy machine:\n%s", out.String())
+	}
+	if !strings.Contains(out.String(), "\n"+legend+"\n") {
+		t.Errorf("no legend line under the table:\n%s", out.String())
+	}
+}
+
+// TestHelpExplainsEveryColumn: -h exits 0 and its text names every column
+// of the summary table.
+func TestHelpExplainsEveryColumn(t *testing.T) {
+	var stdout, stderr bytes.Buffer
+	if code := realMain([]string{"-h"}, &stdout, &stderr); code != 0 {
+		t.Fatalf("-h exited %d", code)
+	}
+	help := stdout.String()
+	for _, col := range summaryColumns {
+		if !strings.Contains(help, "\n  "+col+" ") && !strings.Contains(help, " "+col+" ") {
+			t.Errorf("-h does not explain the column %q", col)
+		}
+	}
+	for _, want := range []string{"latency by phase", "errors", "outcomes", "warning:", "-compare"} {
+		if !strings.Contains(help, want) {
+			t.Errorf("-h does not mention %q", want)
+		}
+	}
 }

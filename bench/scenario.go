@@ -1,6 +1,7 @@
 package main
 
 import (
+	"crypto/tls"
 	"fmt"
 	"net"
 	"sync"
@@ -20,6 +21,7 @@ type params struct {
 	PerConn  int           `json:"per_conn,omitempty"`
 	Mix      string        `json:"mix,omitempty"`
 	Hold     time.Duration `json:"hold_ns,omitempty"`
+	StartTLS bool          `json:"starttls,omitempty"` // upgrade with STARTTLS after the first EHLO
 	Timeout  time.Duration `json:"timeout_ns"`
 }
 
@@ -66,6 +68,7 @@ type run struct {
 	next   atomic.Uint64
 	halt   atomic.Bool // set when the scenario cannot go on
 	held   func()      // idle: called while every connection is open
+	tls    *tls.Config // set when p.StartTLS
 
 	mu      sync.Mutex
 	skipped string
@@ -270,7 +273,7 @@ func runFlood(r *run) time.Duration {
 }
 
 // runIdle opens N connections, Conc at a time, reads each greeting and says
-// nothing more; with all of them open it lets the server settle, calls
+// nothing more (with StartTLS: EHLO, STARTTLS, EHLO); with all of them open it lets the server settle, calls
 // r.held (which reads the server's memory), holds them for Hold, then QUITs
 // them all. One goroutine per held connection would make the client the
 // heavier side, so held connections are only a list.
@@ -283,7 +286,11 @@ func runIdle(r *run) time.Duration {
 		wg.Go(func() {
 			w := r.newWorker(512)
 			for r.claim() {
-				if err := w.open(); err != nil {
+				err := w.open()
+				if err == nil && r.p.StartTLS {
+					err = w.hello()
+				}
+				if err != nil {
 					r.st.fail(err)
 					w.abandon(err)
 					continue

@@ -10,6 +10,7 @@ import (
 // that the workers only ever write shared, read-only slices.
 type script struct {
 	ehlo, mail, data, quit []byte
+	starttls               []byte
 	rcpts                  [][]byte // the k RCPT commands of a message
 	reject                 []byte   // a RCPT that a real MX refuses (mix)
 	group                  []byte   // MAIL, RCPTs and DATA as one PIPELINING group
@@ -44,11 +45,12 @@ func newScript(o scriptOptions) (*script, error) {
 		return nil, fmt.Errorf("-rcpts %d: need at least 1", o.rcpts)
 	}
 	s := &script{
-		ehlo:   []byte("EHLO " + o.helo + "\r\n"),
-		mail:   []byte("MAIL FROM:<" + o.from + ">\r\n"),
-		data:   []byte("DATA\r\n"),
-		quit:   []byte("QUIT\r\n"),
-		reject: []byte("RCPT TO:<" + o.rejectTo + ">\r\n"),
+		ehlo:     []byte("EHLO " + o.helo + "\r\n"),
+		mail:     []byte("MAIL FROM:<" + o.from + ">\r\n"),
+		data:     []byte("DATA\r\n"),
+		quit:     []byte("QUIT\r\n"),
+		starttls: []byte("STARTTLS\r\n"),
+		reject:   []byte("RCPT TO:<" + o.rejectTo + ">\r\n"),
 	}
 	local, domain, ok := strings.Cut(o.to, "@")
 	if !ok {

@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -17,13 +18,14 @@ const (
 	phConnect = iota // TCP connect
 	phBanner         // connect to greeting, the time a sender waits for the banner
 	phEHLO           // EHLO sent to its last reply line
+	phTLS            // STARTTLS sent to the end of the TLS handshake
 	phEOD            // end of DATA (the final ".") to the server's reply
 	phMessage        // MAIL sent to the reply after the final "."
 	phSession        // a whole session, from connect (or from when it was due) to 221
 	numPhases
 )
 
-var phaseNames = [numPhases]string{"connect", "banner", "ehlo", "eod", "message", "session"}
+var phaseNames = [numPhases]string{"connect", "banner", "ehlo", "starttls", "eod", "message", "session"}
 
 // Kinds of error, counted apart in the report.
 const (
@@ -205,8 +207,32 @@ func (w *worker) open() error {
 	return nil
 }
 
-// hello sends EHLO and notes whether the server offers PIPELINING.
+// hello sends EHLO and notes whether the server offers PIPELINING. With
+// STARTTLS asked for, it then upgrades the connection and says EHLO again,
+// since the client must forget what it learnt before TLS (RFC 3207 4.2).
 func (w *worker) hello() error {
+	if err := w.ehlo(); err != nil {
+		return err
+	}
+	if w.r.tls == nil {
+		return nil
+	}
+	t0 := time.Now()
+	if err := w.command(w.r.sc.starttls, "starttls", 2); err != nil {
+		return err
+	}
+	tc := tls.Client(w.c, w.r.tls)
+	if err := tc.Handshake(); err != nil {
+		return fmt.Errorf("starttls: handshake: %w", err)
+	}
+	w.r.st.phase[phTLS].record(time.Since(t0))
+	w.c = tc
+	w.br.Reset(tc)
+	return w.ehlo()
+}
+
+// ehlo sends EHLO, reads the reply and notes whether it offers PIPELINING.
+func (w *worker) ehlo() error {
 	t0 := time.Now()
 	if err := w.send(w.r.sc.ehlo); err != nil {
 		return err

@@ -14,7 +14,7 @@ import (
 // accept or epoll_wait with a zero timeout never sleeps, so the runtime's
 // entersyscall/exitsyscall bookkeeping buys nothing there; around a
 // blocking epoll_wait it costs a second thread waking up per wait (see
-// ../shared/peers/README.md: ordinary wrappers cost 1.6x the C floor, raw
+// bench/peers/README.md: ordinary wrappers cost 1.6x the C floor, raw
 // calls 1.07x). A loop blocked in a raw epoll_wait holds its P, so the
 // server raises GOMAXPROCS by the number of loops (see Server.Start), and
 // the runtime's preemption signal interrupts the wait (EINTR) when a

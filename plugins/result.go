@@ -70,8 +70,8 @@ func DenySoft(code int, enhanced, text string) Result {
 }
 
 // InternalError is the generic answer to a failure inside loopmx: the
-// client sees 451 4.3.0, the detail goes to the log (ARCHITECTURE.md, mail
-// safety rule 2).
+// client sees 451 4.3.0 and retries later; the detail goes to the log,
+// never to the client, who is a stranger.
 func InternalError() Result { return DenySoft(451, "4.3.0", "Internal error, try again later") }
 
 // ReplyFor returns the reply the client gets for r at hook h.

@@ -1,19 +1,23 @@
 #!/usr/bin/env bash
 # bench-compare.sh: what `make bench-compare` runs. The standard scenarios
-# against loopmx and each installed peer of shared/peers (smtp-sink, the
-# go-smtp sink, floor.c, Haraka), in ROUNDS interleaved rounds, then the
-# median of each figure per server and the ratio loopmx/peer.
+# against loopmx and each peer that can run here (smtp-sink, and from
+# bench/peers: the go-smtp sink, floor.c, Haraka), in ROUNDS interleaved
+# rounds, then the median of each figure per server and the ratio
+# loopmx/peer. bench/peers/README.md says what each peer is.
 #
-# Server and client are pinned to the SAME core (CORE, default 0), as the
-# peers README advises: on a small shared machine that cuts run-to-run
-# spread from about 2x to a few percent, every server gets the same one
-# core (Go servers see GOMAXPROCS=1), and the figures compared, the
-# server's CPU per session and per message from /proc, do not depend on how
-# the scheduler spread the two programs over the cores.
-#
-# A peer that is not installed is named as skipped. Haraka is never
-# installed from here (it takes minutes): run shared/peers/haraka.sh install
+# The peers are built here, into a temporary directory: floor.c with gcc,
+# the go-smtp sink with `go build` in its own module (go-smtp comes from
+# the Go module proxy the first time). A peer whose tools are missing, or
+# that does not build, is named as skipped with the reason. Haraka is never
+# installed from here (npm takes minutes): run bench/peers/haraka.sh install
 # once to include it. Every server is started and stopped by its pid.
+#
+# Server and client are pinned to the SAME core (CORE, default 0): on a
+# small shared machine that cuts run-to-run spread from about 2x to a few
+# percent, every server gets the same one core (Go servers see
+# GOMAXPROCS=1), and the figures compared, the server's CPU per session and
+# per message from /proc, do not depend on how the scheduler spread the two
+# programs over the cores.
 #
 # Environment:
 #   ROUNDS      rounds (default 3); the median is over rounds
@@ -21,7 +25,7 @@
 #   SCALE       multiplies each scenario's default -n (default 0.5, which
 #               keeps a round of five servers near two minutes)
 #   BENCH_ARGS  extra loopmx-bench flags for every run
-#   PEERS_DIR   where the peers live (default ../shared/peers)
+#   PEERS_DIR   where the peers live (default bench/peers)
 #   HARAKA_BASE where haraka.sh installed Haraka (default $TMPDIR/haraka-peer)
 #   KEEP        a directory to keep each run's table and JSON in
 set -euo pipefail
@@ -30,11 +34,18 @@ cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-3}
 CORE=${CORE:-0}
 SCALE=${SCALE:-0.5}
-PEERS_DIR=$(cd "${PEERS_DIR:-../shared/peers}" 2>/dev/null && pwd || echo "${PEERS_DIR:-../shared/peers}")
+PEERS_DIR=${PEERS_DIR:-bench/peers}
+if ! PEERS_DIR=$(cd "$PEERS_DIR" 2>/dev/null && pwd); then
+	echo "bench-compare.sh: PEERS_DIR ${PEERS_DIR:-}: no such directory" >&2
+	exit 1
+fi
 HARAKA_BASE=${HARAKA_BASE:-${TMPDIR:-/tmp}/haraka-peer}
 
-go build -o bin/loopmx .
-go build -o bin/loopmx-bench ./bench
+# build_binaries (in lib.sh) builds bin/loopmx as `make build` does, with
+# its version, unless make has just done so; stop_tree and note_run live
+# there too.
+. scripts/lib.sh
+build_binaries
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/loopmx-compare.XXXXXX")
@@ -42,9 +53,6 @@ out=${KEEP:-$tmp/results}
 mkdir -p "$out"
 pid=""
 stop_cmd=""
-
-# stop_tree (by pid) lives in lib.sh.
-. scripts/lib.sh
 
 stop_server() {
 	if [ -n "$stop_cmd" ]; then
@@ -95,22 +103,29 @@ start_smtp-sink() {
 	pid=$!
 }
 
-if [ ! -d "$PEERS_DIR/gosmtp-sink" ]; then
-	skipped+=("gosmtp-sink: no $PEERS_DIR/gosmtp-sink (set PEERS_DIR)")
-elif (cd "$PEERS_DIR/gosmtp-sink" && go build -o "$tmp/gosmtp-sink" .) 2>"$tmp/gosmtp-build.log"; then
+# last_line prints the last non-empty line of a build log, for a skip reason.
+last_line() { grep -v '^[[:space:]]*$' "$1" 2>/dev/null | tail -1; }
+
+if [ ! -f "$PEERS_DIR/gosmtp-sink/go.mod" ]; then
+	skipped+=("gosmtp-sink: no $PEERS_DIR/gosmtp-sink/go.mod")
+elif (cd "$PEERS_DIR/gosmtp-sink" && go build -o "$tmp/gosmtp-sink" .) >"$tmp/gosmtp-build.log" 2>&1; then
 	servers+=(gosmtp-sink)
 else
-	skipped+=("gosmtp-sink: does not build from $PEERS_DIR/gosmtp-sink ($(tail -1 "$tmp/gosmtp-build.log" 2>/dev/null || true))")
+	skipped+=("gosmtp-sink: go build in $PEERS_DIR/gosmtp-sink failed (go-smtp comes from the Go module proxy): $(last_line "$tmp/gosmtp-build.log")")
 fi
 start_gosmtp-sink() {
 	$pin "$tmp/gosmtp-sink" -addr "127.0.0.1:$1" 2>>"$tmp/gosmtp-sink.log" &
 	pid=$!
 }
 
-if [ -f "$PEERS_DIR/floor.c" ] && command -v gcc >/dev/null 2>&1 && gcc -O2 -o "$tmp/floor" "$PEERS_DIR/floor.c" 2>"$tmp/floor-build.log"; then
+if ! command -v gcc >/dev/null 2>&1; then
+	skipped+=("floor: gcc not installed (apt-get install gcc)")
+elif [ ! -f "$PEERS_DIR/floor.c" ]; then
+	skipped+=("floor: no $PEERS_DIR/floor.c")
+elif gcc -O2 -o "$tmp/floor" "$PEERS_DIR/floor.c" >"$tmp/floor-build.log" 2>&1; then
 	servers+=(floor)
 else
-	skipped+=("floor: needs gcc and $PEERS_DIR/floor.c")
+	skipped+=("floor: gcc could not build $PEERS_DIR/floor.c: $(last_line "$tmp/floor-build.log")")
 fi
 start_floor() {
 	$pin "$tmp/floor" "$1" 2>>"$tmp/floor.log" &
@@ -118,9 +133,15 @@ start_floor() {
 }
 
 if [ -x "$HARAKA_BASE/node_modules/.bin/haraka" ] && [ -d "$HARAKA_BASE/h" ]; then
-	servers+=(haraka)
+	if command -v node >/dev/null 2>&1; then
+		servers+=(haraka)
+	else
+		skipped+=("haraka: node not installed (apt-get install nodejs)")
+	fi
+elif ! command -v npm >/dev/null 2>&1; then
+	skipped+=("haraka: node and npm not installed (apt-get install nodejs npm), then run $PEERS_DIR/haraka.sh install")
 else
-	skipped+=("haraka: not installed (run $PEERS_DIR/haraka.sh install first)")
+	skipped+=("haraka: not installed in $HARAKA_BASE (run $PEERS_DIR/haraka.sh install once; npm takes minutes)")
 fi
 start_haraka() {
 	PORT=$1 BASE=$HARAKA_BASE $pin "$PEERS_DIR/haraka.sh" start 0 >>"$tmp/haraka.log" 2>&1 || return 1
@@ -130,6 +151,9 @@ start_haraka() {
 
 n=${#servers[@]}
 echo "bench-compare: ${servers[*]}; $ROUNDS rounds, server and client on core $CORE, -scale $SCALE" >&2
+for s in "${skipped[@]}"; do
+	echo "  skipped $s" >&2
+done
 for ((r = 1; r <= ROUNDS; r++)); do
 	for ((i = 0; i < n; i++)); do
 		# Each round starts one server later, so no server is always first.
@@ -146,13 +170,7 @@ for ((r = 1; r <= ROUNDS; r++)); do
 			-label "$name" -json "$out/$name.$r.json" ${BENCH_ARGS:-} "127.0.0.1:$port" \
 			>"$out/$name.$r.txt" 2>&1 || status=$?
 		stop_server
-		if [ "$status" -ne 0 ]; then
-			echo "  round $r: $name: loopmx-bench exited $status:" >&2
-			tail -5 "$out/$name.$r.txt" >&2
-			rm -f "$out/$name.$r.json"
-		else
-			echo "  round $r: $name done in $((SECONDS - t0))s" >&2
-		fi
+		note_run "round $r: $name" "$status" "$out/$name.$r" $((SECONDS - t0))
 	done
 done
 
