@@ -17,6 +17,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"loopmx/config"
 )
 
 // Environment variables of the supervisor/worker contract.
@@ -24,7 +26,8 @@ const (
 	EnvRole       = "LOOPMX_ROLE"       // "worker" in a worker process
 	EnvWorkerID   = "LOOPMX_WORKER_ID"  // 1..nodes
 	EnvGeneration = "LOOPMX_GENERATION" // bumped by every reload
-	EnvListenFDs  = "LOOPMX_LISTEN_FDS" // listeners at fds 3.., in smtp.ini listen order
+	EnvListenFDs  = "LOOPMX_LISTEN_FDS" // listeners at fds 3.., in the order of config.Main.Listeners
+	EnvListenSpec = "LOOPMX_LISTEN"     // what each of them is: "smtp 127.0.0.1:25,smtps [::]:465,proxy 10.0.0.1:25"
 	EnvReadyFD    = "LOOPMX_READY_FD"   // the worker writes "READY\n" there once it accepts
 )
 
@@ -33,7 +36,12 @@ type Worker struct {
 	ID         int
 	Generation int
 	Listeners  []*os.File
-	ready      *os.File
+	// Specs say what each of Listeners is (address, implicit TLS, PROXY
+	// header), as the supervisor bound them; nil when the supervisor
+	// passes systemd's sockets, which the worker matches against its
+	// config in order.
+	Specs []config.Listener
+	ready *os.File
 }
 
 // WorkerEnv reads the worker contract from the environment. ok is false
@@ -54,6 +62,14 @@ func WorkerEnv() (w Worker, ok bool, err error) {
 	if err != nil || n < 0 {
 		return Worker{}, true, fmt.Errorf("supervisor: %s=%q is not a count", EnvListenFDs, os.Getenv(EnvListenFDs))
 	}
+	if v := os.Getenv(EnvListenSpec); v != "" {
+		if w.Specs, err = parseSpecs(v); err != nil {
+			return Worker{}, true, err
+		}
+		if len(w.Specs) != n {
+			return Worker{}, true, fmt.Errorf("supervisor: %s names %d listeners for %d descriptors", EnvListenSpec, len(w.Specs), n)
+		}
+	}
 	for i := 0; i < n; i++ {
 		w.Listeners = append(w.Listeners, os.NewFile(uintptr(3+i), "listener"))
 	}
@@ -65,6 +81,57 @@ func WorkerEnv() (w Worker, ok bool, err error) {
 		w.ready = os.NewFile(uintptr(fd), "ready")
 	}
 	return w, true, nil
+}
+
+// specKinds are the words of EnvListenSpec for what a listener speaks.
+const (
+	kindSMTP  = "smtp"
+	kindSMTPS = "smtps"
+	kindProxy = "proxy"
+)
+
+// specString describes one listener as EnvListenSpec and the log do:
+// "smtps 127.0.0.1:465".
+func specString(l config.Listener) string {
+	switch {
+	case l.TLS:
+		return kindSMTPS + " " + l.Addr
+	case l.Proxy:
+		return kindProxy + " " + l.Addr
+	}
+	return kindSMTP + " " + l.Addr
+}
+
+// specStrings describes every listener of ls.
+func specStrings(ls []config.Listener) []string {
+	out := make([]string, len(ls))
+	for i, l := range ls {
+		out[i] = specString(l)
+	}
+	return out
+}
+
+// parseSpecs reads the value of EnvListenSpec.
+func parseSpecs(v string) ([]config.Listener, error) {
+	var out []config.Listener
+	for item := range strings.SplitSeq(v, ",") {
+		kind, addr, ok := strings.Cut(item, " ")
+		l := config.Listener{Addr: addr}
+		switch kind {
+		case kindSMTP:
+		case kindSMTPS:
+			l.TLS = true
+		case kindProxy:
+			l.Proxy = true
+		default:
+			ok = false
+		}
+		if !ok || addr == "" {
+			return nil, fmt.Errorf("supervisor: %s: %q is not \"smtp|smtps|proxy ADDRESS\"", EnvListenSpec, item)
+		}
+		out = append(out, l)
+	}
+	return out, nil
 }
 
 // Ready tells the supervisor that this worker accepts connections.
