@@ -42,6 +42,20 @@ func stopCleanly(t *testing.T, srv *server) {
 	}
 }
 
+// waitGenerationGone waits until the n workers of generation gen have
+// stopped: a reload is done once the new workers are ready, but the old
+// ones accept until their TERM arrives.
+func waitGenerationGone(t *testing.T, srv *server, gen, n int) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for countLog(srv, `"generation":`+strconv.Itoa(gen)+`,`, `"message":"worker stopped"`) < n {
+		if time.Now().After(deadline) {
+			t.Fatalf("the %d workers of generation %d have not stopped 20s after the reload", n, gen)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
 // redisLimitConfig returns a config directory whose limit plugin keeps its
 // counters in the Redis at addr.
 func redisLimitConfig(t *testing.T, addr string) string {
@@ -82,9 +96,7 @@ func TestE2EStopWithRedis(t *testing.T) {
 		if !srv.waitLog(`"message":"reload done"`, 30*time.Second) {
 			t.Fatal("no 'reload done' in 30s")
 		}
-		if !srv.waitLog(`"message":"worker stopped"`, 10*time.Second) {
-			t.Fatal("the workers replaced by the reload did not stop")
-		}
+		waitGenerationGone(t, srv, 1, 2)
 		deliverOne(t, srv.addr, "redis-after-hup")
 		stopCleanly(t, srv)
 		if n := countLog(srv, `"message":"worker stopped"`, `"exit_code":0`); n != 4 {
@@ -176,6 +188,7 @@ func TestE2ESupervisorAllListeners(t *testing.T) {
 	if !srv.waitLog(`"message":"reload done"`, 30*time.Second) {
 		t.Fatal("no 'reload done' in 30s")
 	}
+	waitGenerationGone(t, srv, 1, 2)
 	check("after the reload", "mx2.test")
 	if n := countLog(srv, "a reload keeps the sockets bound at start"); n != 0 {
 		t.Errorf("the reload warned that the listeners changed, and they did not")
