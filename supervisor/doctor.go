@@ -235,9 +235,9 @@ func (m machine) portRange() finding {
 
 // configCheck turns the outcome of check-config's checks into a finding.
 func configCheck(err error) finding {
-	f := finding{need: "must pass check-config (plugins, spool, tls.ini)"}
+	f := finding{need: "the server checks the same at start"}
 	if err == nil {
-		f.verdict, f.what = vOK, "the config passes"
+		f.verdict, f.what = vOK, "config: plugins, spool and its user, tls.ini as check-config checks them"
 		return f
 	}
 	f.verdict, f.what = vChange, err.Error()
