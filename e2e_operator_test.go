@@ -381,3 +381,64 @@ func listTree(t *testing.T, dir string) string {
 	}
 	return b.String()
 }
+
+// activatedSocket opens a listening socket on a free port of 127.0.0.1 as
+// systemd would, and returns it as a file to pass on and its address.
+func activatedSocket(t *testing.T) (*os.File, string) {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	f, err := l.(*net.TCPListener).File()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	return f, l.Addr().String()
+}
+
+// TestE2ESocketActivationNames: systemd passes three sockets, as
+// contrib/systemd/loopmx.socket does two (0.0.0.0:25 and [::]:25) plus one
+// from a socket unit with FileDescriptorName=proxy, while smtp.ini names
+// a single listen address. Alone and under a supervisor, loopmx serves all
+// three, the named one with a PROXY header first, and binds nothing of
+// smtp.ini. (It used to refuse: "3 inherited listeners for 1 configured
+// addresses".)
+func TestE2ESocketActivationNames(t *testing.T) {
+	t.Parallel()
+	for _, nodes := range []string{"0", "2"} {
+		t.Run("nodes="+nodes, func(t *testing.T) {
+			conf := discardConfig(t)
+			f1, a1 := activatedSocket(t)
+			f2, a2 := activatedSocket(t)
+			f3, proxy := activatedSocket(t)
+			closed := "127.0.0.1:" + strconv.Itoa(freePort(t))
+			writeFiles(t, conf, map[string]string{"smtp.ini": "listen = " + closed + "\nnodes = " + nodes + "\nproxy_trusted = 127.0.0.1\n"})
+			cmd := exec.Command("sh", "-c", `export LISTEN_PID=$$ LISTEN_FDS=3 LISTEN_FDNAMES=loopmx.socket:loopmx.socket:proxy; exec "$0" -c "$1"`, loopmxBinary(t), conf)
+			cmd.ExtraFiles = []*os.File{f1, f2, f3}
+			cmd.Dir = conf
+			ready := `"message":"loopmx ready"`
+			if nodes != "0" {
+				ready = `"message":"all workers ready"`
+			}
+			srv := launchCmd(t, cmd, a1, ready)
+			for i := 0; i < 10; i++ {
+				for _, a := range []string{a1, a2} {
+					if _, err := bannerText(a); err != nil {
+						t.Fatalf("plain socket %s: %v", a, err)
+					}
+				}
+				if b, err := proxyBanner(proxy); err != nil || !strings.HasPrefix(b, "220 ") {
+					t.Fatalf("socket named proxy %s: %q %v, want a banner after the PROXY header", proxy, b, err)
+				}
+			}
+			if c, err := net.DialTimeout("tcp", closed, time.Second); err == nil {
+				c.Close()
+				t.Errorf("%s (listen in smtp.ini) accepts; with socket activation nothing should bind it", closed)
+			}
+			stopCleanly(t, srv)
+		})
+	}
+}

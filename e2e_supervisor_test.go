@@ -577,8 +577,9 @@ func TestE2ESupervisorNotify(t *testing.T) {
 }
 
 // launchCmd starts a prepared command like launch does, for what launch
-// cannot express (inherited descriptors).
-func launchCmd(t *testing.T, cmd *exec.Cmd, addr string) *server {
+// cannot express (inherited descriptors), and waits for the log line
+// ready (a substring such as `"message":"all workers ready"`).
+func launchCmd(t *testing.T, cmd *exec.Cmd, addr, ready string) *server {
 	t.Helper()
 	s := &server{t: t, addr: addr, stderr: &syncBuffer{}, done: make(chan struct{}), cmd: cmd}
 	cmd.Stdout, cmd.Stderr = s.stderr, s.stderr
@@ -599,7 +600,7 @@ func launchCmd(t *testing.T, cmd *exec.Cmd, addr string) *server {
 			t.Logf("loopmx pid %d output:\n%s", cmd.Process.Pid, tail(s.stderr.String(), 4000))
 		}
 	})
-	if !s.waitLog(`"message":"all workers ready"`, 20*time.Second) {
+	if !s.waitLog(ready, 20*time.Second) {
 		t.Fatalf("not ready after 20s:\n%s", s.stderr.String())
 	}
 	return s
@@ -631,7 +632,7 @@ func TestE2ESupervisorSocketActivation(t *testing.T) {
 			cmd := exec.Command("sh", "-c", `export LISTEN_PID=$$ LISTEN_FDS=1; exec "$0" -c "$1"`, loopmxBinary(t), conf)
 			cmd.ExtraFiles = []*os.File{f}
 			cmd.Dir = conf
-			srv := launchCmd(t, cmd, activated)
+			srv := launchCmd(t, cmd, activated, `"message":"all workers ready"`)
 			f.Close()
 			for i := 0; i < 20; i++ {
 				if _, err := bannerText(activated); err != nil {

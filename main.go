@@ -208,7 +208,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return superviseRun(cfg, *dir, stderr)
 	}
 	// One process, no supervisor: systemd may have opened the sockets.
-	return serve(cfg, stderr, sockets{files: supervisor.SystemdListeners(), ready: func() { supervisor.Notify("READY=1") }})
+	files, specs := supervisor.SystemdListeners()
+	return serve(cfg, stderr, sockets{files: files, specs: specs, ready: func() { supervisor.Notify("READY=1") }})
 }
 
 func loadConfig(dir string) (*config.Config, error) {
@@ -313,7 +314,7 @@ func superviseRun(cfg *config.Config, dir string, stderr io.Writer) int {
 // once it accepts.
 type sockets struct {
 	files  []*os.File        // from a supervisor or systemd; nil: bind the config's addresses
-	specs  []config.Listener // what each of files is, from a supervisor; nil: the config's order
+	specs  []config.Listener // what each of files is
 	ready  func()            // called once the server accepts
 	worker int               // the worker id under a supervisor, 0 alone
 }

@@ -15,8 +15,11 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"net/netip"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"loopmx/config"
 )
@@ -37,9 +40,7 @@ type Worker struct {
 	Generation int
 	Listeners  []*os.File
 	// Specs say what each of Listeners is (address, implicit TLS, PROXY
-	// header), as the supervisor bound them; nil when the supervisor
-	// passes systemd's sockets, which the worker matches against its
-	// config in order.
+	// header), as the supervisor bound them or systemd named them.
 	Specs []config.Listener
 	ready *os.File
 }
@@ -143,24 +144,54 @@ func (w Worker) Ready() {
 }
 
 // SystemdListeners returns the sockets systemd passed by socket activation
-// (LISTEN_FDS, LISTEN_PID; sd_listen_fds(3)), or nil.
-func SystemdListeners() []*os.File {
+// (LISTEN_FDS, LISTEN_PID; sd_listen_fds(3)), or nil, with what each
+// speaks: the name systemd gives it (FileDescriptorName= of its socket
+// unit, in LISTEN_FDNAMES) is "smtps" for implicit TLS, "proxy" for a
+// PROXY header first, and anything else for plain SMTP. The addresses of
+// smtp.ini play no part.
+func SystemdListeners() ([]*os.File, []config.Listener) {
 	pid, err := strconv.Atoi(os.Getenv("LISTEN_PID"))
 	if err != nil || pid != os.Getpid() {
-		return nil
+		return nil, nil
 	}
 	n, err := strconv.Atoi(os.Getenv("LISTEN_FDS"))
 	if err != nil || n <= 0 {
-		return nil
+		return nil, nil
 	}
+	names := strings.Split(os.Getenv("LISTEN_FDNAMES"), ":")
 	os.Unsetenv("LISTEN_PID")
 	os.Unsetenv("LISTEN_FDS")
 	os.Unsetenv("LISTEN_FDNAMES")
 	files := make([]*os.File, 0, n)
+	specs := make([]config.Listener, 0, n)
 	for i := 0; i < n; i++ {
 		files = append(files, os.NewFile(uintptr(3+i), "systemd-listener"))
+		l := config.Listener{Addr: localAddr(3 + i)}
+		if i < len(names) {
+			l.TLS = names[i] == kindSMTPS
+			l.Proxy = names[i] == kindProxy
+		}
+		specs = append(specs, l)
 	}
-	return files
+	return files, specs
+}
+
+// localAddr is the address socket fd is bound to, or "?" when it has none
+// (it is only shown in logs and errors).
+func localAddr(fd int) string {
+	sa, err := unix.Getsockname(fd)
+	if err != nil {
+		return "?"
+	}
+	switch a := sa.(type) {
+	case *unix.SockaddrInet4:
+		return netip.AddrPortFrom(netip.AddrFrom4(a.Addr), uint16(a.Port)).String()
+	case *unix.SockaddrInet6:
+		return netip.AddrPortFrom(netip.AddrFrom16(a.Addr), uint16(a.Port)).String()
+	case *unix.SockaddrUnix:
+		return a.Name
+	}
+	return "?"
 }
 
 // Notify sends a state line to systemd (sd_notify(3)) when NOTIFY_SOCKET

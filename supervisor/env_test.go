@@ -88,7 +88,7 @@ func TestWorkerEnvReady(t *testing.T) {
 func TestSystemdListenersOtherPID(t *testing.T) {
 	t.Setenv("LISTEN_PID", strconv.Itoa(os.Getpid()+1))
 	t.Setenv("LISTEN_FDS", "1")
-	if fs := SystemdListeners(); fs != nil {
+	if fs, _ := SystemdListeners(); fs != nil {
 		t.Errorf("sockets meant for another pid were taken: %v", fs)
 	}
 	if os.Getenv("LISTEN_FDS") != "1" {
@@ -96,7 +96,7 @@ func TestSystemdListenersOtherPID(t *testing.T) {
 	}
 	t.Setenv("LISTEN_PID", strconv.Itoa(os.Getpid()))
 	t.Setenv("LISTEN_FDS", "0")
-	if fs := SystemdListeners(); fs != nil {
+	if fs, _ := SystemdListeners(); fs != nil {
 		t.Errorf("LISTEN_FDS=0 gave %v", fs)
 	}
 }

@@ -147,7 +147,8 @@ func newSup(cfg *config.Config, opts Options, sigs <-chan os.Signal) (*sup, erro
 		}
 	} else {
 		m := cfg.Main
-		s.socks, err = openSockets(m.Listeners(), m.Backlog, m.SchedPolicy == "reuseport", m.Nodes, opts.Listen, SystemdListeners())
+		files, specs := SystemdListeners()
+		s.socks, err = openSockets(m.Listeners(), m.Backlog, m.SchedPolicy == "reuseport", m.Nodes, opts.Listen, files, specs)
 		if err != nil {
 			s.devnull.Close()
 			return nil, err

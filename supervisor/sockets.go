@@ -21,7 +21,8 @@ import (
 type sockets struct {
 	// specs are the listeners the sockets are bound to, in the order of
 	// config.Main.Listeners (listen, smtps_listen, proxy_listen) when they
-	// were bound; every socket set below follows it. nil for systemd's.
+	// were bound, or systemd's as SystemdListeners describes them; every
+	// socket set below follows it.
 	specs     []config.Listener
 	backlog   int
 	reuseport bool // one socket set per worker slot
@@ -37,12 +38,12 @@ type sockets struct {
 // binds every listener of specs once (shared) or once per worker
 // (reuseport).
 func openSockets(specs []config.Listener, backlog int, reuseport bool, nodes int,
-	open func(string, int, bool) (*os.File, error), fromSystemd []*os.File) (*sockets, error) {
+	open func(string, int, bool) (*os.File, error), fromSystemd []*os.File, systemdSpecs []config.Listener) (*sockets, error) {
 	k := &sockets{specs: slices.Clone(specs), backlog: backlog, reuseport: reuseport, slots: map[int][]int{}, open: open}
 	if len(fromSystemd) > 0 {
 		// systemd made one socket per ListenStream=; they cannot be
 		// multiplied per worker, so every worker shares them.
-		k.systemd, k.reuseport, k.specs = true, false, nil
+		k.systemd, k.reuseport, k.specs = true, false, systemdSpecs
 		for _, f := range fromSystemd {
 			fd, err := rawFD(f)
 			if err != nil {

@@ -66,7 +66,7 @@ var envNotForWorkers = []string{
 
 // workerEnviron returns base without envNotForWorkers, plus the worker
 // contract for worker id of generation gen with n listeners at fds 3..
-// (described by specs, unless it is nil), and the ready pipe right after
+// (described by specs when there are any), and the ready pipe right after
 // them.
 func workerEnviron(base []string, id, gen, n int, specs []config.Listener) []string {
 	env := withoutVars(base, envNotForWorkers...)
