@@ -12,10 +12,10 @@ package supervisor
 import (
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"strconv"
 	"strings"
-	"net/netip"
 	"syscall"
 	"time"
 
