@@ -1,9 +1,10 @@
 // Command loopmx is an inbound SMTP server (an MX) on event loops.
 //
 //	loopmx [-c DIR]                run in the foreground (embedded default config without -c)
-//	loopmx check-config [-c DIR]   validate a config directory and print the effective settings
+//	loopmx check-config [-c DIR]   check a config directory as the server would, change nothing
 //	loopmx doctor [-c DIR]         check kernel settings and limits against the config
 //	loopmx --version               print the version
+//	loopmx -h                      the usage, signals, environment and where the docs are
 package main
 
 import (
@@ -20,6 +21,7 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+	"golang.org/x/sys/unix"
 
 	"loopmx/config"
 	"loopmx/loop"
@@ -50,28 +52,116 @@ func main() {
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
 
+// helpText is what `loopmx -h` prints.
+const helpText = `loopmx %s: an inbound SMTP server (an MX) on event loops
+
+usage:
+  loopmx [-c DIR]                run the server in the foreground
+  loopmx check-config [-c DIR]   check DIR as the server would at start, change nothing,
+                                 print the effective settings
+  loopmx doctor [-c DIR]         compare kernel settings, limits and the config's needs
+  loopmx --version               print the version
+  loopmx COMMAND -h              help on one command
+
+  -c DIR  the config directory: smtp.ini, plugins, host_list, one <plugin>.ini per
+          plugin, tls.ini, redis.ini. Without -c the built-in default runs:
+          127.0.0.1:2525, mail for localhost and example.com stored in ./var/spool.
+
+signals (with nodes >= 1, send them to the supervisor, the main pid):
+  TERM, INT  stop accepting; open transactions may finish within graceful_timeout;
+             exit 0. A second one exits at once.
+  HUP        nodes = 0: reload the TLS certificates of tls.ini.
+             nodes >= 1: re-read the whole config, replace the workers one at a time.
+  USR2       nodes >= 1: run the binary on disk in place (same pid) and replace
+             the workers one at a time.
+
+environment:
+  UV_THREADPOOL_SIZE  threads for the hooks that block (DNS, Redis, disk), 1..128;
+                      overrides threadpool_size of smtp.ini.
+
+documentation: README.md and docs/ in the source tree (config.md lists every
+smtp.ini key; plugins.md, supervisor.md, tls.md, protocol.md), each plugin's
+README.md, and contrib/config, a commented example directory. Installed as
+contrib/systemd/loopmx.service says, docs/ is in /usr/local/share/doc/loopmx.
+`
+
+// checkConfigHelp is what `loopmx check-config -h` prints.
+const checkConfigHelp = `usage: loopmx check-config [-c DIR]
+
+Checks the config directory as the server does at start, without starting
+it: smtp.ini, the plugins file and each plugin's settings, whether a queue
+plugin takes the mail, the spool and whether the user the server runs as
+can write it, tls.ini with its certificate and key files, redis.ini. It
+changes nothing on disk and connects to nothing. It prints the effective
+settings, what the plugins will do at start (such as creating the spool,
+and as which user), then "config OK".
+
+Exit status: 0 when the server would start on DIR; 1 with one line naming
+the file, key and value at fault; 2 for a bad command line.
+
+  -c DIR  the config directory (default: the built-in default config)
+`
+
+// doctorHelp is what `loopmx doctor -h` prints.
+const doctorHelp = `usage: loopmx doctor [-c DIR]
+
+Compares this machine with what the config needs, and says what to change
+and why: the checks of check-config, net.core.somaxconn and
+tcp_max_syn_backlog against backlog, tcp_syncookies, the open-file limit,
+fs.nr_open and fs.file-max against max_connections and nodes, buffer
+maxima against recv_buffer / send_buffer, tcp_migrate_req for
+sched_policy = reuseport, the local port range for forwarding queues, and
+the user of smtp.ini. Each line is OK, CHANGE (with why and the fix) or
+UNKNOWN. Run it as the user the service runs as: the open-file limit it
+reads is its own. docs/supervisor.md describes every check.
+
+Exit status: 0 when nothing needs changing, 1 otherwise, 2 for a bad
+command line.
+
+  -c DIR  the config directory (default: the built-in default config)
+`
+
 func run(args []string, stdout, stderr io.Writer) int {
 	cmd := "serve"
 	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
 		cmd, args = args[0], args[1:]
 	}
-	fs := flag.NewFlagSet("loopmx", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	dir := fs.String("c", "", "config directory (default: the embedded default config)")
-	showVersion := fs.Bool("version", false, "print the version and exit")
-	fs.Usage = func() {
-		fmt.Fprintf(stderr, "usage:\n  loopmx [-c DIR]               run the server in the foreground\n  loopmx check-config [-c DIR]  validate a config directory and print the effective settings\n  loopmx doctor [-c DIR]        check kernel settings and limits against the config\n  loopmx --version\n\nflags:\n")
-		fs.PrintDefaults()
-	}
-	if err := fs.Parse(args); err != nil {
+	help := fmt.Sprintf(helpText, version)
+	switch cmd {
+	case "serve", "version":
+	case "help":
+		fmt.Fprint(stdout, help)
+		return 0
+	case "check-config":
+		help = checkConfigHelp
+	case "doctor":
+		help = doctorHelp
+	default:
+		fmt.Fprintf(stderr, "loopmx: unknown command %q; loopmx -h lists the commands\n", cmd)
 		return 2
 	}
-	if *showVersion || cmd == "version" {
+	fs := flag.NewFlagSet("loopmx", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {} // -h prints help below; a bad flag gets one line
+	dir := fs.String("c", "", "config directory")
+	var showVersion *bool
+	if cmd == "serve" {
+		showVersion = fs.Bool("version", false, "print the version and exit")
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fmt.Fprint(stdout, help)
+			return 0
+		}
+		fmt.Fprintln(stderr, "loopmx -h shows the usage")
+		return 2
+	}
+	if cmd == "version" || showVersion != nil && *showVersion {
 		fmt.Fprintf(stdout, "loopmx %s (%s %s/%s)\n", version, runtime.Version(), runtime.GOOS, runtime.GOARCH)
 		return 0
 	}
 	if fs.NArg() > 0 {
-		fmt.Fprintf(stderr, "loopmx: unexpected argument %q\n", fs.Arg(0))
+		fmt.Fprintf(stderr, "loopmx: unexpected argument %q; loopmx -h shows the usage\n", fs.Arg(0))
 		return 2
 	}
 	cfg, err := loadConfig(*dir)
@@ -80,37 +170,46 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	switch cmd {
-	case "serve":
-		w, isWorker, err := supervisor.WorkerEnv()
-		if err != nil {
-			fmt.Fprintln(stderr, err)
-			return 1
-		}
-		if isWorker {
-			return serve(cfg, stderr, w.Listeners, w.Ready, w.ID)
-		}
-		if cfg.Main.Nodes >= 1 {
-			return superviseRun(cfg, *dir, stderr)
-		}
-		// One process, no supervisor: systemd may have opened the sockets.
-		return serve(cfg, stderr, supervisor.SystemdListeners(), func() { supervisor.Notify("READY=1") }, 0)
 	case "doctor":
-		return supervisor.Doctor(cfg, stdout)
+		return supervisor.Doctor(cfg, stdout, func() error {
+			chain, _, err := prepare(cfg)
+			if err == nil {
+				chain.Close()
+			}
+			return err
+		})
 	case "check-config":
-		chain, err := plugins.Build(cfg)
+		chain, _, err := prepare(cfg)
 		if err != nil {
 			fmt.Fprintln(stderr, err)
 			return 1
 		}
+		plans := chain.Plans()
 		chain.Close()
 		fmt.Fprint(stdout, cfg.Summary())
+		if len(plans) > 0 {
+			fmt.Fprintf(stdout, "\n# at start\n")
+			for _, p := range plans {
+				fmt.Fprintln(stdout, p)
+			}
+		}
 		fmt.Fprintln(stdout, "config OK")
 		return 0
-	default:
-		fmt.Fprintf(stderr, "loopmx: unknown command %q\n", cmd)
-		fs.Usage()
-		return 2
 	}
+	w, isWorker, err := supervisor.WorkerEnv()
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		return 1
+	}
+	if isWorker {
+		return serve(cfg, stderr, sockets{files: w.Listeners, specs: w.Specs, ready: w.Ready, worker: w.ID})
+	}
+	if cfg.Main.Nodes >= 1 {
+		return superviseRun(cfg, *dir, stderr)
+	}
+	// One process, no supervisor: systemd may have opened the sockets.
+	files, specs := supervisor.SystemdListeners()
+	return serve(cfg, stderr, sockets{files: files, specs: specs, ready: func() { supervisor.Notify("READY=1") }})
 }
 
 func loadConfig(dir string) (*config.Config, error) {
@@ -120,9 +219,50 @@ func loadConfig(dir string) (*config.Config, error) {
 	return config.Load(dir, os.LookupEnv)
 }
 
+// prepare checks everything the server checks before it serves, and
+// changes nothing on the system: it builds the plugin chain (each
+// factory validates its settings), makes sure the chain can deliver, and
+// loads tls.ini with its certificate and key files. check-config, doctor,
+// the supervisor (at start and for a reload) and the server itself all
+// go through it. The caller owns the chain and closes it.
+func prepare(cfg *config.Config) (*plugins.Chain, *loop.TLSConfig, error) {
+	chain, err := plugins.Build(cfg)
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := plugins.CheckDelivers(cfg, chain); err != nil {
+		chain.Close()
+		return nil, nil, err
+	}
+	tlsConf, err := loop.LoadTLS(cfg)
+	if err == nil && tlsConf == nil && len(cfg.Main.SMTPSListen) > 0 {
+		// loop.New refuses the same; saying it here lets check-config
+		// and a supervisor see it before any socket is bound.
+		err = fmt.Errorf("config: smtp.ini: [main] smtps_listen: %q speaks TLS from the first byte and needs a certificate: tls.ini sets no cert and key",
+			strings.Join(cfg.Main.SMTPSListen, ", "))
+	}
+	if err != nil {
+		chain.Close()
+		return nil, nil, err
+	}
+	return chain, tlsConf, nil
+}
+
+// isTerminal reports whether w is a terminal.
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	_, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS)
+	return err == nil
+}
+
+// newLogger logs to w as [log] says. The console format has colours only
+// when w is a terminal, so a log file or journal gets plain text.
 func newLogger(cfg *config.Config, w io.Writer) zerolog.Logger {
 	if cfg.Log.Format == "console" {
-		w = zerolog.ConsoleWriter{Out: w, TimeFormat: time.RFC3339}
+		w = zerolog.ConsoleWriter{Out: w, TimeFormat: time.RFC3339, NoColor: !isTerminal(w)}
 	}
 	lvl, err := zerolog.ParseLevel(cfg.Log.Level)
 	if err != nil {
@@ -132,9 +272,21 @@ func newLogger(cfg *config.Config, w io.Writer) zerolog.Logger {
 }
 
 // superviseRun runs this process as the supervisor of cfg.Main.Nodes
-// worker processes.
+// worker processes. It refuses to start on a config its workers would
+// refuse, before it binds anything.
 func superviseRun(cfg *config.Config, dir string, stderr io.Writer) int {
 	log := newLogger(cfg, stderr).With().Str("role", "supervisor").Str("version", version).Logger()
+	check := func(c *config.Config) error {
+		chain, _, err := prepare(c)
+		if err == nil {
+			chain.Close()
+		}
+		return err
+	}
+	if err := check(cfg); err != nil {
+		fmt.Fprintln(stderr, err)
+		return 1
+	}
 	exe, err := os.Executable()
 	if err != nil {
 		fmt.Fprintln(stderr, "loopmx: cannot find my own binary:", err)
@@ -145,14 +297,12 @@ func superviseRun(cfg *config.Config, dir string, stderr io.Writer) int {
 		Exe:       exe,
 		Load: func() (*config.Config, error) {
 			c, err := loadConfig(dir)
+			if err == nil {
+				err = check(c)
+			}
 			if err != nil {
 				return nil, err
 			}
-			chain, err := plugins.Build(c)
-			if err != nil {
-				return nil, err
-			}
-			chain.Close()
 			return c, nil
 		},
 		Listen: loop.ListenFile,
@@ -160,26 +310,52 @@ func superviseRun(cfg *config.Config, dir string, stderr io.Writer) int {
 	})
 }
 
+// sockets are the listening sockets a server was handed, and what to do
+// once it accepts.
+type sockets struct {
+	files  []*os.File        // from a supervisor or systemd; nil: bind the config's addresses
+	specs  []config.Listener // what each of files is
+	ready  func()            // called once the server accepts
+	worker int               // the worker id under a supervisor, 0 alone
+}
+
 // serve runs the SMTP server in this process: on listeners handed over by
-// a supervisor or systemd, or on its own. ready is called once it accepts.
-func serve(cfg *config.Config, stderr io.Writer, listeners []*os.File, ready func(), worker int) int {
+// a supervisor or systemd, or on its own. It owns the plugin chain: it
+// builds it, starts it once and closes it once, after the last
+// connection is done with it.
+func serve(cfg *config.Config, stderr io.Writer, socks sockets) int {
 	log := newLogger(cfg, stderr)
-	if worker > 0 {
-		log = log.With().Int("worker", worker).Logger()
+	if socks.worker > 0 {
+		log = log.With().Int("worker", socks.worker).Logger()
 	}
-	chain, err := plugins.Build(cfg)
+	chain, tlsConf, err := prepare(cfg)
 	if err != nil {
 		fmt.Fprintln(stderr, err)
 		return 1
 	}
-	defer chain.Close()
+	code := serveChain(cfg, log, stderr, socks, chain, tlsConf)
+	if err := chain.Close(); err != nil {
+		log.Warn().Err(err).Msg("closing plugins")
+	}
+	if code == 0 {
+		log.Info().Msg("stopped")
+	}
+	return code
+}
+
+// serveChain starts the plugins and the event loops, serves until TERM
+// (or INT when alone) and drains. It leaves the chain open.
+func serveChain(cfg *config.Config, log zerolog.Logger, stderr io.Writer, socks sockets, chain *plugins.Chain, tlsConf *loop.TLSConfig) int {
+	if err := chain.Start(); err != nil {
+		fmt.Fprintln(stderr, err)
+		return 1
+	}
 	pool := workpool.New(cfg.Main.ThreadpoolSize, cfg.Main.WorkQueueSize)
+	defer pool.Close()
 	opts := loop.OptionsFrom(cfg, log)
-	opts.Listeners = listeners
-	tlsConf, err := loop.LoadTLS(cfg)
-	if err != nil {
-		fmt.Fprintln(stderr, err)
-		return 1
+	opts.Listeners = socks.files
+	if len(socks.specs) > 0 {
+		opts.Specs = socks.specs
 	}
 	opts.TLS = tlsConf
 	srv, err := loop.New(opts, chain, pool)
@@ -197,13 +373,13 @@ func serve(cfg *config.Config, stderr io.Writer, listeners []*os.File, ready fun
 	}
 	log.Info().Strs("listen", addrs).Int("loops", cfg.Main.Loops).Int("threadpool_size", pool.Workers()).Bool("starttls", tlsConf != nil).
 		Strs("plugins", chain.Names()).Str("config", cfgName(cfg)).Str("version", version).Msg("loopmx ready")
-	ready()
+	socks.ready()
 
 	// HUP reloads the TLS certificates in place (open connections keep
 	// theirs). Everything else in the config needs a restart, or a
 	// supervisor's rolling reload (nodes >= 1).
 	hups := make(chan os.Signal, 1)
-	if worker == 0 {
+	if socks.worker == 0 {
 		signal.Notify(hups, syscall.SIGHUP)
 	}
 	go func() {
@@ -220,7 +396,7 @@ func serve(cfg *config.Config, stderr io.Writer, listeners []*os.File, ready fun
 		}
 	}()
 	sigs := make(chan os.Signal, 2)
-	if worker > 0 {
+	if socks.worker > 0 {
 		// The supervisor handles a terminal's Ctrl-C and hang-up and tells
 		// its workers with TERM (they share its process group).
 		signal.Ignore(syscall.SIGINT, syscall.SIGHUP)
@@ -236,17 +412,12 @@ func serve(cfg *config.Config, stderr io.Writer, listeners []*os.File, ready fun
 		log.Warn().Str("signal", s.String()).Msg("second signal: exiting now")
 		os.Exit(1)
 	}()
-	if worker == 0 {
+	if socks.worker == 0 {
 		supervisor.Notify("STOPPING=1")
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), cfg.Main.GracefulTimeout)
 	srv.Shutdown(ctx)
 	cancel()
-	pool.Close()
-	if err := chain.Close(); err != nil && !errors.Is(err, os.ErrClosed) {
-		log.Warn().Err(err).Msg("closing plugins")
-	}
-	log.Info().Msg("stopped")
 	return 0
 }
 

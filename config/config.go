@@ -19,8 +19,10 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"os/user"
 	"path"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -45,6 +47,7 @@ type Config struct {
 	HostList []string
 
 	fsys              fs.FS           // the built-in files; nil when reading Dir on disk
+	pluginsFile       bool            // the plugins file exists
 	setIn             map[string]bool // slot(section, key) of each smtp.ini key the file sets
 	loopsPerCPU       bool            // loops is "cpus" (or left at that default)
 	pluginLines       []int           // line of each entry of Plugins
@@ -54,7 +57,8 @@ type Config struct {
 // Load reads and validates the config directory dir, which is made
 // absolute first. env looks up environment variables: pass os.LookupEnv,
 // or nil for none. A missing directory is an error; a missing smtp.ini,
-// plugins or host_list is not (defaults, no plugins, no domains).
+// plugins or host_list is not (defaults, no plugins, no domains), but a
+// server refuses a directory without a plugins file (see HasPluginsFile).
 func Load(dir string, env func(string) (string, bool)) (*Config, error) {
 	if dir == "" {
 		return nil, errors.New("config: no config directory given")
@@ -217,6 +221,7 @@ func (c *Config) readPlugins() ([]string, error) {
 	if err != nil {
 		return nil, fmt.Errorf("config: %s: %w", name, err)
 	}
+	c.pluginsFile = true
 	var plugins []string
 	seen := make(map[string]bool)
 	for _, l := range listLines(data) {
@@ -232,6 +237,11 @@ func (c *Config) readPlugins() ([]string, error) {
 	}
 	return plugins, nil
 }
+
+// HasPluginsFile reports whether the directory has a plugins file (the
+// built-in default has one). Without it Plugins is empty, which a server
+// must not take for a working chain.
+func (c *Config) HasPluginsFile() bool { return c.pluginsFile }
 
 // PluginLine returns the line of the plugins file that names Plugins[i]
 // (0 when unknown), for error messages.
@@ -292,4 +302,85 @@ func validPluginName(name string) bool {
 		}
 	}
 	return true
+}
+
+// Account is a user the server's processes run as, with the ids the
+// kernel checks file permissions against.
+type Account struct {
+	Name   string // the user name, or the uid in decimal when it has none
+	UID    int
+	GID    int   // the primary group
+	Groups []int // every group of the account, the primary one included
+}
+
+// String names the account as messages do: "loopmx (uid 998)".
+func (a Account) String() string {
+	return fmt.Sprintf("%s (uid %d)", a.Name, a.UID)
+}
+
+// RunAs returns the account the server's processes will run as, which
+// file permissions are checked against: `user` (and `group`) of smtp.ini
+// when it is set and nodes >= 1, since a supervisor started as root then
+// runs its workers as that user; otherwise the account running this
+// process.
+func (c *Config) RunAs() (Account, error) {
+	if c.Main.User != "" && c.Main.Nodes >= 1 {
+		return LookupAccount(c.Main.User, c.Main.Group)
+	}
+	return currentAccount()
+}
+
+// LookupAccount finds the account of user (a name or a uid) with its
+// groups; a group (a name or a gid) replaces the primary group and all
+// the others. Errors name smtp.ini and the key.
+func LookupAccount(name, group string) (Account, error) {
+	u, err := user.Lookup(name)
+	if err != nil {
+		if u, err = user.LookupId(name); err != nil {
+			return Account{}, fmt.Errorf("config: smtp.ini: [main] user: %q: %w", name, err)
+		}
+	}
+	uid, err1 := strconv.Atoi(u.Uid)
+	gid, err2 := strconv.Atoi(u.Gid)
+	if err1 != nil || err2 != nil {
+		return Account{}, fmt.Errorf("config: smtp.ini: [main] user: %q has a non-numeric uid or gid", name)
+	}
+	a := Account{Name: u.Username, UID: uid, GID: gid}
+	if group != "" {
+		g, err := user.LookupGroup(group)
+		if err != nil {
+			if g, err = user.LookupGroupId(group); err != nil {
+				return Account{}, fmt.Errorf("config: smtp.ini: [main] group: %q: %w", group, err)
+			}
+		}
+		if a.GID, err = strconv.Atoi(g.Gid); err != nil {
+			return Account{}, fmt.Errorf("config: smtp.ini: [main] group: %q has a non-numeric gid", group)
+		}
+		a.Groups = []int{a.GID}
+		return a, nil
+	}
+	ids, err := u.GroupIds()
+	if err != nil {
+		ids = []string{u.Gid}
+	}
+	for _, s := range ids {
+		if n, err := strconv.Atoi(s); err == nil {
+			a.Groups = append(a.Groups, n)
+		}
+	}
+	return a, nil
+}
+
+// currentAccount is the account of this process (effective ids).
+func currentAccount() (Account, error) {
+	a := Account{UID: os.Geteuid(), GID: os.Getegid(), Name: strconv.Itoa(os.Geteuid())}
+	if u, err := user.LookupId(a.Name); err == nil {
+		a.Name = u.Username
+	}
+	groups, err := os.Getgroups()
+	if err != nil {
+		return Account{}, fmt.Errorf("config: the groups of this process: %w", err)
+	}
+	a.Groups = append([]int{a.GID}, groups...)
+	return a, nil
 }

@@ -4,9 +4,11 @@ import (
 	"errors"
 	"io/fs"
 	"os"
+	"os/user"
 	"path/filepath"
 	"reflect"
 	"runtime"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -644,5 +646,77 @@ func TestSummaryReadsBack(t *testing.T) {
 	}
 	if !reflect.DeepEqual(again.Main, c.Main) || again.Log != c.Log {
 		t.Errorf("read back\n%+v\nwant\n%+v", again.Main, c.Main)
+	}
+}
+
+// TestHasPluginsFile: a directory without a plugins file says so (the
+// server refuses it); an empty file and the built-in default have one.
+func TestHasPluginsFile(t *testing.T) {
+	for _, tc := range []struct {
+		files map[string]string
+		want  bool
+	}{
+		{map[string]string{"smtp.ini": "me = mx.example\n"}, false},
+		{map[string]string{"smtp.ini": "me = mx.example\n", "plugins": "# none yet\n"}, true},
+	} {
+		c, err := Load(writeDir(t, tc.files), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if c.HasPluginsFile() != tc.want {
+			t.Errorf("files %v: HasPluginsFile() = %v, want %v", tc.files, c.HasPluginsFile(), tc.want)
+		}
+	}
+	t.Chdir(t.TempDir())
+	c, err := Default(nil)
+	if err != nil {
+		t.Skipf("the built-in config does not load on this host: %v", err)
+	}
+	if !c.HasPluginsFile() {
+		t.Error("the built-in default has no plugins file")
+	}
+}
+
+// TestRunAs: the account whose permissions count is `user` with workers
+// (nodes >= 1), the process's own otherwise; `group` replaces the groups;
+// an unknown user or group is an error naming smtp.ini and the key.
+func TestRunAs(t *testing.T) {
+	self, err := loadSMTP(t, "me = mx.example\nuser = nobody\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := self.RunAs()
+	if err != nil || a.UID != os.Geteuid() || a.GID != os.Getegid() || len(a.Groups) == 0 || a.Groups[0] != os.Getegid() {
+		t.Errorf("nodes = 0: RunAs() = %+v, %v; want this process (uid %d)", a, err, os.Geteuid())
+	}
+	if _, err := user.Lookup("nobody"); err != nil {
+		t.Skipf("no user nobody here: %v", err)
+	}
+	workers, err := loadSMTP(t, "me = mx.example\nnodes = 2\nuser = nobody\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err = workers.RunAs()
+	if err != nil || a.Name != "nobody" || a.String() != "nobody (uid "+strconv.Itoa(a.UID)+")" {
+		t.Errorf("nodes = 2, user = nobody: RunAs() = %+v, %v", a, err)
+	}
+	grouped, err := loadSMTP(t, "me = mx.example\nnodes = 2\nuser = nobody\ngroup = 0\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a, err := grouped.RunAs(); err != nil || a.GID != 0 || !reflect.DeepEqual(a.Groups, []int{0}) {
+		t.Errorf("group = 0: RunAs() = %+v, %v; want gid 0 and groups [0]", a, err)
+	}
+	for _, tc := range []struct{ ini, want string }{
+		{"user = no-such-user-here\n", `config: smtp.ini: [main] user: "no-such-user-here"`},
+		{"user = nobody\ngroup = no-such-group-here\n", `config: smtp.ini: [main] group: "no-such-group-here"`},
+	} {
+		c, err := loadSMTP(t, "me = mx.example\nnodes = 1\n"+tc.ini)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.RunAs(); err == nil || !strings.HasPrefix(err.Error(), tc.want) {
+			t.Errorf("%q: RunAs() error %v, want one starting %s", tc.ini, err, tc.want)
+		}
 	}
 }

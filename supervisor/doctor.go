@@ -8,7 +8,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"syscall"
 
 	"golang.org/x/sys/unix"
 
@@ -17,9 +16,11 @@ import (
 
 // Doctor compares the running kernel's settings, the open-file limit and
 // the config against what the config needs, prints what to change and
-// why, and returns the exit code (0 when nothing needs changing).
-func Doctor(cfg *config.Config, w io.Writer) int {
-	return hostMachine().doctor(cfg, w)
+// why, and returns the exit code (0 when nothing needs changing). check
+// runs what check-config checks (the plugins, the spool and who can
+// write it, tls.ini); its error is the first finding.
+func Doctor(cfg *config.Config, w io.Writer, check func() error) int {
+	return hostMachine().doctor(cfg, w, check)
 }
 
 // machine is where the doctor reads the system from; tests fake it.
@@ -27,7 +28,6 @@ type machine struct {
 	sysctl func(name string) (string, error) // "net.core.somaxconn" -> "4096"
 	nofile func() (unix.Rlimit, error)
 	lookup func(name string) (*user.User, error)
-	owner  func(path string) (uid int, err error)
 }
 
 func hostMachine() machine {
@@ -42,13 +42,6 @@ func hostMachine() machine {
 			return r, err
 		},
 		lookup: user.Lookup,
-		owner: func(path string) (int, error) {
-			fi, err := os.Stat(path)
-			if err != nil {
-				return 0, err
-			}
-			return int(fi.Sys().(*syscall.Stat_t).Uid), nil
-		},
 	}
 }
 
@@ -81,7 +74,7 @@ const (
 	portRangeMin    = 16384 // local ports for connections to a next hop
 )
 
-func (m machine) doctor(cfg *config.Config, w io.Writer) int {
+func (m machine) doctor(cfg *config.Config, w io.Writer, check func() error) int {
 	mc := cfg.Main
 	workers := max(mc.Nodes, 1)
 	perProc := fdUnlimitedConn
@@ -98,6 +91,9 @@ func (m machine) doctor(cfg *config.Config, w io.Writer) int {
 		name, mc.Nodes, mc.SchedPolicy, mc.Backlog, mc.MaxConnections)
 
 	var fs []finding
+	if check != nil {
+		fs = append(fs, configCheck(check()))
+	}
 	atLeast := func(key string, want int64, reason, why string) {
 		fs = append(fs, m.sysctlAtLeast(key, want, reason, why))
 	}
@@ -237,8 +233,21 @@ func (m machine) portRange() finding {
 	return f
 }
 
-// userChecks: the user of smtp.ini exists, and owns the maildir spool the
-// workers write as that user.
+// configCheck turns the outcome of check-config's checks into a finding.
+func configCheck(err error) finding {
+	f := finding{need: "the server checks the same at start"}
+	if err == nil {
+		f.verdict, f.what = vOK, "config: plugins, spool and its user, tls.ini as check-config checks them"
+		return f
+	}
+	f.verdict, f.what = vChange, err.Error()
+	f.why = "the server refuses to start with this error"
+	f.fix = "what the error names (file, key, value); loopmx check-config -c DIR shows it alone"
+	return f
+}
+
+// userChecks: the user of smtp.ini exists. Whether it can write the spool
+// is the config check's (the maildir plugin checks it for that user).
 func (m machine) userChecks(cfg *config.Config) []finding {
 	name := cfg.Main.User
 	u, err := m.lookup(name)
@@ -249,31 +258,5 @@ func (m machine) userChecks(cfg *config.Config) []finding {
 			fix: "useradd --system --home-dir /var/spool/loopmx --shell /usr/sbin/nologin " + name,
 		}}
 	}
-	out := []finding{{verdict: vOK, what: "user " + name + " exists (uid " + u.Uid + ")", need: "smtp.ini user"}}
-	if !slices.Contains(cfg.Plugins, "queue/maildir") {
-		return out
-	}
-	pc, err := cfg.Plugin("queue/maildir")
-	if err != nil {
-		return out
-	}
-	spool := pc.Path("", "path", "./var/spool")
-	f := finding{
-		need: "owned by " + name + " (the workers write it)",
-		why:  "workers run as " + name + " and write the spool; a spool owned by someone else fails every delivery with 451",
-		fix:  "chown -R " + name + ": " + spool,
-	}
-	uid, err := m.owner(spool)
-	switch {
-	case os.IsNotExist(err):
-		f.verdict, f.what = vChange, "spool "+spool+" does not exist"
-		f.fix = "install -d -o " + name + " -m 0750 " + spool
-	case err != nil:
-		f.verdict, f.what = vUnknown, "spool "+spool+": "+err.Error()
-	case strconv.Itoa(uid) != u.Uid:
-		f.verdict, f.what = vChange, fmt.Sprintf("spool %s is owned by uid %d", spool, uid)
-	default:
-		f.verdict, f.what = vOK, "spool "+spool+" is owned by "+name
-	}
-	return append(out, f)
+	return []finding{{verdict: vOK, what: "user " + name + " exists (uid " + u.Uid + ")", need: "smtp.ini user"}}
 }

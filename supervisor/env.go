@@ -12,11 +12,16 @@ package supervisor
 import (
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"strconv"
 	"strings"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
+
+	"loopmx/config"
 )
 
 // Environment variables of the supervisor/worker contract.
@@ -24,7 +29,8 @@ const (
 	EnvRole       = "LOOPMX_ROLE"       // "worker" in a worker process
 	EnvWorkerID   = "LOOPMX_WORKER_ID"  // 1..nodes
 	EnvGeneration = "LOOPMX_GENERATION" // bumped by every reload
-	EnvListenFDs  = "LOOPMX_LISTEN_FDS" // listeners at fds 3.., in smtp.ini listen order
+	EnvListenFDs  = "LOOPMX_LISTEN_FDS" // listeners at fds 3.., in the order of config.Main.Listeners
+	EnvListenSpec = "LOOPMX_LISTEN"     // what each of them is: "smtp 127.0.0.1:25,smtps [::]:465,proxy 10.0.0.1:25"
 	EnvReadyFD    = "LOOPMX_READY_FD"   // the worker writes "READY\n" there once it accepts
 )
 
@@ -33,7 +39,10 @@ type Worker struct {
 	ID         int
 	Generation int
 	Listeners  []*os.File
-	ready      *os.File
+	// Specs say what each of Listeners is (address, implicit TLS, PROXY
+	// header), as the supervisor bound them or systemd named them.
+	Specs []config.Listener
+	ready *os.File
 }
 
 // WorkerEnv reads the worker contract from the environment. ok is false
@@ -54,6 +63,14 @@ func WorkerEnv() (w Worker, ok bool, err error) {
 	if err != nil || n < 0 {
 		return Worker{}, true, fmt.Errorf("supervisor: %s=%q is not a count", EnvListenFDs, os.Getenv(EnvListenFDs))
 	}
+	if v := os.Getenv(EnvListenSpec); v != "" {
+		if w.Specs, err = parseSpecs(v); err != nil {
+			return Worker{}, true, err
+		}
+		if len(w.Specs) != n {
+			return Worker{}, true, fmt.Errorf("supervisor: %s names %d listeners for %d descriptors", EnvListenSpec, len(w.Specs), n)
+		}
+	}
 	for i := 0; i < n; i++ {
 		w.Listeners = append(w.Listeners, os.NewFile(uintptr(3+i), "listener"))
 	}
@@ -67,6 +84,57 @@ func WorkerEnv() (w Worker, ok bool, err error) {
 	return w, true, nil
 }
 
+// specKinds are the words of EnvListenSpec for what a listener speaks.
+const (
+	kindSMTP  = "smtp"
+	kindSMTPS = "smtps"
+	kindProxy = "proxy"
+)
+
+// specString describes one listener as EnvListenSpec and the log do:
+// "smtps 127.0.0.1:465".
+func specString(l config.Listener) string {
+	switch {
+	case l.TLS:
+		return kindSMTPS + " " + l.Addr
+	case l.Proxy:
+		return kindProxy + " " + l.Addr
+	}
+	return kindSMTP + " " + l.Addr
+}
+
+// specStrings describes every listener of ls.
+func specStrings(ls []config.Listener) []string {
+	out := make([]string, len(ls))
+	for i, l := range ls {
+		out[i] = specString(l)
+	}
+	return out
+}
+
+// parseSpecs reads the value of EnvListenSpec.
+func parseSpecs(v string) ([]config.Listener, error) {
+	var out []config.Listener
+	for item := range strings.SplitSeq(v, ",") {
+		kind, addr, ok := strings.Cut(item, " ")
+		l := config.Listener{Addr: addr}
+		switch kind {
+		case kindSMTP:
+		case kindSMTPS:
+			l.TLS = true
+		case kindProxy:
+			l.Proxy = true
+		default:
+			ok = false
+		}
+		if !ok || addr == "" {
+			return nil, fmt.Errorf("supervisor: %s: %q is not \"smtp|smtps|proxy ADDRESS\"", EnvListenSpec, item)
+		}
+		out = append(out, l)
+	}
+	return out, nil
+}
+
 // Ready tells the supervisor that this worker accepts connections.
 func (w Worker) Ready() {
 	if w.ready != nil {
@@ -76,24 +144,54 @@ func (w Worker) Ready() {
 }
 
 // SystemdListeners returns the sockets systemd passed by socket activation
-// (LISTEN_FDS, LISTEN_PID; sd_listen_fds(3)), or nil.
-func SystemdListeners() []*os.File {
+// (LISTEN_FDS, LISTEN_PID; sd_listen_fds(3)), or nil, with what each
+// speaks: the name systemd gives it (FileDescriptorName= of its socket
+// unit, in LISTEN_FDNAMES) is "smtps" for implicit TLS, "proxy" for a
+// PROXY header first, and anything else for plain SMTP. The addresses of
+// smtp.ini play no part.
+func SystemdListeners() ([]*os.File, []config.Listener) {
 	pid, err := strconv.Atoi(os.Getenv("LISTEN_PID"))
 	if err != nil || pid != os.Getpid() {
-		return nil
+		return nil, nil
 	}
 	n, err := strconv.Atoi(os.Getenv("LISTEN_FDS"))
 	if err != nil || n <= 0 {
-		return nil
+		return nil, nil
 	}
+	names := strings.Split(os.Getenv("LISTEN_FDNAMES"), ":")
 	os.Unsetenv("LISTEN_PID")
 	os.Unsetenv("LISTEN_FDS")
 	os.Unsetenv("LISTEN_FDNAMES")
 	files := make([]*os.File, 0, n)
+	specs := make([]config.Listener, 0, n)
 	for i := 0; i < n; i++ {
 		files = append(files, os.NewFile(uintptr(3+i), "systemd-listener"))
+		l := config.Listener{Addr: localAddr(3 + i)}
+		if i < len(names) {
+			l.TLS = names[i] == kindSMTPS
+			l.Proxy = names[i] == kindProxy
+		}
+		specs = append(specs, l)
 	}
-	return files
+	return files, specs
+}
+
+// localAddr is the address socket fd is bound to, or "?" when it has none
+// (it is only shown in logs and errors).
+func localAddr(fd int) string {
+	sa, err := unix.Getsockname(fd)
+	if err != nil {
+		return "?"
+	}
+	switch a := sa.(type) {
+	case *unix.SockaddrInet4:
+		return netip.AddrPortFrom(netip.AddrFrom4(a.Addr), uint16(a.Port)).String()
+	case *unix.SockaddrInet6:
+		return netip.AddrPortFrom(netip.AddrFrom16(a.Addr), uint16(a.Port)).String()
+	case *unix.SockaddrUnix:
+		return a.Name
+	}
+	return "?"
 }
 
 // Notify sends a state line to systemd (sd_notify(3)) when NOTIFY_SOCKET

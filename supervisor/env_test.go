@@ -5,6 +5,7 @@ import (
 	"net"
 	"os"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -23,6 +24,32 @@ func TestWorkerEnvBadCount(t *testing.T) {
 	t.Setenv(EnvListenFDs, "two")
 	if _, ok, err := WorkerEnv(); !ok || err == nil {
 		t.Errorf("WorkerEnv with %s=two: ok %v err %v, want an error", EnvListenFDs, ok, err)
+	}
+}
+
+// TestWorkerEnvBadListeners: a listener description that does not parse,
+// or names another number of listeners than there are descriptors, is an
+// error (the worker would serve a socket the wrong way).
+func TestWorkerEnvBadListeners(t *testing.T) {
+	t.Setenv(EnvRole, "worker")
+	t.Setenv(EnvListenFDs, "2")
+	for _, v := range []string{"smtp 127.0.0.1:25", "smtp 127.0.0.1:25,tls 127.0.0.1:465", "smtp127.0.0.1:25,smtps 127.0.0.1:465"} {
+		t.Setenv(EnvListenSpec, v)
+		if _, ok, err := WorkerEnv(); !ok || err == nil {
+			t.Errorf("WorkerEnv with %s=%q: ok %v err %v, want an error", EnvListenSpec, v, ok, err)
+		}
+	}
+}
+
+// TestParseSpecs: every kind reads back as what specString wrote.
+func TestParseSpecs(t *testing.T) {
+	v := "smtp 127.0.0.1:25,smtps [::1]:465,proxy 10.0.0.1:2525"
+	ls, err := parseSpecs(v)
+	if err != nil || len(ls) != 3 || !ls[1].TLS || !ls[2].Proxy || ls[0].TLS || ls[0].Proxy || ls[1].Addr != "[::1]:465" {
+		t.Fatalf("parseSpecs(%q) = %+v, %v", v, ls, err)
+	}
+	if got := strings.Join(specStrings(ls), ","); got != v {
+		t.Errorf("round trip: %q, want %q", got, v)
 	}
 }
 
@@ -61,7 +88,7 @@ func TestWorkerEnvReady(t *testing.T) {
 func TestSystemdListenersOtherPID(t *testing.T) {
 	t.Setenv("LISTEN_PID", strconv.Itoa(os.Getpid()+1))
 	t.Setenv("LISTEN_FDS", "1")
-	if fs := SystemdListeners(); fs != nil {
+	if fs, _ := SystemdListeners(); fs != nil {
 		t.Errorf("sockets meant for another pid were taken: %v", fs)
 	}
 	if os.Getenv("LISTEN_FDS") != "1" {
@@ -69,7 +96,7 @@ func TestSystemdListenersOtherPID(t *testing.T) {
 	}
 	t.Setenv("LISTEN_PID", strconv.Itoa(os.Getpid()))
 	t.Setenv("LISTEN_FDS", "0")
-	if fs := SystemdListeners(); fs != nil {
+	if fs, _ := SystemdListeners(); fs != nil {
 		t.Errorf("LISTEN_FDS=0 gave %v", fs)
 	}
 }

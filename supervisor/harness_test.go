@@ -37,10 +37,13 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
-// fakeWorker serves the inherited listeners until SIGTERM. FAKE_FAIL_GEN=G
+// fakeWorker serves the inherited listeners until SIGTERM; its banner
+// also says what the supervisor told it the listener is
+// ("listener=proxy@127.0.0.1:2526"). FAKE_FAIL_GEN=G
 // makes generation G exit 3 before it is ready, FAKE_HANG_GEN=G makes it
 // never ready, FAKE_CRASH_ID=N makes worker N exit 7 shortly after it is
-// ready, FAKE_IGNORE_TERM=1 makes it ignore SIGTERM.
+// ready, FAKE_IGNORE_TERM=1 makes it ignore SIGTERM, FAKE_TERM_EXIT=N
+// makes it exit N when SIGTERM stops it.
 func fakeWorker() int {
 	w, _, err := WorkerEnv()
 	if err != nil {
@@ -54,7 +57,11 @@ func fakeWorker() int {
 	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, syscall.SIGTERM)
 	var ls []net.Listener
-	for _, f := range w.Listeners {
+	for i, f := range w.Listeners {
+		spec := "unknown"
+		if i < len(w.Specs) {
+			spec = strings.ReplaceAll(specString(w.Specs[i]), " ", "@")
+		}
 		l, err := net.FileListener(f)
 		f.Close()
 		if err != nil {
@@ -68,7 +75,7 @@ func fakeWorker() int {
 				if err != nil {
 					return
 				}
-				fmt.Fprintf(c, "220 worker=%d gen=%d pid=%d\r\n", w.ID, w.Generation, os.Getpid())
+				fmt.Fprintf(c, "220 worker=%d gen=%d pid=%d listener=%s\r\n", w.ID, w.Generation, os.Getpid(), spec)
 				c.Close()
 			}
 		}()
@@ -88,7 +95,8 @@ func fakeWorker() int {
 	for _, l := range ls {
 		l.Close()
 	}
-	return 0
+	code, _ := strconv.Atoi(os.Getenv("FAKE_TERM_EXIT"))
+	return code
 }
 
 // lines returns the decoded log lines whose message is msg.

@@ -141,16 +141,31 @@ var (
 )
 
 // keepSockets compares the socket settings of cfg with the sockets in use.
-// Addresses and the policy cannot change without a restart (the workers
-// keep the old sockets); a new backlog is applied in place.
+// The listeners (listen, smtps_listen, proxy_listen) and the policy cannot
+// change without a restart: the workers of the new generation are told
+// what each socket they get was bound as (EnvListenSpec), so they keep
+// serving the old addresses the old way whatever the new config says. A
+// new backlog is applied in place.
 func (s *sup) keepSockets(cfg *config.Config) {
 	k, m := s.socks, cfg.Main
 	if k.systemd {
 		return // systemd owns the addresses and the backlog
 	}
-	if !slices.Equal(m.Listen, k.listen) {
-		s.log.Warn().Strs("listen", k.listen).Strs("config_listen", m.Listen).
-			Msg("listen changed: a restart is needed to bind the new addresses; the workers keep the old sockets")
+	if want := m.Listeners(); !slices.Equal(want, k.specs) {
+		serving, configured := specStrings(k.specs), specStrings(want)
+		var added, removed []string
+		for _, l := range configured {
+			if !slices.Contains(serving, l) {
+				added = append(added, l)
+			}
+		}
+		for _, l := range serving {
+			if !slices.Contains(configured, l) {
+				removed = append(removed, l)
+			}
+		}
+		s.log.Warn().Strs("serving", serving).Strs("config", configured).Strs("not_bound", added).Strs("still_open", removed).
+			Msg("listen, smtps_listen or proxy_listen changed: a reload keeps the sockets bound at start (the new workers serve them as before); restart loopmx to bind the new set")
 	}
 	if (m.SchedPolicy == "reuseport") != k.reuseport {
 		s.log.Warn().Str("config_sched_policy", m.SchedPolicy).

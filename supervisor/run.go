@@ -147,7 +147,8 @@ func newSup(cfg *config.Config, opts Options, sigs <-chan os.Signal) (*sup, erro
 		}
 	} else {
 		m := cfg.Main
-		s.socks, err = openSockets(m.Listen, m.Backlog, m.SchedPolicy == "reuseport", m.Nodes, opts.Listen, SystemdListeners())
+		files, specs := SystemdListeners()
+		s.socks, err = openSockets(m.Listeners(), m.Backlog, m.SchedPolicy == "reuseport", m.Nodes, opts.Listen, files, specs)
 		if err != nil {
 			s.devnull.Close()
 			return nil, err
@@ -179,7 +180,7 @@ func (s *sup) run() int {
 	case s.socks.systemd:
 		src = "systemd"
 	}
-	s.log.Info().Int("nodes", len(s.slots)).Bool("reuseport", s.socks.reuseport).Strs("listen", s.socks.listen).
+	s.log.Info().Int("nodes", len(s.slots)).Bool("reuseport", s.socks.reuseport).Strs("listen", specStrings(s.socks.specs)).
 		Str("sockets", src).Int("generation", s.gen).Msg("supervisor started")
 
 	if s.adopted {
@@ -315,6 +316,11 @@ func (s *sup) onExit(p *proc, ws syscall.WaitStatus, err error) {
 	msg := "worker stopped"
 	switch {
 	case p.retiring || (s.stopSig != nil && sl != nil):
+		// A planned stop (TERM, a reload or an upgrade replacing it)
+		// ends with exit code 0; anything else went wrong on the way out.
+		if code != 0 {
+			lvl, msg = zerolog.WarnLevel, "worker stopped with an error"
+		}
 	case sl == nil:
 		lvl, msg = zerolog.WarnLevel, "worker exited"
 	default:

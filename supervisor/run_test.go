@@ -331,9 +331,9 @@ func TestSupervisorStopKillsAfterGrace(t *testing.T) {
 	if d := time.Since(start); d < 300*time.Millisecond {
 		t.Errorf("stopped after %v, before graceful_timeout + margin", d)
 	}
-	ex := h.log.lines("worker stopped")
-	if len(ex) != 1 || ex[0]["signal"] != "SIGKILL" {
-		t.Errorf("exit lines %v, want one killed by SIGKILL", ex)
+	ex := h.log.lines("worker stopped with an error")
+	if len(ex) != 1 || ex[0]["signal"] != "SIGKILL" || ex[0]["level"] != "warn" {
+		t.Errorf("exit lines %v, want one warning, killed by SIGKILL", ex)
 	}
 }
 
@@ -410,9 +410,89 @@ func TestExitFields(t *testing.T) {
 func TestWorkerEnviron(t *testing.T) {
 	base := []string{"PATH=/bin", "NOTIFY_SOCKET=/run/x", "WATCHDOG_USEC=1", "LISTEN_FDS=2", "LISTEN_PID=1",
 		EnvRole + "=old", envHandoff + "={}", "HOME=/root"}
-	got := strings.Join(workerEnviron(base, 3, 7, 2), " ")
+	got := strings.Join(workerEnviron(base, 3, 7, 2, nil), " ")
 	want := "PATH=/bin HOME=/root " + fmt.Sprintf("%s=worker %s=3 %s=7 %s=2 %s=5", EnvRole, EnvWorkerID, EnvGeneration, EnvListenFDs, EnvReadyFD)
 	if got != want {
 		t.Errorf("workerEnviron:\n got %s\nwant %s", got, want)
+	}
+	specs := []config.Listener{{Addr: "127.0.0.1:25"}, {Addr: "[::1]:465", TLS: true}}
+	got = strings.Join(workerEnviron(base, 3, 7, 2, specs), " ")
+	if !strings.HasSuffix(got, " "+EnvListenSpec+"=smtp 127.0.0.1:25,smtps [::1]:465") {
+		t.Errorf("workerEnviron with listeners: %s", got)
+	}
+}
+
+// TestSupervisorPlannedStopWithError: a worker that exits non-zero when
+// it is asked to stop (a reload replacing it, then TERM) is a warning,
+// not an info line; one that exits 0 is info.
+func TestSupervisorPlannedStopWithError(t *testing.T) {
+	t.Setenv("FAKE_TERM_EXIT", "2")
+	h := newHarness(t, "nodes = 2\n", nil)
+	h.waitLog("all workers ready", 1, 10*time.Second)
+	h.sigs <- syscall.SIGHUP
+	h.waitLog("reload done", 1, 20*time.Second)
+	h.waitLog("worker stopped with an error", 2, 10*time.Second)
+	h.sigs <- syscall.SIGTERM
+	if !h.wait(10 * time.Second) {
+		t.Fatal("supervisor still running 10s after TERM")
+	}
+	ex := h.log.lines("worker stopped with an error")
+	if len(ex) != 4 {
+		t.Errorf("%d 'worker stopped with an error' lines, want 4 (two replaced by the reload, two stopped by TERM)", len(ex))
+	}
+	for _, e := range ex {
+		if e["level"] != "warn" || num(e, "exit_code") != 2 {
+			t.Errorf("line %v, want level warn and exit_code 2", e)
+		}
+	}
+	if n := len(h.log.lines("worker stopped")); n != 0 {
+		t.Errorf("%d info lines 'worker stopped' for workers that exited 2", n)
+	}
+}
+
+// TestSupervisorAllListeners: listen, smtps_listen and proxy_listen are
+// all bound by the supervisor and handed to every worker with what each
+// socket is. A HUP that changes the addresses keeps the sockets bound at
+// start (a warning names what is not bound and what stays open); the new
+// workers serve them as before.
+func TestSupervisorAllListeners(t *testing.T) {
+	smtps, proxy, other := freeAddr(t), freeAddr(t), freeAddr(t)
+	ini := "nodes = 2\nsmtps_listen = " + smtps + "\nproxy_listen = " + proxy + "\n"
+	h := newHarness(t, ini, nil)
+	h.waitLog("all workers ready", 1, 10*time.Second)
+	check := func(gen string) {
+		t.Helper()
+		for addr, kind := range map[string]string{h.addr: "smtp@" + h.addr, smtps: "smtps@" + smtps, proxy: "proxy@" + proxy} {
+			for i := 0; i < 10; i++ {
+				b, err := banner(addr)
+				if err != nil || !strings.HasSuffix(b, " listener="+kind) || !strings.Contains(b, " gen="+gen+" ") {
+					t.Fatalf("%s: %q %v, want generation %s serving it as %s", addr, b, err, gen, kind)
+				}
+			}
+		}
+	}
+	check("1")
+	started := h.log.lines("supervisor started")
+	if l, _ := started[0]["listen"].([]any); len(l) != 3 {
+		t.Errorf("'supervisor started' lists %v, want the three listeners", started[0]["listen"])
+	}
+
+	h.writeINI("nodes = 2\nsmtps_listen = " + smtps + "\nproxy_listen = " + other + "\n")
+	h.sigs <- syscall.SIGHUP
+	h.waitLog("reload done", 1, 20*time.Second)
+	w := h.waitLog("listen, smtps_listen or proxy_listen changed: a reload keeps the sockets bound at start (the new workers serve them as before); restart loopmx to bind the new set", 1, time.Second)
+	if nb, _ := w[0]["not_bound"].([]any); len(nb) != 1 || nb[0] != "proxy "+other {
+		t.Errorf("not_bound %v, want [proxy %s]", w[0]["not_bound"], other)
+	}
+	if so, _ := w[0]["still_open"].([]any); len(so) != 1 || so[0] != "proxy "+proxy {
+		t.Errorf("still_open %v, want [proxy %s]", w[0]["still_open"], proxy)
+	}
+	if w[0]["level"] != "warn" {
+		t.Errorf("the change is logged at %v, want warn", w[0]["level"])
+	}
+	h.waitLog("worker stopped", 2, 10*time.Second)
+	check("2")
+	if _, err := banner(other); err == nil {
+		t.Errorf("%s (new in the config) accepts after a reload; only a restart binds it", other)
 	}
 }

@@ -6,6 +6,8 @@ import (
 	"slices"
 
 	"golang.org/x/sys/unix"
+
+	"loopmx/config"
 )
 
 // sockets holds the listening sockets the supervisor owns, as raw
@@ -17,10 +19,14 @@ import (
 // non-blocking socket is added to the runtime's poller, which would wake
 // the supervisor for every incoming connection it never accepts.
 type sockets struct {
-	listen    []string // the addresses the sockets are bound to, as smtp.ini said then
+	// specs are the listeners the sockets are bound to, in the order of
+	// config.Main.Listeners (listen, smtps_listen, proxy_listen) when they
+	// were bound, or systemd's as SystemdListeners describes them; every
+	// socket set below follows it.
+	specs     []config.Listener
 	backlog   int
 	reuseport bool // one socket set per worker slot
-	systemd   bool // from socket activation: listen in smtp.ini is not used
+	systemd   bool // from socket activation: the addresses in smtp.ini are not used
 
 	shared []int         // shared policy: every worker gets these
 	slots  map[int][]int // reuseport policy: worker id -> that worker's sockets
@@ -29,15 +35,15 @@ type sockets struct {
 }
 
 // openSockets takes systemd's sockets when there are any, and otherwise
-// binds every listen address once (shared) or once per worker
+// binds every listener of specs once (shared) or once per worker
 // (reuseport).
-func openSockets(listen []string, backlog int, reuseport bool, nodes int,
-	open func(string, int, bool) (*os.File, error), fromSystemd []*os.File) (*sockets, error) {
-	k := &sockets{listen: slices.Clone(listen), backlog: backlog, reuseport: reuseport, slots: map[int][]int{}, open: open}
+func openSockets(specs []config.Listener, backlog int, reuseport bool, nodes int,
+	open func(string, int, bool) (*os.File, error), fromSystemd []*os.File, systemdSpecs []config.Listener) (*sockets, error) {
+	k := &sockets{specs: slices.Clone(specs), backlog: backlog, reuseport: reuseport, slots: map[int][]int{}, open: open}
 	if len(fromSystemd) > 0 {
 		// systemd made one socket per ListenStream=; they cannot be
 		// multiplied per worker, so every worker shares them.
-		k.systemd, k.reuseport, k.listen = true, false, nil
+		k.systemd, k.reuseport, k.specs = true, false, systemdSpecs
 		for _, f := range fromSystemd {
 			fd, err := rawFD(f)
 			if err != nil {
@@ -65,11 +71,11 @@ func openSockets(listen []string, backlog int, reuseport bool, nodes int,
 	return k, nil
 }
 
-// bind opens one socket per listen address.
+// bind opens one socket per listener, in the order of specs.
 func (k *sockets) bind(reuseport bool) ([]int, error) {
 	var fds []int
-	for _, a := range k.listen {
-		f, err := k.open(a, k.backlog, reuseport)
+	for _, l := range k.specs {
+		f, err := k.open(l.Addr, k.backlog, reuseport)
 		if err == nil {
 			var fd int
 			fd, err = rawFD(f)

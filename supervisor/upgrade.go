@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"loopmx/config"
 )
 
 // USR2 replaces the supervisor's binary in place: the supervisor execs the
@@ -44,14 +46,17 @@ func init() {
 
 // handoff is the state one supervisor image passes to the next.
 type handoff struct {
-	Gen       int           `json:"gen"`
-	Listen    []string      `json:"listen,omitempty"`
-	Backlog   int           `json:"backlog"`
-	Reuseport bool          `json:"reuseport,omitempty"`
-	Systemd   bool          `json:"systemd,omitempty"`
-	Shared    []int         `json:"shared,omitempty"` // descriptors
-	Slots     []handoffSlot `json:"slots"`
-	Draining  []handoffProc `json:"draining,omitempty"` // workers asked to stop that still run
+	Gen int `json:"gen"`
+	// Listeners are what the sockets are bound to. Listen is what images
+	// before Listeners handed over: the addresses of listen only.
+	Listeners []config.Listener `json:"listeners,omitempty"`
+	Listen    []string          `json:"listen,omitempty"`
+	Backlog   int               `json:"backlog"`
+	Reuseport bool              `json:"reuseport,omitempty"`
+	Systemd   bool              `json:"systemd,omitempty"`
+	Shared    []int             `json:"shared,omitempty"` // descriptors
+	Slots     []handoffSlot     `json:"slots"`
+	Draining  []handoffProc     `json:"draining,omitempty"` // workers asked to stop that still run
 }
 
 type handoffSlot struct {
@@ -73,7 +78,7 @@ type handoffProc struct {
 // handoff describes the current state for the next image.
 func (s *sup) handoff() handoff {
 	k := s.socks
-	h := handoff{Gen: s.gen, Listen: k.listen, Backlog: k.backlog, Reuseport: k.reuseport, Systemd: k.systemd, Shared: k.shared}
+	h := handoff{Gen: s.gen, Listeners: k.specs, Backlog: k.backlog, Reuseport: k.reuseport, Systemd: k.systemd, Shared: k.shared}
 	current := map[*proc]bool{}
 	for _, sl := range s.slots {
 		hs := handoffSlot{ID: sl.id, FDs: k.slots[sl.id], Failures: sl.failures}
@@ -108,8 +113,13 @@ func takeHandoff() (h *handoff, ok bool, err error) {
 
 // adopt takes over the sockets and workers of the previous image.
 func (s *sup) adopt(h *handoff) error {
-	k := &sockets{listen: h.Listen, backlog: h.Backlog, reuseport: h.Reuseport, systemd: h.Systemd,
+	k := &sockets{specs: h.Listeners, backlog: h.Backlog, reuseport: h.Reuseport, systemd: h.Systemd,
 		shared: h.Shared, slots: map[int][]int{}, open: s.opts.Listen}
+	if len(k.specs) == 0 {
+		for _, a := range h.Listen {
+			k.specs = append(k.specs, config.Listener{Addr: a})
+		}
+	}
 	for i, hs := range h.Slots {
 		if hs.ID != i+1 {
 			return fmt.Errorf("supervisor: %s: worker ids are not 1..%d", envHandoff, len(h.Slots))
@@ -126,6 +136,20 @@ func (s *sup) adopt(h *handoff) error {
 	}
 	if len(h.Slots) == 0 || (!k.reuseport && len(k.shared) == 0) {
 		return fmt.Errorf("supervisor: %s: no workers or no sockets", envHandoff)
+	}
+	if !k.systemd {
+		sets := [][]int{k.shared}
+		if k.reuseport {
+			sets = sets[:0]
+			for _, id := range k.slotIDs() {
+				sets = append(sets, k.slots[id])
+			}
+		}
+		for _, fds := range sets {
+			if len(fds) != len(k.specs) {
+				return fmt.Errorf("supervisor: %s: %d sockets for %d listeners", envHandoff, len(fds), len(k.specs))
+			}
+		}
 	}
 	s.socks, s.gen = k, h.Gen
 	s.adopted, s.announced = true, true

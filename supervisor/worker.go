@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"fmt"
 	"os"
-	"os/user"
 	"strconv"
 	"strings"
 	"syscall"
@@ -62,21 +61,26 @@ func backoff(failures int, lo, hi time.Duration) time.Duration {
 // contract variables are set afresh for each worker.
 var envNotForWorkers = []string{
 	"NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES",
-	EnvRole, EnvWorkerID, EnvGeneration, EnvListenFDs, EnvReadyFD, envHandoff,
+	EnvRole, EnvWorkerID, EnvGeneration, EnvListenFDs, EnvListenSpec, EnvReadyFD, envHandoff,
 }
 
 // workerEnviron returns base without envNotForWorkers, plus the worker
-// contract for worker id of generation gen with n listeners at fds 3..,
-// and the ready pipe right after them.
-func workerEnviron(base []string, id, gen, n int) []string {
+// contract for worker id of generation gen with n listeners at fds 3..
+// (described by specs when there are any), and the ready pipe right after
+// them.
+func workerEnviron(base []string, id, gen, n int, specs []config.Listener) []string {
 	env := withoutVars(base, envNotForWorkers...)
-	return append(env,
+	env = append(env,
 		EnvRole+"=worker",
 		EnvWorkerID+"="+strconv.Itoa(id),
 		EnvGeneration+"="+strconv.Itoa(gen),
 		EnvListenFDs+"="+strconv.Itoa(n),
 		EnvReadyFD+"="+strconv.Itoa(3+n),
 	)
+	if len(specs) > 0 {
+		env = append(env, EnvListenSpec+"="+strings.Join(specStrings(specs), ","))
+	}
+	return env
 }
 
 // withoutVars returns env without the variables named in names.
@@ -101,41 +105,13 @@ func credentialFor(m config.Main) (*syscall.Credential, error) {
 	if m.User == "" || os.Geteuid() != 0 {
 		return nil, nil
 	}
-	u, err := user.Lookup(m.User)
+	a, err := config.LookupAccount(m.User, m.Group)
 	if err != nil {
-		if u, err = user.LookupId(m.User); err != nil {
-			return nil, fmt.Errorf("supervisor: smtp.ini: user: %w", err)
-		}
+		return nil, fmt.Errorf("supervisor: %w", err)
 	}
-	uid, err1 := strconv.ParseUint(u.Uid, 10, 32)
-	gid, err2 := strconv.ParseUint(u.Gid, 10, 32)
-	if err1 != nil || err2 != nil {
-		return nil, fmt.Errorf("supervisor: smtp.ini: user: %q has a non-numeric uid or gid", m.User)
-	}
-	c := &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}
-	if m.Group != "" {
-		g, err := user.LookupGroup(m.Group)
-		if err != nil {
-			if g, err = user.LookupGroupId(m.Group); err != nil {
-				return nil, fmt.Errorf("supervisor: smtp.ini: group: %w", err)
-			}
-		}
-		n, err := strconv.ParseUint(g.Gid, 10, 32)
-		if err != nil {
-			return nil, fmt.Errorf("supervisor: smtp.ini: group: %q has a non-numeric gid", m.Group)
-		}
-		c.Gid = uint32(n)
-		c.Groups = []uint32{c.Gid}
-		return c, nil
-	}
-	ids, err := u.GroupIds()
-	if err != nil {
-		ids = []string{u.Gid}
-	}
-	for _, s := range ids {
-		if n, err := strconv.ParseUint(s, 10, 32); err == nil {
-			c.Groups = append(c.Groups, uint32(n))
-		}
+	c := &syscall.Credential{Uid: uint32(a.UID), Gid: uint32(a.GID)}
+	for _, g := range a.Groups {
+		c.Groups = append(c.Groups, uint32(g))
 	}
 	return c, nil
 }
@@ -168,7 +144,7 @@ func (s *sup) spawn(sl *slot, gen int, graceful time.Duration, cred *syscall.Cre
 	}
 	files = append(files, w.Fd())
 	pid, err := syscall.ForkExec(s.opts.Exe, s.workerArgs(), &syscall.ProcAttr{
-		Env:   workerEnviron(os.Environ(), sl.id, gen, len(fds)),
+		Env:   workerEnviron(os.Environ(), sl.id, gen, len(fds), s.socks.specs),
 		Files: files,
 		Sys:   &syscall.SysProcAttr{Credential: cred},
 	})

@@ -120,12 +120,16 @@ type Server struct {
 }
 
 // Serve starts a server for cfg as main.go does: the chain from
-// plugins.Build, the options from loop.OptionsFrom with the certificates
+// plugins.Build, started (plugins.Chain.Start), the options from loop.OptionsFrom with the certificates
 // of tls.ini (loop.LoadTLS), a workpool of threadpool_size workers and
 // work_queue_size queued jobs. The server logs to log. Stop ends it.
 func Serve(cfg *config.Config, log io.Writer) (*Server, error) {
 	chain, err := plugins.Build(cfg)
 	if err != nil {
+		return nil, err
+	}
+	if err := chain.Start(); err != nil {
+		chain.Close()
 		return nil, err
 	}
 	lo := loop.OptionsFrom(cfg, zerolog.New(log))

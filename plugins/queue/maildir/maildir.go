@@ -17,6 +17,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"loopmx/config"
 	"loopmx/plugins"
 )
@@ -29,13 +31,16 @@ func init() { plugins.Register(Name, setup) }
 // Maildir writes messages into one Maildir.
 type Maildir struct {
 	dir    string
-	newDir *os.File // kept open for fsync after each rename
+	acct   config.Account // who the server runs as, for messages
+	newDir *os.File       // kept open for fsync after each rename; set by Start
 	host   string
 	pid    string
 	seq    atomic.Uint64
 	now    func() time.Time
 }
 
+// setup reads maildir.ini and checks, without changing anything, that
+// the account the server runs as can use the spool or create it.
 func setup(cfg *config.Config) (plugins.Plugin, error) {
 	pc, err := cfg.Plugin(Name)
 	if err != nil {
@@ -45,24 +50,71 @@ func setup(cfg *config.Config) (plugins.Plugin, error) {
 	if err := pc.Check(); err != nil {
 		return nil, err
 	}
-	return Open(dir, cfg.Main.Me)
+	acct, err := cfg.RunAs()
+	if err != nil {
+		return nil, err
+	}
+	m := New(dir, cfg.Main.Me)
+	m.acct = acct
+	if _, err := checkSpool(dir, acct); err != nil {
+		return nil, fmt.Errorf("config: %s: path = %s: %w", pc.File(), dir, err)
+	}
+	return m, nil
 }
 
-// Open creates (if needed) and opens the Maildir at dir.
-func Open(dir, hostname string) (*Maildir, error) {
-	for _, sub := range []string{"tmp", "new", "cur"} {
-		if err := os.MkdirAll(filepath.Join(dir, sub), 0o700); err != nil {
-			return nil, fmt.Errorf("plugin/%s: maildir.ini: path: %w", Name, err)
-		}
-	}
-	nd, err := os.Open(filepath.Join(dir, "new"))
-	if err != nil {
-		return nil, fmt.Errorf("plugin/%s: maildir.ini: path: %w", Name, err)
-	}
+// New returns the plugin for the Maildir at dir without touching it;
+// Start creates and opens it. hostname goes into the file names (the
+// machine's host name when empty).
+func New(dir, hostname string) *Maildir {
 	if hostname == "" {
 		hostname, _ = os.Hostname()
 	}
-	return &Maildir{dir: dir, newDir: nd, host: safeHost(hostname), pid: strconv.Itoa(os.Getpid()), now: time.Now}, nil
+	return &Maildir{dir: dir, host: safeHost(hostname), pid: strconv.Itoa(os.Getpid()), now: time.Now}
+}
+
+// Open is New followed by Start: it creates (if needed) and opens the
+// Maildir at dir.
+func Open(dir, hostname string) (*Maildir, error) {
+	m := New(dir, hostname)
+	if err := m.Start(); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+// Start implements plugins.Starter: it creates the spool and its tmp/,
+// new/ and cur/ when they are missing (mode 0700, owned by the account
+// the process runs as), checks that this process can write tmp/ and
+// new/, and opens new/ for the fsync after each delivery. A spool it
+// cannot write stops the start, so that no client is ever told 451 for
+// it.
+func (m *Maildir) Start() error {
+	for _, sub := range []string{"tmp", "new", "cur"} {
+		if err := os.MkdirAll(filepath.Join(m.dir, sub), 0o700); err != nil {
+			return fmt.Errorf("maildir.ini: path = %s: %w", m.dir, err)
+		}
+	}
+	for _, sub := range []string{"tmp", "new"} {
+		p := filepath.Join(m.dir, sub)
+		if err := unix.Faccessat(unix.AT_FDCWD, p, unix.W_OK|unix.X_OK, unix.AT_EACCESS); err != nil {
+			return fmt.Errorf("maildir.ini: path = %s: %s/ is not writable by uid %d, which this process runs as: %w", m.dir, sub, os.Geteuid(), err)
+		}
+	}
+	nd, err := os.Open(filepath.Join(m.dir, "new"))
+	if err != nil {
+		return fmt.Errorf("maildir.ini: path = %s: %w", m.dir, err)
+	}
+	m.newDir = nd
+	return nil
+}
+
+// Plan implements plugins.Planner: what Start will find or create.
+func (m *Maildir) Plan() string {
+	plan, err := checkSpool(m.dir, m.acct)
+	if err != nil {
+		return "spool " + m.dir + ": " + err.Error()
+	}
+	return plan
 }
 
 // safeHost makes the host part of a Maildir file name: '/' and ':' are not
@@ -83,8 +135,14 @@ func (m *Maildir) Name() string { return Name }
 // Blocks implements plugins.Blocker: writing and fsyncing wait on the disk.
 func (m *Maildir) Blocks(h plugins.Hook) bool { return h == plugins.HookQueue }
 
-// Close implements plugins.Closer.
-func (m *Maildir) Close() error { return m.newDir.Close() }
+// Close implements plugins.Closer. It does nothing when Start did not
+// open the spool.
+func (m *Maildir) Close() error {
+	if m.newDir == nil {
+		return nil
+	}
+	return m.newDir.Close()
+}
 
 // Queue implements plugins.QueueHook.
 func (m *Maildir) Queue(c *plugins.Conn, msg *plugins.Message) plugins.Result {
@@ -174,5 +232,10 @@ func txID(c *plugins.Conn) string {
 	return c.ID
 }
 
-var _ plugins.QueueHook = (*Maildir)(nil)
-var _ plugins.Blocker = (*Maildir)(nil)
+var (
+	_ plugins.QueueHook = (*Maildir)(nil)
+	_ plugins.Blocker   = (*Maildir)(nil)
+	_ plugins.Starter   = (*Maildir)(nil)
+	_ plugins.Planner   = (*Maildir)(nil)
+	_ plugins.Closer    = (*Maildir)(nil)
+)

@@ -6,6 +6,7 @@ import (
 	"net/mail"
 	"net/netip"
 	"os"
+	"os/user"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -322,12 +323,16 @@ func TestQueueFailures(t *testing.T) {
 	}
 }
 
-// buildFrom loads a config directory holding files and builds its chain.
+// buildFrom loads a config directory holding files, builds its chain and
+// starts it, as the server does.
 func buildFrom(t *testing.T, files map[string]string) (string, *plugins.Chain, error) {
 	t.Helper()
 	files["smtp.ini"] = "[main]\nme = mx.example.net\n"
 	dir := servertest.WriteDir(t, files)
 	ch, err := servertest.BuildDir(t, dir)
+	if err == nil {
+		err = ch.Start()
+	}
 	return dir, ch, err
 }
 
@@ -382,6 +387,9 @@ func TestSetupEmbeddedDefault(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ch.Close()
+	if err := ch.Start(); err != nil {
+		t.Fatal(err)
+	}
 	if _, err := os.Stat(filepath.Join(wd, "var", "spool", "new")); err != nil {
 		t.Errorf("the built-in config's spool is not ./var/spool of the working directory: %v", err)
 	}
@@ -422,5 +430,159 @@ func TestSetupTimeout(t *testing.T) {
 	_, _, err = buildFrom(t, map[string]string{"plugins": "queue/maildir\n", "maildir.ini": "timeout = 0\n"})
 	if err == nil || !strings.Contains(err.Error(), "maildir.ini") || !strings.Contains(err.Error(), "timeout") {
 		t.Errorf("timeout = 0: error %v, want one naming maildir.ini and timeout", err)
+	}
+}
+
+// TestSetupChangesNothing: building the chain (what check-config and a
+// reload check do) creates no directory; it says the spool will be
+// created at start, and by whom. Start creates it.
+func TestSetupChangesNothing(t *testing.T) {
+	spool := filepath.Join(t.TempDir(), "var", "spool")
+	dir := servertest.WriteDir(t, map[string]string{
+		"smtp.ini":    "me = mx.example.net\n",
+		"plugins":     "queue/maildir\n",
+		"maildir.ini": "path = " + spool + "\n",
+	})
+	ch, err := servertest.BuildDir(t, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Dir(spool)); !os.IsNotExist(err) {
+		t.Fatalf("Build touched the disk: %s exists (%v)", filepath.Dir(spool), err)
+	}
+	me, err := user.Current()
+	if err != nil {
+		t.Fatal(err)
+	}
+	plans := ch.Plans()
+	want := "queue/maildir: the spool " + spool + " does not exist; it will be created by " + me.Username + " (uid " + me.Uid + ") at start"
+	if len(plans) != 1 || plans[0] != want {
+		t.Errorf("Plans() = %q, want [%q]", plans, want)
+	}
+	if err := ch.Start(); err != nil {
+		t.Fatal(err)
+	}
+	for _, sub := range []string{"tmp", "new", "cur"} {
+		st, err := os.Stat(filepath.Join(spool, sub))
+		if err != nil || !st.IsDir() || st.Mode().Perm() != 0o700 {
+			t.Errorf("after Start, %s/: %v %v, want a directory of mode 0700", sub, st, err)
+		}
+	}
+	if plans := ch.Plans(); len(plans) != 1 || !strings.HasSuffix(plans[0], "the spool "+spool+" is writable by "+me.Username+" (uid "+me.Uid+")") {
+		t.Errorf("Plans() after Start = %q", plans)
+	}
+}
+
+// TestSetupChecksTheRunAsUser: with nodes >= 1 and user = nobody the
+// workers run as nobody, so a spool nobody cannot write (or create) is a
+// config error that names the file, the path, the user and the fix,
+// before anything is created. The test needs root to make directories
+// owned by someone else.
+func TestSetupChecksTheRunAsUser(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: it makes directories that belong to root and to nobody, and checks them for nobody")
+	}
+	nobody, err := user.Lookup("nobody")
+	if err != nil {
+		t.Skipf("no user nobody on this machine: %v", err)
+	}
+	uid, _ := strconv.Atoi(nobody.Uid)
+	// Every directory above the spool must be searchable by nobody: not
+	// under t.TempDir(), whose parent is 0700.
+	top, err := os.MkdirTemp("", "loopmx-runas-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(top) })
+	if err := os.Chmod(top, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	rootOwned := filepath.Join(top, "root-spool")
+	if err := os.Mkdir(rootOwned, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	nobodyOwned := filepath.Join(top, "nobody-dir")
+	if err := os.Mkdir(nobodyOwned, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(nobodyOwned, uid, -1); err != nil {
+		t.Fatal(err)
+	}
+	rootNew := filepath.Join(top, "root-new")
+	for _, sub := range []string{"", "tmp", "new", "cur"} {
+		if err := os.Mkdir(filepath.Join(rootNew, sub), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if sub != "new" {
+			if err := os.Chown(filepath.Join(rootNew, sub), uid, -1); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	who := "nobody (uid " + nobody.Uid + ")"
+	for _, tc := range []struct {
+		name, path string
+		want       []string // in the error; none: Build succeeds
+		plan       string
+	}{
+		{"existing spool owned by root", rootOwned,
+			[]string{"config: maildir.ini: path = " + rootOwned, rootOwned + " is not searchable (x) by " + who, "mode drwx------", "fix: chown -R nobody: " + rootOwned}, ""},
+		{"missing spool in a root directory", filepath.Join(top, "new-spool"),
+			[]string{"maildir.ini", filepath.Join(top, "new-spool") + " does not exist and " + who + " cannot create it", "fix: install -d -o nobody -m 0750 " + filepath.Join(top, "new-spool")}, ""},
+		{"new/ owned by root", rootNew,
+			[]string{"maildir.ini", filepath.Join(rootNew, "new") + " is not writable by " + who, "mode drwxr-xr-x", "fix: chown -R nobody: " + rootNew}, ""},
+		{"missing spool in nobody's directory", filepath.Join(nobodyOwned, "spool"), nil,
+			"queue/maildir: the spool " + filepath.Join(nobodyOwned, "spool") + " does not exist; it will be created by " + who + " at start"},
+		{"spool owned by nobody", nobodyOwned, nil,
+			"queue/maildir: the spool " + nobodyOwned + " is writable by " + who + "; its tmp/, new/, cur/ will be created by " + who + " at start"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := servertest.WriteDir(t, map[string]string{
+				"smtp.ini":    "me = mx.example.net\nnodes = 1\nuser = nobody\n",
+				"plugins":     "queue/maildir\n",
+				"maildir.ini": "path = " + tc.path + "\n",
+			})
+			before, _ := os.ReadDir(top)
+			ch, err := servertest.BuildDir(t, dir)
+			after, _ := os.ReadDir(top)
+			if len(after) != len(before) {
+				t.Errorf("Build created something in %s", top)
+			}
+			if tc.want == nil {
+				if err != nil {
+					t.Fatal(err)
+				}
+				if p := ch.Plans(); len(p) != 1 || p[0] != tc.plan {
+					t.Errorf("Plans() = %q, want [%q]", p, tc.plan)
+				}
+				return
+			}
+			if err == nil {
+				t.Fatalf("Build accepted a spool %s cannot write", who)
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q lacks %q", err, w)
+				}
+			}
+		})
+	}
+}
+
+// TestStartFailsOnABlockedSpool: Start reports what is in the way (here a
+// file where new/ should be), naming maildir.ini and the path; it never
+// leaves a half-made plugin behind.
+func TestStartFailsOnABlockedSpool(t *testing.T) {
+	spool := t.TempDir()
+	if err := os.WriteFile(filepath.Join(spool, "new"), []byte("in the way\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	m := maildir.New(spool, "mx.example.net")
+	err := m.Start()
+	if err == nil || !strings.Contains(err.Error(), "maildir.ini: path = "+spool) {
+		t.Errorf("Start: %v, want an error naming maildir.ini and the path", err)
+	}
+	if err := m.Close(); err != nil {
+		t.Errorf("Close after a failed Start: %v", err)
 	}
 }
