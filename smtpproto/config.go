@@ -32,6 +32,16 @@ type Config struct {
 	Extensions []string
 	// StartTLS offers STARTTLS (RFC 3207) on plain connections.
 	StartTLS bool
+	// AllowSourceRoute accepts a source route in RCPT TO
+	// (<@a,@b:user@c>) and drops it (RFC 5321 4.1.1.3, appendix C);
+	// otherwise RCPT answers 550 5.7.1.
+	AllowSourceRoute bool
+	// AllowPercentHack accepts a '%' in the local part of RCPT TO
+	// (user%other.net@example.com); otherwise RCPT answers 550 5.7.1.
+	AllowPercentHack bool
+	// AllowBangPath accepts a '!' in the local part of RCPT TO
+	// (host!user@example.com); otherwise RCPT answers 550 5.7.1.
+	AllowBangPath bool
 	// UnknownToHost passes unimplemented commands to the host as
 	// KindUnknown events instead of answering them at once.
 	UnknownToHost bool
