@@ -17,22 +17,33 @@ func splitPath(b []byte) (inner, params []byte, bad []byte) {
 	if len(b) == 0 || b[0] != '<' {
 		return nil, nil, replySyntaxMail
 	}
+	i := closeAngle(b, 0)
+	if i < 0 {
+		return nil, nil, replySyntaxMail
+	}
+	rest := b[i+1:]
+	if len(rest) > 0 && rest[0] != ' ' {
+		return nil, nil, replySyntaxMail
+	}
+	return b[1:i], rest, nil
+}
+
+// closeAngle returns the index of the '>' that closes the path whose '<'
+// is b[open], or -1 when b ends first. Inside a Quoted-string a '>' does
+// not close it, and a '\' there escapes the next octet (RFC 5321 4.1.2).
+func closeAngle(b []byte, open int) int {
 	inQuote := false
-	for i := 1; i < len(b); i++ {
+	for i := open + 1; i < len(b); i++ {
 		switch c := b[i]; {
 		case inQuote && c == '\\':
 			i++
 		case c == '"':
 			inQuote = !inQuote
 		case c == '>' && !inQuote:
-			rest := b[i+1:]
-			if len(rest) > 0 && rest[0] != ' ' {
-				return nil, nil, replySyntaxMail
-			}
-			return b[1:i], rest, nil
+			return i
 		}
 	}
-	return nil, nil, replySyntaxMail
+	return -1
 }
 
 // parsePath checks a reverse path (rcpt false) or forward path (rcpt
@@ -363,17 +374,8 @@ func addressArg(line []byte) (rcpt bool, start, end int, ok bool) {
 	if !isPath || i == len(line) || line[i] != '<' {
 		return rcpt, -1, len(line), true
 	}
-	// The same scan as splitPath: a quoted '>' does not close the path.
-	inQuote := false
-	for j := i + 1; j < len(line); j++ {
-		switch c := line[j]; {
-		case inQuote && c == '\\':
-			j++
-		case c == '"':
-			inQuote = !inQuote
-		case c == '>' && !inQuote:
-			return rcpt, i, j, true
-		}
+	if end := closeAngle(line, i); end >= 0 {
+		return rcpt, i, end, true
 	}
 	return rcpt, i, len(line), true
 }
@@ -390,8 +392,9 @@ func lineEnd(b []byte) int {
 	if i <= 0 || b[i-1] == '\r' {
 		return i
 	}
-	// A bare LF past the first 512 octets of a line (RFC 5321 4.5.3.1.4)
-	// is not looked into: no path of 256 octets starts that far in.
+	// A bare LF past the first 512 octets (RFC 5321 4.5.3.1.4) ends the
+	// line without a look at it, so the look costs a few hundred octets
+	// at most, however long max_line_length allows lines to be.
 	if i > 512 {
 		return i
 	}
@@ -399,29 +402,21 @@ func lineEnd(b []byte) int {
 	if !ok || start < 0 || end < i {
 		return i
 	}
-	inQuote := false
-	for j := start + 1; j < len(b); j++ {
-		if j-start >= 256 {
-			// Longer than any path (RFC 5321 4.5.3.1.3): the next LF
-			// ends the line.
-			if k := bytes.IndexByte(b[j:], '\n'); k >= 0 {
-				return j + k
-			}
+	// Look no further than a path may reach (RFC 5321 4.5.3.1.3: 256
+	// octets with its brackets); past that the next LF ends the line.
+	seg := b[:min(len(b), start+256)]
+	end = closeAngle(seg, start)
+	if crlf := bytes.Index(seg[start:], []byte("\r\n")); crlf >= 0 && (end < 0 || start+crlf < end) {
+		return start + crlf + 1
+	}
+	if end < 0 {
+		if len(seg) < start+256 {
 			return -1
 		}
-		switch c := b[j]; {
-		case c == '\n' && b[j-1] == '\r':
-			return j
-		case inQuote && c == '\\':
-			j++
-		case c == '"':
-			inQuote = !inQuote
-		case c == '>' && !inQuote:
-			if k := bytes.IndexByte(b[j:], '\n'); k >= 0 {
-				return j + k
-			}
-			return -1
-		}
+		end = len(seg)
+	}
+	if k := bytes.IndexByte(b[end:], '\n'); k >= 0 {
+		return end + k
 	}
 	return -1
 }

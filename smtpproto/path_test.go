@@ -208,7 +208,7 @@ func TestAddressRouting(t *testing.T) {
 			cfg: func() *Config {
 				return newConfig(func(c *Config) { c.AllowPercentHack = true; c.MaxRecipients = 10 })
 			},
-			in: inEHLO + "MAIL FROM:<a@b.test>\r\n" + rcpts,
+			in:   inEHLO + "MAIL FROM:<a@b.test>\r\n" + rcpts,
 			want: rEHLO + rMail + route + rRcpt + rRcpt + bang + bang + route,
 		},
 		{
