@@ -562,9 +562,14 @@ func TestDefault(t *testing.T) {
 }
 
 // TestContribExample loads the commented example directory shipped for
-// operators, so that it never drifts from what the parser accepts.
+// operators, so that it never drifts from what the parser accepts, and
+// holds it to what its first lines say: every key is set, to its default.
 func TestContribExample(t *testing.T) {
 	c, err := Load("../contrib/config", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defaults, err := Load(t.TempDir(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -573,10 +578,16 @@ func TestContribExample(t *testing.T) {
 		if s.key != "me" && !c.setIn[slot("", s.key)] {
 			t.Errorf("contrib smtp.ini does not set [main] %s", s.key)
 		}
+		if got, want := s.show(c), s.show(defaults); got != want {
+			t.Errorf("contrib smtp.ini sets [main] %s = %s, not its default %s", s.key, got, want)
+		}
 	}
 	for _, s := range logSettings {
 		if !c.setIn[slot("log", s.key)] {
 			t.Errorf("contrib smtp.ini does not set [log] %s", s.key)
+		}
+		if got, want := s.show(c), s.show(defaults); got != want {
+			t.Errorf("contrib smtp.ini sets [log] %s = %s, not its default %s", s.key, got, want)
 		}
 	}
 	p, err := c.Plugin("queue/maildir")
@@ -644,5 +655,62 @@ func TestSummaryReadsBack(t *testing.T) {
 	}
 	if !reflect.DeepEqual(again.Main, c.Main) || again.Log != c.Log {
 		t.Errorf("read back\n%+v\nwant\n%+v", again.Main, c.Main)
+	}
+}
+
+// TestDefaultsParse checks that each declared default passes the checks
+// of its key and that Summary shows it in a form that reads back the same.
+func TestDefaultsParse(t *testing.T) {
+	for _, set := range [][]setting{mainSettings, logSettings} {
+		for _, s := range set {
+			if s.def == "" {
+				continue
+			}
+			var c Config
+			if err := s.parse(&c, s.def); err != nil {
+				t.Errorf("%s: default %q: %v", s.key, s.def, err)
+				continue
+			}
+			var again Config
+			if err := s.parse(&again, s.show(&c)); err != nil || s.show(&again) != s.show(&c) {
+				t.Errorf("%s: default %q shows as %q, which reads back as %q (%v)", s.key, s.def, s.show(&c), s.show(&again), err)
+			}
+		}
+	}
+}
+
+// TestDocsListEveryKey checks that docs/config.md has a line for every key
+// of smtp.ini, whose default column shows the declared default.
+func TestDocsListEveryKey(t *testing.T) {
+	doc, err := os.ReadFile("../docs/config.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rows := map[string]string{} // key -> its default cell
+	for line := range strings.SplitSeq(string(doc), "\n") {
+		cells := strings.Split(line, "|")
+		if len(cells) < 4 || !strings.HasPrefix(strings.TrimSpace(cells[1]), "`") {
+			continue
+		}
+		rows[strings.Trim(strings.TrimSpace(cells[1]), "`")] = strings.TrimSpace(cells[2])
+	}
+	for _, set := range [][]setting{mainSettings, logSettings} {
+		for _, s := range set {
+			cell, ok := rows[s.key]
+			switch {
+			case !ok:
+				t.Errorf("docs/config.md has no line for %s", s.key)
+			case s.def == "" && s.key == "me":
+				if cell != "the machine's host name" {
+					t.Errorf("docs/config.md: %s defaults to %q, want the machine's host name", s.key, cell)
+				}
+			case s.def == "":
+				if cell != "(empty)" {
+					t.Errorf("docs/config.md: %s defaults to %q, want (empty)", s.key, cell)
+				}
+			case !strings.HasPrefix(cell, "`"+s.def+"`"):
+				t.Errorf("docs/config.md: %s defaults to %q, want `%s`", s.key, cell, s.def)
+			}
+		}
 	}
 }
