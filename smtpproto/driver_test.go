@@ -20,7 +20,9 @@ func newConfig(edits ...func(*Config)) *Config {
 	for _, edit := range edits {
 		edit(c)
 	}
-	c.Prepare()
+	if err := c.Prepare(); err != nil {
+		panic(err) // a test that builds a bad Config is itself wrong
+	}
 	return c
 }
 

@@ -99,12 +99,7 @@ func diffTranscript(got, want string) string {
 }
 
 // lenient is testConfig with room for many protocol errors.
-func lenient() *Config {
-	c := testConfig()
-	c.MaxErrors = 100
-	c.Prepare()
-	return c
-}
+func lenient() *Config { return newConfig(func(c *Config) { c.MaxErrors = 100 }) }
 
 func TestGreeting(t *testing.T) {
 	runDialogs(t, []dialog{
@@ -126,10 +121,7 @@ func TestGreeting(t *testing.T) {
 		{
 			name: "extra keywords follow the built-in ones",
 			cfg: func() *Config {
-				c := testConfig()
-				c.Extensions = []string{"STARTTLS", "AUTH PLAIN"}
-				c.Prepare()
-				return c
+				return newConfig(func(c *Config) { c.Extensions = []string{"STARTTLS", "AUTH PLAIN"} })
 			},
 			in: inEHLO,
 			want: "250-mx.test\r\n" +
@@ -472,12 +464,7 @@ func TestLineLimits(t *testing.T) {
 		},
 		{
 			name: "the limit can be raised",
-			cfg: func() *Config {
-				c := testConfig()
-				c.MaxLineLength = 1024
-				c.Prepare()
-				return c
-			},
+			cfg:  func() *Config { return newConfig(func(c *Config) { c.MaxLineLength = 1024 }) },
 			in:   "NOOP " + strings.Repeat("x", 1017) + "\r\nNOOP " + strings.Repeat("x", 1018) + "\r\n",
 			want: rOK + tooLong,
 		},
