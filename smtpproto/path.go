@@ -134,13 +134,13 @@ func (s *Session) forwardPath(p []byte) (string, []byte) {
 	if routed && !s.cfg.AllowSourceRoute {
 		return "", replySourceRoute
 	}
-	local, _, _ := splitMailbox([]byte(addr))
+	local, _, _ := splitMailbox(addr)
 	// The quotes of a Quoted-string local part are no shield: a next hop
 	// may take them off before it looks for '%' or '!'.
-	if !s.cfg.AllowPercentHack && bytes.IndexByte(local, '%') >= 0 {
+	if !s.cfg.AllowPercentHack && strings.IndexByte(local, '%') >= 0 {
 		return "", replyPercentHack
 	}
-	if !s.cfg.AllowBangPath && bytes.IndexByte(local, '!') >= 0 {
+	if !s.cfg.AllowBangPath && strings.IndexByte(local, '!') >= 0 {
 		return "", replyBangPath
 	}
 	return addr, nil
@@ -158,7 +158,7 @@ func (s *Session) refuse(r []byte) Event {
 
 // splitMailbox splits at the '@' that follows the local part, skipping a
 // quoted local part that may itself contain '@'.
-func splitMailbox(p []byte) (local, domain []byte, ok bool) {
+func splitMailbox[T string | []byte](p T) (local, domain T, ok bool) {
 	if len(p) > 0 && p[0] == '"' {
 		for i := 1; i < len(p); i++ {
 			switch p[i] {
@@ -168,14 +168,17 @@ func splitMailbox(p []byte) (local, domain []byte, ok bool) {
 				if i+1 < len(p) && p[i+1] == '@' {
 					return p[:i+1], p[i+2:], true
 				}
-				return nil, nil, false
+				return local, domain, false
 			}
 		}
-		return nil, nil, false
+		return local, domain, false
 	}
-	i := bytes.LastIndexByte(p, '@')
+	i := len(p) - 1
+	for i >= 0 && p[i] != '@' {
+		i--
+	}
 	if i <= 0 {
-		return nil, nil, false
+		return local, domain, false
 	}
 	return p[:i], p[i+1:], true
 }
