@@ -60,7 +60,7 @@ func TestLoadEmptyDirGivesDefaults(t *testing.T) {
 		Loops:               runtime.NumCPU(),
 		SingleAccept:        true,
 		ThreadpoolSize:      4,
-		Me:                  host,
+		Hostname:            host,
 		InactivityTimeout:   300 * time.Second,
 		MaxMessageSize:      26214400,
 		MaxRecipients:       100,
@@ -127,9 +127,9 @@ func TestEachKeyParses(t *testing.T) {
 		{"single_accept = yes", func(c *Config) any { return c.Main.SingleAccept }, true},
 		{"threadpool_size = 1", func(c *Config) any { return c.Main.ThreadpoolSize }, 1},
 		{"threadpool_size = 128", func(c *Config) any { return c.Main.ThreadpoolSize }, 128},
-		{"me = mx1.example.com", func(c *Config) any { return c.Main.Me }, "mx1.example.com"},
-		{"me = [192.0.2.1]", func(c *Config) any { return c.Main.Me }, "[192.0.2.1]"},
-		{`me = "mx.example.com"`, func(c *Config) any { return c.Main.Me }, "mx.example.com"},
+		{"me = mx1.example.com", func(c *Config) any { return c.Main.Hostname }, "mx1.example.com"},
+		{"me = [192.0.2.1]", func(c *Config) any { return c.Main.Hostname }, "[192.0.2.1]"},
+		{`me = "mx.example.com"`, func(c *Config) any { return c.Main.Hostname }, "mx.example.com"},
 		{"inactivity_timeout = 60", func(c *Config) any { return c.Main.InactivityTimeout }, time.Minute},
 		{"inactivity_timeout = 2m30s", func(c *Config) any { return c.Main.InactivityTimeout }, 150 * time.Second},
 		{"max_message_size = 1000", func(c *Config) any { return c.Main.MaxMessageSize }, int64(1000)},
@@ -338,12 +338,12 @@ func TestMeDefaultsToHostName(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if c.Main.Me != tt.want {
-				t.Errorf("Me = %q, want %q", c.Main.Me, tt.want)
+			if c.Main.Hostname != tt.want {
+				t.Errorf("Me = %q, want %q", c.Main.Hostname, tt.want)
 			}
 			// A me set in smtp.ini never consults the host name.
 			dir := writeDir(t, map[string]string{"smtp.ini": "me = mx.example.org"})
-			if c, err := Load(dir, nil); err != nil || c.Main.Me != "mx.example.org" {
+			if c, err := Load(dir, nil); err != nil || c.Main.Hostname != "mx.example.org" {
 				t.Errorf("with me set: %v, %v", c, err)
 			}
 		})
@@ -538,8 +538,8 @@ func TestDefault(t *testing.T) {
 		t.Errorf("HostList = %q, want %q", c.HostList, want)
 	}
 	host, _ := os.Hostname()
-	if c.Main.Me != host {
-		t.Errorf("Me = %q, want the host name %q", c.Main.Me, host)
+	if c.Main.Hostname != host {
+		t.Errorf("Me = %q, want the host name %q", c.Main.Hostname, host)
 	}
 
 	p, err := c.Plugin("queue/maildir")
@@ -564,9 +564,14 @@ func TestDefault(t *testing.T) {
 }
 
 // TestContribExample loads the commented example directory shipped for
-// operators, so that it never drifts from what the parser accepts.
+// operators, so that it never drifts from what the parser accepts, and
+// holds it to what its first lines say: every key is set, to its default.
 func TestContribExample(t *testing.T) {
 	c, err := Load("../contrib/config", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defaults, err := Load(t.TempDir(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -575,10 +580,16 @@ func TestContribExample(t *testing.T) {
 		if s.key != "me" && !c.setIn[slot("", s.key)] {
 			t.Errorf("contrib smtp.ini does not set [main] %s", s.key)
 		}
+		if got, want := s.show(c), s.show(defaults); got != want {
+			t.Errorf("contrib smtp.ini sets [main] %s = %s, not its default %s", s.key, got, want)
+		}
 	}
 	for _, s := range logSettings {
 		if !c.setIn[slot("log", s.key)] {
 			t.Errorf("contrib smtp.ini does not set [log] %s", s.key)
+		}
+		if got, want := s.show(c), s.show(defaults); got != want {
+			t.Errorf("contrib smtp.ini sets [log] %s = %s, not its default %s", s.key, got, want)
 		}
 	}
 	p, err := c.Plugin("queue/maildir")
@@ -717,6 +728,63 @@ func TestRunAs(t *testing.T) {
 		}
 		if _, err := c.RunAs(); err == nil || !strings.HasPrefix(err.Error(), tc.want) {
 			t.Errorf("%q: RunAs() error %v, want one starting %s", tc.ini, err, tc.want)
+		}
+	}
+}
+
+// TestDefaultsParse checks that each declared default passes the checks
+// of its key and that Summary shows it in a form that reads back the same.
+func TestDefaultsParse(t *testing.T) {
+	for _, set := range [][]setting{mainSettings, logSettings} {
+		for _, s := range set {
+			if s.def == "" {
+				continue
+			}
+			var c Config
+			if err := s.parse(&c, s.def); err != nil {
+				t.Errorf("%s: default %q: %v", s.key, s.def, err)
+				continue
+			}
+			var again Config
+			if err := s.parse(&again, s.show(&c)); err != nil || s.show(&again) != s.show(&c) {
+				t.Errorf("%s: default %q shows as %q, which reads back as %q (%v)", s.key, s.def, s.show(&c), s.show(&again), err)
+			}
+		}
+	}
+}
+
+// TestDocsListEveryKey checks that docs/config.md has a line for every key
+// of smtp.ini, whose default column shows the declared default.
+func TestDocsListEveryKey(t *testing.T) {
+	doc, err := os.ReadFile("../docs/config.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rows := map[string]string{} // key -> its default cell
+	for line := range strings.SplitSeq(string(doc), "\n") {
+		cells := strings.Split(line, "|")
+		if len(cells) < 4 || !strings.HasPrefix(strings.TrimSpace(cells[1]), "`") {
+			continue
+		}
+		rows[strings.Trim(strings.TrimSpace(cells[1]), "`")] = strings.TrimSpace(cells[2])
+	}
+	for _, set := range [][]setting{mainSettings, logSettings} {
+		for _, s := range set {
+			cell, ok := rows[s.key]
+			switch {
+			case !ok:
+				t.Errorf("docs/config.md has no line for %s", s.key)
+			case s.def == "" && s.key == "me":
+				if cell != "the machine's host name" {
+					t.Errorf("docs/config.md: %s defaults to %q, want the machine's host name", s.key, cell)
+				}
+			case s.def == "":
+				if cell != "(empty)" {
+					t.Errorf("docs/config.md: %s defaults to %q, want (empty)", s.key, cell)
+				}
+			case !strings.HasPrefix(cell, "`"+s.def+"`"):
+				t.Errorf("docs/config.md: %s defaults to %q, want `%s`", s.key, cell, s.def)
+			}
 		}
 	}
 }

@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
-	"runtime"
 	"strconv"
 	"strings"
 	"time"
@@ -18,7 +17,7 @@ type Main struct {
 	Loops               int            // loops: event loops per process
 	SingleAccept        bool           // single_accept: yield after each accept
 	ThreadpoolSize      int            // threadpool_size: workpool workers; UV_THREADPOOL_SIZE overrides
-	Me                  string         // me: host name for the banner and Received
+	Hostname            string         // me: host name for the banner, EHLO and Received (the key keeps Haraka's name)
 	InactivityTimeout   time.Duration  // inactivity_timeout: idle time before a client is dropped
 	MaxMessageSize      int64          // max_message_size: bytes, advertised as SIZE
 	MaxRecipients       int            // max_recipients: RCPT TO per transaction
@@ -26,6 +25,9 @@ type Main struct {
 	MaxDataLineLength   int            // max_data_line_length: message line bytes incl. CRLF; 0 = unlimited
 	LongLines           string         // long_lines: "reject" or "keep"
 	BareLineEndings     string         // bare_line_endings: "reject" or "keep"
+	AllowSourceRoute    bool           // allow_source_route: RCPT takes a source route and drops it (else 550 5.7.1)
+	AllowPercentHack    bool           // allow_percent_hack: RCPT takes a '%' in the local part (else 550 5.7.1)
+	AllowBangPath       bool           // allow_bang_path: RCPT takes a '!' in the local part (else 550 5.7.1)
 	MaxConnections      int            // max_connections: per process; 0 = unlimited
 	MaxConnectionsPerIP int            // max_connections_per_ip: 0 = unlimited
 	MaxErrors           int            // max_errors: protocol errors before the connection is closed
@@ -76,92 +78,83 @@ type Log struct {
 	Format string // format: json or console
 }
 
-// Limits and defaults that the docs and the error messages quote.
+// Limits that the declarations below and the error messages quote.
 const (
-	defaultListen     = "127.0.0.1:2525"
-	defaultThreadpool = 4
 	maxThreadpool     = 128 // the cap libuv puts on UV_THREADPOOL_SIZE
 	threadpoolEnv     = "UV_THREADPOOL_SIZE"
 	minLineLength     = 512 // RFC 5321 4.5.3.1.4: command lines of 512 octets
 	maxLineLength     = 65536
 	minDataLineLength = 1000 // RFC 5321 4.5.3.1.6: text lines of 1000 octets
 	minPipelineBuffer = 4096
-	defaultInactivity = 300 * time.Second // RFC 5321 4.5.3.2.7: at least 5 minutes
 )
 
-// defaultMain returns [main] as it is when smtp.ini sets nothing, except
-// for me, which is filled in from the host name after parsing.
-func defaultMain() Main {
-	return Main{
-		Listen:            []string{defaultListen},
-		Nodes:             0,
-		Loops:             runtime.NumCPU(),
-		SingleAccept:      true,
-		ThreadpoolSize:    defaultThreadpool,
-		InactivityTimeout: defaultInactivity,
-		MaxMessageSize:    25 << 20,
-		MaxRecipients:     100, // RFC 5321 4.5.3.1.8: at least 100 must be accepted
-		MaxLineLength:     minLineLength,
-		MaxDataLineLength: minDataLineLength,
-		LongLines:         "reject",
-		BareLineEndings:   "reject",
-		MaxConnections:    10000,
-		GracefulTimeout:   30 * time.Second,
-		MaxErrors:         10,
-		MaxPipelineBuffer: 65536,
-		WorkQueueSize:     1024,
-		SchedPolicy:       "shared",
-		Backlog:           4096,
-		TCPKeepalive:      120 * time.Second,
-		RestartBackoffMax: 30 * time.Second,
-		ProxyTimeout:      10 * time.Second,
-	}
-}
-
-func defaultLog() Log { return Log{Level: "info", Format: "json"} }
-
-// setting is one key of smtp.ini: how to parse its value into the config
-// and how to show the effective value again.
+// setting declares one key of smtp.ini: its name, its default, how its
+// value is read and checked, where it goes, and how the effective value
+// is shown again. mainSettings and logSettings hold one for every key;
+// docs/config.md has a line for each.
 type setting struct {
-	key   string
+	key string
+	// def is the default, written as in smtp.ini; it is read with parse
+	// before the file is, so it passes the same checks. An empty def
+	// leaves the field at its zero value.
+	def   string
 	parse func(c *Config, v string) error
 	show  func(c *Config) string
 }
 
-// intSetting is a setting for an integer field with the range lo..hi.
-func intSetting(key string, field func(*Config) *int, lo, hi int) setting {
+// intSetting declares an integer key that takes lo..hi (hi may be noMax).
+func intSetting(key, def string, lo, hi int, field func(*Main) *int) setting {
 	return setting{
 		key: key,
+		def: def,
 		parse: func(c *Config, v string) error {
 			n, err := parseIntIn(v, lo, hi)
 			if err == nil {
-				*field(c) = n
+				*field(&c.Main) = n
 			}
 			return err
 		},
-		show: func(c *Config) string { return strconv.Itoa(*field(c)) },
+		show: func(c *Config) string { return strconv.Itoa(*field(&c.Main)) },
 	}
 }
 
-// durationSetting is a setting for a duration field of at least lo.
-func durationSetting(key string, field func(*Config) *time.Duration, lo time.Duration) setting {
+// durationSetting declares a duration key of at least lo.
+func durationSetting(key, def string, lo time.Duration, field func(*Main) *time.Duration) setting {
 	return setting{
 		key: key,
+		def: def,
 		parse: func(c *Config, v string) error {
 			d, err := parseDurationMin(v, lo)
 			if err == nil {
-				*field(c) = d
+				*field(&c.Main) = d
 			}
 			return err
 		},
-		show: func(c *Config) string { return formatDuration(*field(c)) },
+		show: func(c *Config) string { return formatDuration(*field(&c.Main)) },
 	}
 }
 
-// choiceSetting is a setting for a field that takes one of a few words.
-func choiceSetting(key string, field func(*Config) *string, choices ...string) setting {
+// boolSetting declares a boolean key of [main].
+func boolSetting(key, def string, field func(*Main) *bool) setting {
 	return setting{
 		key: key,
+		def: def,
+		parse: func(c *Config, v string) error {
+			b, err := parseBool(v)
+			if err == nil {
+				*field(&c.Main) = b
+			}
+			return err
+		},
+		show: func(c *Config) string { return strconv.FormatBool(*field(&c.Main)) },
+	}
+}
+
+// choiceSetting declares a key that takes one of a few words.
+func choiceSetting(key, def string, field func(*Config) *string, choices ...string) setting {
+	return setting{
+		key: key,
+		def: def,
 		parse: func(c *Config, v string) error {
 			s, err := parseChoice(v, choices...)
 			if err == nil {
@@ -173,10 +166,13 @@ func choiceSetting(key string, field func(*Config) *string, choices ...string) s
 	}
 }
 
-// mainSettings lists the keys of [main] in the order Summary shows them.
+// mainSettings declares the keys of [main], in the order Summary shows them.
+// A new key is one entry here (with its field in Main) and one line in
+// docs/config.md.
 var mainSettings = []setting{
 	{
 		key: "listen",
+		def: "127.0.0.1:2525",
 		parse: func(c *Config, v string) error {
 			addrs, err := parseListen(v)
 			if err == nil {
@@ -188,6 +184,7 @@ var mainSettings = []setting{
 	},
 	{
 		key: "nodes",
+		def: "0",
 		parse: func(c *Config, v string) error {
 			n, _, err := parseCount(v, 0)
 			if err != nil {
@@ -203,6 +200,7 @@ var mainSettings = []setting{
 	},
 	{
 		key: "loops",
+		def: "cpus",
 		parse: func(c *Config, v string) error {
 			n, cpus, err := parseCount(v, 1)
 			if err == nil {
@@ -212,32 +210,25 @@ var mainSettings = []setting{
 		},
 		show: func(c *Config) string { return strconv.Itoa(c.Main.Loops) },
 	},
+	boolSetting("single_accept", "true", func(m *Main) *bool { return &m.SingleAccept }),
+	intSetting("threadpool_size", "4", 1, maxThreadpool, func(m *Main) *int { return &m.ThreadpoolSize }),
 	{
-		key: "single_accept",
-		parse: func(c *Config, v string) error {
-			b, err := parseBool(v)
-			if err == nil {
-				c.Main.SingleAccept = b
-			}
-			return err
-		},
-		show: func(c *Config) string { return strconv.FormatBool(c.Main.SingleAccept) },
-	},
-	intSetting("threadpool_size", func(c *Config) *int { return &c.Main.ThreadpoolSize }, 1, maxThreadpool),
-	{
+		// No def: applySMTP fills in the host name when the file sets none.
 		key: "me",
 		parse: func(c *Config, v string) error {
 			if !plausibleHost(v) {
 				return &valueError{v, "is not a plausible host name", nil}
 			}
-			c.Main.Me = v
+			c.Main.Hostname = v
 			return nil
 		},
-		show: func(c *Config) string { return c.Main.Me },
+		show: func(c *Config) string { return c.Main.Hostname },
 	},
-	durationSetting("inactivity_timeout", func(c *Config) *time.Duration { return &c.Main.InactivityTimeout }, time.Second),
+	// RFC 5321 4.5.3.2.7: at least 5 minutes.
+	durationSetting("inactivity_timeout", "300s", time.Second, func(m *Main) *time.Duration { return &m.InactivityTimeout }),
 	{
 		key: "max_message_size",
+		def: "25m",
 		parse: func(c *Config, v string) error {
 			n, err := parseSize(v)
 			if err != nil {
@@ -251,10 +242,12 @@ var mainSettings = []setting{
 		},
 		show: func(c *Config) string { return formatSize(c.Main.MaxMessageSize) },
 	},
-	intSetting("max_recipients", func(c *Config) *int { return &c.Main.MaxRecipients }, 1, noMax),
-	intSetting("max_line_length", func(c *Config) *int { return &c.Main.MaxLineLength }, minLineLength, maxLineLength),
+	// RFC 5321 4.5.3.1.8: at least 100 recipients must be accepted.
+	intSetting("max_recipients", "100", 1, noMax, func(m *Main) *int { return &m.MaxRecipients }),
+	intSetting("max_line_length", "512", minLineLength, maxLineLength, func(m *Main) *int { return &m.MaxLineLength }),
 	{
 		key: "max_data_line_length",
+		def: "1000",
 		parse: func(c *Config, v string) error {
 			n, err := parseInt(v)
 			if err != nil {
@@ -268,14 +261,17 @@ var mainSettings = []setting{
 		},
 		show: func(c *Config) string { return strconv.Itoa(c.Main.MaxDataLineLength) },
 	},
-	choiceSetting("long_lines", func(c *Config) *string { return &c.Main.LongLines }, "reject", "keep"),
-	choiceSetting("bare_line_endings", func(c *Config) *string { return &c.Main.BareLineEndings }, "reject", "keep"),
-	intSetting("max_connections", func(c *Config) *int { return &c.Main.MaxConnections }, 0, noMax),
-	intSetting("max_connections_per_ip", func(c *Config) *int { return &c.Main.MaxConnectionsPerIP }, 0, noMax),
-	intSetting("max_errors", func(c *Config) *int { return &c.Main.MaxErrors }, 1, noMax),
-	durationSetting("graceful_timeout", func(c *Config) *time.Duration { return &c.Main.GracefulTimeout }, 0),
-	intSetting("max_pipeline_buffer", func(c *Config) *int { return &c.Main.MaxPipelineBuffer }, minPipelineBuffer, noMax),
-	intSetting("work_queue_size", func(c *Config) *int { return &c.Main.WorkQueueSize }, 1, noMax),
+	choiceSetting("long_lines", "reject", func(c *Config) *string { return &c.Main.LongLines }, "reject", "keep"),
+	choiceSetting("bare_line_endings", "reject", func(c *Config) *string { return &c.Main.BareLineEndings }, "reject", "keep"),
+	boolSetting("allow_source_route", "false", func(m *Main) *bool { return &m.AllowSourceRoute }),
+	boolSetting("allow_percent_hack", "false", func(m *Main) *bool { return &m.AllowPercentHack }),
+	boolSetting("allow_bang_path", "false", func(m *Main) *bool { return &m.AllowBangPath }),
+	intSetting("max_connections", "10000", 0, noMax, func(m *Main) *int { return &m.MaxConnections }),
+	intSetting("max_connections_per_ip", "0", 0, noMax, func(m *Main) *int { return &m.MaxConnectionsPerIP }),
+	intSetting("max_errors", "10", 1, noMax, func(m *Main) *int { return &m.MaxErrors }),
+	durationSetting("graceful_timeout", "30s", 0, func(m *Main) *time.Duration { return &m.GracefulTimeout }),
+	intSetting("max_pipeline_buffer", "65536", minPipelineBuffer, noMax, func(m *Main) *int { return &m.MaxPipelineBuffer }),
+	intSetting("work_queue_size", "1024", 1, noMax, func(m *Main) *int { return &m.WorkQueueSize }),
 	{
 		key: "user",
 		parse: func(c *Config, v string) error {
@@ -292,12 +288,12 @@ var mainSettings = []setting{
 		},
 		show: func(c *Config) string { return c.Main.Group },
 	},
-	choiceSetting("sched_policy", func(c *Config) *string { return &c.Main.SchedPolicy }, "shared", "reuseport"),
-	intSetting("backlog", func(c *Config) *int { return &c.Main.Backlog }, 1, 1<<20),
-	durationSetting("tcp_keepalive", func(c *Config) *time.Duration { return &c.Main.TCPKeepalive }, 0),
-	intSetting("recv_buffer", func(c *Config) *int { return &c.Main.RecvBuffer }, 0, 1<<30),
-	intSetting("send_buffer", func(c *Config) *int { return &c.Main.SendBuffer }, 0, 1<<30),
-	durationSetting("restart_backoff_max", func(c *Config) *time.Duration { return &c.Main.RestartBackoffMax }, time.Second),
+	choiceSetting("sched_policy", "shared", func(c *Config) *string { return &c.Main.SchedPolicy }, "shared", "reuseport"),
+	intSetting("backlog", "4096", 1, 1<<20, func(m *Main) *int { return &m.Backlog }),
+	durationSetting("tcp_keepalive", "120s", 0, func(m *Main) *time.Duration { return &m.TCPKeepalive }),
+	intSetting("recv_buffer", "0", 0, 1<<30, func(m *Main) *int { return &m.RecvBuffer }),
+	intSetting("send_buffer", "0", 0, 1<<30, func(m *Main) *int { return &m.SendBuffer }),
+	durationSetting("restart_backoff_max", "30s", time.Second, func(m *Main) *time.Duration { return &m.RestartBackoffMax }),
 	optionalListen("smtps_listen", func(c *Config) *[]string { return &c.Main.SMTPSListen }),
 	optionalListen("proxy_listen", func(c *Config) *[]string { return &c.Main.ProxyListen }),
 	{
@@ -330,7 +326,7 @@ var mainSettings = []setting{
 			return strings.Join(parts, ", ")
 		},
 	},
-	durationSetting("proxy_timeout", func(c *Config) *time.Duration { return &c.Main.ProxyTimeout }, time.Second),
+	durationSetting("proxy_timeout", "10s", time.Second, func(m *Main) *time.Duration { return &m.ProxyTimeout }),
 }
 
 // optionalListen is a listen list that may be empty.
@@ -354,8 +350,25 @@ func optionalListen(key string, field func(*Config) *[]string) setting {
 
 // logSettings lists the keys of [log].
 var logSettings = []setting{
-	choiceSetting("level", func(c *Config) *string { return &c.Log.Level }, "trace", "debug", "info", "warn", "error"),
-	choiceSetting("format", func(c *Config) *string { return &c.Log.Format }, "json", "console"),
+	choiceSetting("level", "info", func(c *Config) *string { return &c.Log.Level }, "trace", "debug", "info", "warn", "error"),
+	choiceSetting("format", "json", func(c *Config) *string { return &c.Log.Format }, "json", "console"),
+}
+
+// applyDefaults sets every key of smtp.ini to its declared default, except
+// me, which applySMTP fills in from the host name.
+func (c *Config) applyDefaults() {
+	c.Main, c.Log, c.loopsPerCPU = Main{}, Log{}, false
+	for _, set := range [][]setting{mainSettings, logSettings} {
+		for _, s := range set {
+			if s.def == "" {
+				continue
+			}
+			if err := s.parse(c, s.def); err != nil {
+				// TestDefaultsParse keeps this from ever happening.
+				panic(fmt.Sprintf("config: the default of %s, %q, is refused: %v", s.key, s.def, err))
+			}
+		}
+	}
 }
 
 // hostname is os.Hostname, replaceable by tests.
@@ -365,9 +378,7 @@ var hostname = os.Hostname
 // Every key is looked at before the first bad value is returned, so that
 // the unknown-key check knows which keys were read.
 func (c *Config) applySMTP(f *iniFile, env func(string) (string, bool)) error {
-	c.Main = defaultMain()
-	c.Log = defaultLog()
-	c.loopsPerCPU = true
+	c.applyDefaults()
 	c.setIn = make(map[string]bool)
 	apply := func(section string, settings []setting) {
 		for _, s := range settings {
@@ -387,7 +398,7 @@ func (c *Config) applySMTP(f *iniFile, env func(string) (string, bool)) error {
 		return err
 	}
 
-	if c.Main.Me == "" {
+	if c.Main.Hostname == "" {
 		name, err := hostname()
 		if err != nil {
 			return fmt.Errorf("config: %s: [main] me: not set, and the host name is unknown: %w", f.name, err)
@@ -395,7 +406,7 @@ func (c *Config) applySMTP(f *iniFile, env func(string) (string, bool)) error {
 		if !plausibleHost(name) {
 			return fmt.Errorf("config: %s: [main] me: not set, and the host name %q is not a plausible host name", f.name, name)
 		}
-		c.Main.Me = name
+		c.Main.Hostname = name
 	}
 
 	// An empty UV_THREADPOOL_SIZE counts as unset, so `UV_THREADPOOL_SIZE=

@@ -24,10 +24,10 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"loopmx/config"
 	"loopmx/loop"
 	"loopmx/loop/workpool"
 	"loopmx/plugins"
-	"loopmx/smtpproto"
 )
 
 // ioTimeout bounds every read and write of a test client, so a hung server
@@ -42,6 +42,25 @@ type testServer struct {
 	log  *syncBuffer
 }
 
+// testOptions are the defaults of config with what the tests of this
+// package share: 127.0.0.1:0, two loops, single accept, mx.test, and
+// timeouts short enough for a test.
+func testOptions(t *testing.T, log zerolog.Logger) loop.Options {
+	t.Helper()
+	cfg, err := config.Default(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts := loop.OptionsFrom(cfg, log)
+	opts.Listen, opts.Specs = []string{"127.0.0.1:0"}, nil
+	opts.Loops = 2
+	opts.SingleAccept = true
+	opts.Proto.Hostname = "mx.test"
+	opts.InactivityTimeout = 30 * time.Second
+	opts.GracefulTimeout = 5 * time.Second
+	return opts
+}
+
 // startServer starts a server with two loops, single accept and the given
 // plugins on a pool of workers goroutines with a queue of queueLen jobs.
 // edit, when not nil, adjusts the options first. Cleanup opens every gate
@@ -50,18 +69,7 @@ type testServer struct {
 func startServer(t *testing.T, edit func(*loop.Options), workers, queueLen int, ps ...plugins.Plugin) *testServer {
 	t.Helper()
 	logs := &syncBuffer{}
-	opts := loop.Options{
-		Listen:       []string{"127.0.0.1:0"},
-		Loops:        2,
-		SingleAccept: true,
-		Proto: &smtpproto.Config{
-			Hostname:          "mx.test",
-			MaxDataLineLength: 1000,
-		},
-		InactivityTimeout: 30 * time.Second,
-		GracefulTimeout:   5 * time.Second,
-		Log:               zerolog.New(logs),
-	}
+	opts := testOptions(t, zerolog.New(logs))
 	if edit != nil {
 		edit(&opts)
 	}

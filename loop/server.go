@@ -20,7 +20,6 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"runtime"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -90,7 +89,7 @@ func OptionsFrom(cfg *config.Config, log zerolog.Logger) Options {
 		Loops:        m.Loops,
 		SingleAccept: m.SingleAccept,
 		Proto: &smtpproto.Config{
-			Hostname:            m.Me,
+			Hostname:            m.Hostname,
 			MaxLineLength:       m.MaxLineLength,
 			MaxDataLineLength:   m.MaxDataLineLength,
 			MaxMessageSize:      m.MaxMessageSize,
@@ -98,6 +97,9 @@ func OptionsFrom(cfg *config.Config, log zerolog.Logger) Options {
 			MaxErrors:           m.MaxErrors,
 			KeepLongLines:       m.LongLines == "keep",
 			KeepBareLineEndings: m.BareLineEndings == "keep",
+			AllowSourceRoute:    m.AllowSourceRoute,
+			AllowPercentHack:    m.AllowPercentHack,
+			AllowBangPath:       m.AllowBangPath,
 		},
 		InactivityTimeout:   m.InactivityTimeout,
 		MaxConnections:      m.MaxConnections,
@@ -165,23 +167,15 @@ type Server struct {
 
 // New binds the listeners. The server does nothing until Start.
 func New(opts Options, chain *plugins.Chain, pool *workpool.Pool) (*Server, error) {
-	if opts.Loops < 1 {
-		opts.Loops = runtime.NumCPU()
-	}
-	if opts.Backlog <= 0 {
-		opts.Backlog = 4096
-	}
-	if opts.MaxPipelineBuffer <= 0 {
-		opts.MaxPipelineBuffer = 64 << 10
-	}
-	if opts.InactivityTimeout <= 0 {
-		opts.InactivityTimeout = 300 * time.Second
-	}
-	if opts.Proto == nil {
-		opts.Proto = &smtpproto.Config{}
-	}
-	if opts.ProxyTimeout <= 0 {
-		opts.ProxyTimeout = 10 * time.Second
+	// The values come validated from config (OptionsFrom), which owns
+	// every default; New only refuses what cannot work.
+	switch {
+	case opts.Loops < 1:
+		return nil, fmt.Errorf("loop: %d event loops; want at least 1", opts.Loops)
+	case opts.Proto == nil:
+		return nil, errors.New("loop: no protocol settings (Options.Proto)")
+	case opts.InactivityTimeout <= 0 || opts.MaxPipelineBuffer <= 0:
+		return nil, errors.New("loop: inactivity timeout and pipeline buffer must be set (use OptionsFrom)")
 	}
 	if len(opts.Specs) == 0 {
 		for _, a := range opts.Listen {
@@ -198,7 +192,9 @@ func New(opts Options, chain *plugins.Chain, pool *workpool.Pool) (*Server, erro
 	}
 	opts.Proto.StartTLS = opts.TLS != nil
 	opts.Proto.UnknownToHost = chain != nil && chain.Has(plugins.HookUnrecognized)
-	opts.Proto.Prepare()
+	if err := opts.Proto.Prepare(); err != nil {
+		return nil, err
+	}
 	host := opts.Proto.Hostname
 	s := &Server{
 		opts:           opts,

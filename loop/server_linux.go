@@ -59,9 +59,6 @@ func ListenFD(a string, backlog int, reuseport bool) (int, error) {
 	if err != nil {
 		return -1, fmt.Errorf("loop: listen %q: %w", a, err)
 	}
-	if backlog <= 0 {
-		backlog = 4096
-	}
 	fd, err := listenTCP(ap, backlog, reuseport)
 	if err != nil {
 		return -1, fmt.Errorf("loop: listen %s: %w", a, err)

@@ -31,6 +31,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rs/zerolog"
+
 	"loopmx/config"
 	"loopmx/loop"
 	"loopmx/plugins"
@@ -1007,7 +1009,8 @@ func TestTLSListenerOptionsRefused(t *testing.T) {
 		{"implicit TLS without a certificate", nil, config.Listener{Addr: "127.0.0.1:0", TLS: true}, "needs a certificate"},
 		{"implicit TLS behind PROXY", env.conf, config.Listener{Addr: "127.0.0.1:0", TLS: true, Proxy: true}, "not supported"},
 	} {
-		opts := loop.Options{Specs: []config.Listener{tc.spec}, TLS: tc.tls, Loops: 1}
+		opts := testOptions(t, zerolog.Nop())
+		opts.Specs, opts.TLS, opts.Loops = []config.Listener{tc.spec}, tc.tls, 1
 		srv, err := loop.New(opts, plugins.NewChain(), nil)
 		if err == nil {
 			srv.Shutdown(t.Context())

@@ -3,8 +3,6 @@ package plugins_test
 import (
 	"bytes"
 	"errors"
-	"net/mail"
-	"net/netip"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -652,87 +650,5 @@ func TestNotes(t *testing.T) {
 	var zero plugins.Transaction
 	if zero.Note("x") != nil {
 		t.Error("a zero Transaction has a note")
-	}
-}
-
-func receivedConn(ip string, rcpts ...string) *plugins.Conn {
-	c := &plugins.Conn{
-		ID:         "w1.a",
-		RemoteIP:   netip.MustParseAddr(ip),
-		RemotePort: 40000,
-		Hostname:   "mx.example.net",
-		Helo:       "client.example.org",
-	}
-	c.BeginTx("sender@example.org", time.Time{})
-	c.Tx.Rcpts = rcpts
-	return c
-}
-
-func TestAppendReceived(t *testing.T) {
-	now := time.Date(2024, 3, 5, 14, 7, 9, 0, time.FixedZone("CET", 3600))
-	const date = "Tue, 05 Mar 2024 14:07:09 +0100"
-	for _, tc := range []struct {
-		name     string
-		c        *plugins.Conn
-		protocol string
-		want     string
-	}{
-		{
-			"one recipient",
-			receivedConn("192.0.2.10", "user@example.com"),
-			"ESMTP",
-			"Received: from client.example.org ([192.0.2.10]:40000)\r\n\tby mx.example.net (loopmx) with ESMTP id w1.a.1\r\n\tfor <user@example.com>;\r\n\t" + date + "\r\n",
-		},
-		{
-			"two recipients are not disclosed",
-			receivedConn("192.0.2.10", "a@example.com", "bcc@example.com"),
-			"ESMTP",
-			"Received: from client.example.org ([192.0.2.10]:40000)\r\n\tby mx.example.net (loopmx) with ESMTP id w1.a.1;\r\n\t" + date + "\r\n",
-		},
-		{
-			"IPv4-mapped address shown as IPv4",
-			receivedConn("::ffff:198.51.100.7", "user@example.com"),
-			"SMTP",
-			"Received: from client.example.org ([198.51.100.7]:40000)\r\n\tby mx.example.net (loopmx) with SMTP id w1.a.1\r\n\tfor <user@example.com>;\r\n\t" + date + "\r\n",
-		},
-		{
-			"IPv6 and UTF8SMTP",
-			receivedConn("2001:db8::25", "jörg@example.com"),
-			"UTF8SMTP",
-			"Received: from client.example.org ([2001:db8::25]:40000)\r\n\tby mx.example.net (loopmx) with UTF8SMTP id w1.a.1\r\n\tfor <jörg@example.com>;\r\n\t" + date + "\r\n",
-		},
-		{
-			"no HELO and no transaction",
-			&plugins.Conn{ID: "w1.b", RemoteIP: netip.MustParseAddr("192.0.2.10"), RemotePort: 25, Hostname: "mx.example.net"},
-			"SMTP",
-			"Received: from unknown ([192.0.2.10]:25)\r\n\tby mx.example.net (loopmx) with SMTP;\r\n\t" + date + "\r\n",
-		},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			got := string(tc.c.AppendReceived([]byte("X-Before: 1\r\n"), tc.protocol, now))
-			if got != "X-Before: 1\r\n"+tc.want {
-				t.Fatalf("AppendReceived =\n%q\nwant\n%q", got, "X-Before: 1\r\n"+tc.want)
-			}
-			// A mail reader sees one Received field whose date parses back.
-			m, err := mail.ReadMessage(strings.NewReader(got + "\r\nbody\r\n"))
-			if err != nil {
-				t.Fatalf("the header does not parse: %v", err)
-			}
-			recv := m.Header.Get("Received")
-			if len(m.Header["Received"]) != 1 || recv == "" {
-				t.Fatalf("Received fields = %q", m.Header["Received"])
-			}
-			semi := strings.LastIndexByte(recv, ';')
-			if semi < 0 {
-				t.Fatalf("Received %q has no ';' before the date", recv)
-			}
-			d, err := mail.ParseDate(strings.TrimSpace(recv[semi+1:]))
-			if err != nil {
-				t.Fatalf("date %q: %v", recv[semi+1:], err)
-			}
-			if !d.Equal(now) {
-				t.Errorf("date parses to %v, want %v", d, now)
-			}
-		})
 	}
 }

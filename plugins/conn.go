@@ -122,48 +122,6 @@ func (c *Conn) Transactions() int { return c.txN }
 // EndTx forgets the transaction.
 func (c *Conn) EndTx() { c.Tx = nil }
 
-// AppendReceived appends the Received trace header for the transaction
-// (RFC 5321 4.4): from the HELO name and the client's address, by our host
-// name, with the protocol word (RFC 3848), the transaction id, the single
-// recipient when there is exactly one (more would disclose Bcc), and the
-// date.
-func (c *Conn) AppendReceived(b []byte, protocol string, now time.Time) []byte {
-	b = append(b, "Received: from "...)
-	helo := c.Helo
-	if helo == "" {
-		helo = "unknown"
-	}
-	b = append(b, helo...)
-	b = append(b, " (["...)
-	b = append(b, c.RemoteIP.Unmap().String()...)
-	b = append(b, "]:"...)
-	b = strconv.AppendUint(b, uint64(c.RemotePort), 10)
-	b = append(b, ")\r\n\tby "...)
-	b = append(b, c.Hostname...)
-	b = append(b, " (loopmx) with "...)
-	b = append(b, protocol...)
-	if c.TLS != nil {
-		b = append(b, " ("...)
-		b = append(b, tlsVersionName(c.TLS.Version)...)
-		b = append(b, " with cipher "...)
-		b = append(b, tls.CipherSuiteName(c.TLS.CipherSuite)...)
-		b = append(b, ')')
-	}
-	if c.Tx != nil {
-		b = append(b, " id "...)
-		b = append(b, c.Tx.ID...)
-		if len(c.Tx.Rcpts) == 1 {
-			b = append(b, "\r\n\tfor <"...)
-			b = append(b, c.Tx.Rcpts[0]...)
-			b = append(b, '>')
-		}
-	}
-	b = append(b, ";\r\n\t"...)
-	b = now.AppendFormat(b, "Mon, 02 Jan 2006 15:04:05 -0700")
-	b = append(b, "\r\n"...)
-	return b
-}
-
 // Clone returns a copy of c that shares nothing mutable with it: the loop
 // switches to the copy when a blocking hook times out, so the late hook can
 // go on touching the old one without a data race.
@@ -230,18 +188,4 @@ func sortedKeys(m map[string]any) []string {
 	}
 	sort.Strings(keys)
 	return keys
-}
-
-func tlsVersionName(v uint16) string {
-	switch v {
-	case tls.VersionTLS10:
-		return "TLSv1"
-	case tls.VersionTLS11:
-		return "TLSv1.1"
-	case tls.VersionTLS12:
-		return "TLSv1.2"
-	case tls.VersionTLS13:
-		return "TLSv1.3"
-	}
-	return tls.VersionName(v)
 }

@@ -28,7 +28,7 @@
 // match. Parse fails on the first byte that no valid header could contain,
 // not when the line or block ends: "EHLO" fails at the "E", "PROXY TCP4
 // 1.2.3.4 5.6.7.8 65536" at the "6" that makes the port too big, and a v2
-// length over the cap at the length bytes. A client that speaks SMTP to a
+// length over the cap once both its bytes are in. A client that speaks SMTP to a
 // PROXY listener is therefore refused at once instead of waiting for the
 // timeout. The same bytes give the same answer however they are split
 // across reads, and once Parse has failed it fails with the same error for
@@ -53,9 +53,10 @@
 // and transport byte, a big-endian length and that many bytes of addresses
 // and TLVs (section 2.2). Parse accepts version 2 only, the commands LOCAL
 // and PROXY, and the seven family bytes the spec defines; anything else is
-// an error. The length may not exceed 2264 bytes (the 216-byte AF_UNIX
-// address block plus 2 KiB of TLVs), and for PROXY it must hold the
-// family's addresses.
+// an error. The whole header may not exceed MaxV2Header (4096) bytes, which
+// is far more than load balancers send (see MaxV2Header); a longer one
+// fails with a TooLongError that says its length. For PROXY the block must
+// hold the family's addresses.
 //
 // LOCAL means the proxy itself opened the connection (a health check): the
 // header is Local and the block is skipped unread, as the spec says. PROXY

@@ -110,9 +110,14 @@ var valid = []struct {
 		tcp(2, "[::ffff:192.0.2.1]:65535", "[2001:db8::2]:465",
 			TLV{0x05, []byte("conn-42")}, TLV{tlvCRC32C, crcOf(v2(0x21, famTCP6, ip6Block("::ffff:192.0.2.1", "2001:db8::2", 65535, 465),
 				tlv(0x05, "conn-42"), tlv(tlvCRC32C, "\x00\x00\x00\x00")))})},
+	// The limit was 2264 bytes, which refused HAProxy headers with
+	// custom TLVs.
 	{"v2 PROXY TCP4 largest header", string(v2(0x21, famTCP4, ip4Block("192.0.2.1", "192.0.2.2", 1, 2),
 		tlv(0x04, strings.Repeat("n", v2MaxBody-12-3)))),
 		tcp(2, "192.0.2.1:1", "192.0.2.2:2", TLV{0x04, []byte(strings.Repeat("n", v2MaxBody-12-3))})},
+	{"v2 AWS NLB with its VPC endpoint id", string(awsNLB), tcp(2, "192.0.2.1:40000", "198.51.100.2:25", awsTLV)},
+	{"v2 GCP Private Service Connect id", string(gcpPSC), tcp(2, "[2001:db8::1]:40000", "[2001:db8::2]:25", gcpTLV)},
+	{"v2 HAProxy with every TLV it sends", string(haproxyFull), haproxyFullHeader},
 	{"v2 LOCAL", string(v2(0x20, famUnspec)), local(2)},
 	{"v2 LOCAL skips its block unread", string(v2(0x20, famTCP4, ip4Block("192.0.2.1", "192.0.2.2", 1, 2), []byte{0xff})),
 		local(2)},
@@ -125,6 +130,58 @@ var valid = []struct {
 	{"v2 PROXY UNIX stream falls back to local", string(v2(0x21, 0x31, make([]byte, 216))), local(2)},
 	{"v2 PROXY UNIX datagram falls back to local", string(v2(0x21, 0x32, make([]byte, 216), tlv(0x30, "ns1"))),
 		local(2, TLV{0x30, []byte("ns1")})},
+}
+
+// Headers as load balancers send them: an AWS Network Load Balancer
+// behind a VPC endpoint service (PP2_TYPE_AWS 0xEA, subtype 0x01 and the
+// endpoint id), a GCP Private Service Connect attachment (0xE0 and the
+// 8-byte connection id), and HAProxy with send-proxy-v2 and every option
+// that adds a TLV (ALPN, authority, unique id of the 128 bytes it allows,
+// SSL with its sub-TLVs, network namespace, CRC32C).
+var (
+	awsTLV = TLV{0xea, []byte("\x01vpce-08d2bf15fac5001c9")}
+	awsNLB = v2(0x21, famTCP4, ip4Block("192.0.2.1", "198.51.100.2", 40000, 25), tlv(awsTLV.Type, string(awsTLV.Value)))
+
+	gcpTLV = TLV{0xe0, []byte("\x00\x00\x01\x8c\x2f\x6a\x00\x07")}
+	gcpPSC = v2(0x21, famTCP6, ip6Block("2001:db8::1", "2001:db8::2", 40000, 25), tlv(gcpTLV.Type, string(gcpTLV.Value)))
+
+	haproxyTLVs = []TLV{
+		{0x01, []byte("smtp")},
+		{0x02, []byte("mx." + strings.Repeat("long-label.", 20) + "example.com")},
+		{0x05, bytes.Repeat([]byte{'u'}, 128)},
+		{0x20, slices.Concat([]byte{0x07, 0, 0, 0, 0},
+			tlv(0x21, "TLSv1.3"), tlv(0x22, "client."+strings.Repeat("x", 50)+".example.org"),
+			tlv(0x23, "TLS_AES_256_GCM_SHA384"), tlv(0x24, "RSA-SHA256"), tlv(0x25, "RSA4096"))},
+		{0x30, []byte("blue")},
+	}
+	haproxyFull = withCRC(v2(0x21, famTCP6, ip6Block("2001:db8::1", "2001:db8::2", 40000, 25),
+		tlv(0x01, "smtp"), tlv(0x02, string(haproxyTLVs[1].Value)), tlv(0x05, string(haproxyTLVs[2].Value)),
+		tlv(0x20, string(haproxyTLVs[3].Value)), tlv(0x30, "blue"), tlv(tlvCRC32C, "\x00\x00\x00\x00")))
+	haproxyFullHeader = tcp(2, "[2001:db8::1]:40000", "[2001:db8::2]:25",
+		append(slices.Clone(haproxyTLVs), TLV{tlvCRC32C, haproxyFull[len(haproxyFull)-4:]})...)
+)
+
+// TestLoadBalancerHeadersFit checks that what load balancers send is well
+// within MaxV2Header.
+func TestLoadBalancerHeadersFit(t *testing.T) {
+	for name, h := range map[string][]byte{"AWS": awsNLB, "GCP": gcpPSC, "HAProxy": haproxyFull} {
+		if len(h) > MaxV2Header/4 {
+			t.Errorf("%s header of %d bytes is over a quarter of the %d-byte limit", name, len(h), MaxV2Header)
+		}
+	}
+}
+
+// TestTooLongErrorSaysWhy checks that the error of a header over the limit,
+// which the event loop logs, names the length and the limit.
+func TestTooLongErrorSaysWhy(t *testing.T) {
+	_, _, err := Parse(v2(0x21, famTCP4, make([]byte, 5000)))
+	var tl TooLongError
+	if !errors.As(err, &tl) || tl.Len != 5016 {
+		t.Fatalf("Parse of a 5016-byte header: %v, want a TooLongError of 5016 bytes", err)
+	}
+	if want := "proxyproto: v2: header of 5016 bytes is longer than the 4096 accepted"; err.Error() != want {
+		t.Errorf("error %q, want %q", err, want)
+	}
 }
 
 // crcOf returns the CRC32C TLV value that withCRC puts in hdr.
@@ -222,9 +279,10 @@ var malformed = []struct {
 	{"v2 family 0x41", string(v2(0x21, 0x41, ip4Block("1.2.3.4", "5.6.7.8", 1, 2))), 14, errV2Family},
 	{"v2 family 0x10", string(v2(0x21, 0x10, ip4Block("1.2.3.4", "5.6.7.8", 1, 2))), 14, errV2Family},
 	{"v2 LOCAL with an unknown family", string(v2(0x20, 0x01)), 14, errV2Family},
-	{"v2 length high byte over the cap", string(v2(0x21, famTCP4, make([]byte, 0x900))), 15, errV2TooLong},
-	{"v2 length one over the cap", string(v2(0x21, famTCP4, make([]byte, v2MaxBody+1))), 16, errV2TooLong},
-	{"v2 LOCAL length over the cap", v2Sig + "\x20\x00\xff\xff\x00\x00", 15, errV2TooLong},
+	// (The bytes after the length do not matter; 40 of them will do.)
+	{"v2 length high byte over the cap", string(v2(0x21, famTCP4, make([]byte, 0x1000))[:40]), 16, TooLongError{16 + 0x1000}},
+	{"v2 length one over the cap", string(v2(0x21, famTCP4, make([]byte, v2MaxBody+1))[:40]), 16, TooLongError{MaxV2Header + 1}},
+	{"v2 LOCAL length over the cap", v2Sig + "\x20\x00\xff\xff\x00\x00", 16, TooLongError{16 + 65535}},
 	{"v2 TCP4 block too short", string(v2(0x21, famTCP4, make([]byte, 11))), 16, errV2Short},
 	{"v2 TCP6 block too short", string(v2(0x21, famTCP6, make([]byte, 35))), 16, errV2Short},
 	{"v2 TCP6 with TCP4 block", string(v2(0x21, famTCP6, ip4Block("1.2.3.4", "5.6.7.8", 1, 2))), 16, errV2Short},
@@ -290,13 +348,14 @@ func checkStream(t *testing.T, in []byte, want *Header, at int, wantErr error) {
 		}
 	}
 
-	whole := describe(stream(in, nil))
-	if got := describe(stream(in, everyByte(len(in)))); got != whole {
-		t.Fatalf("byte by byte: %s; whole: %s", got, whole)
+	wh, wn, werr := stream(in, nil)
+	same := func(h *Header, n int, err error) bool { return sameHeader(h, wh) && n == wn && err == werr }
+	if h, n, err := stream(in, everyByte(len(in))); !same(h, n, err) {
+		t.Fatalf("byte by byte: %s; whole: %s", describe(h, n, err), describe(wh, wn, werr))
 	}
 	for k := 1; k < len(in); k++ {
-		if got := describe(stream(in, []int{k})); got != whole {
-			t.Fatalf("split at %d: %s; whole: %s", k, got, whole)
+		if h, n, err := stream(in, []int{k}); !same(h, n, err) {
+			t.Fatalf("split at %d: %s; whole: %s", k, describe(h, n, err), describe(wh, wn, werr))
 		}
 	}
 }

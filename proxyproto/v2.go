@@ -3,6 +3,7 @@ package proxyproto
 import (
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"hash/crc32"
 	"net/netip"
 )
@@ -14,9 +15,9 @@ const (
 	// v2FixedLen is the signature, the version and command byte, the
 	// family byte and the length (spec 2.2).
 	v2FixedLen = len(v2Sig) + 4
-	// v2MaxBody caps the length field: the largest address block
-	// (AF_UNIX, 216 bytes) and 2 KiB of TLVs.
-	v2MaxBody = 216 + 2048
+	// v2MaxBody caps the length field so that a whole header is at most
+	// MaxV2Header bytes.
+	v2MaxBody = MaxV2Header - v2FixedLen
 
 	cmdLocal = 0x0
 	cmdProxy = 0x1
@@ -32,12 +33,32 @@ var (
 	errV2Version = errors.New("proxyproto: v2: version is not 2")
 	errV2Command = errors.New("proxyproto: v2: command is not LOCAL or PROXY")
 	errV2Family  = errors.New("proxyproto: v2: unknown address family or transport")
-	errV2TooLong = errors.New("proxyproto: v2: header longer than 2264 bytes")
 	errV2Short   = errors.New("proxyproto: v2: address block shorter than its family needs")
 	errV2TLV     = errors.New("proxyproto: v2: TLV runs past the header")
 	errV2CRCForm = errors.New("proxyproto: v2: CRC32C TLV is not 4 bytes or appears twice")
 	errV2CRC     = errors.New("proxyproto: v2: CRC32C mismatch")
 )
+
+// MaxV2Header is the largest v2 header Parse accepts, its 16 fixed bytes
+// included. The spec allows 16+65535 bytes, but what load balancers send
+// is far smaller: addresses of 12 or 36 bytes (216 for AF_UNIX) and a few
+// TLVs (an AWS NLB's VPC endpoint id, a GCP Private Service Connect id, an
+// Azure Private Link id, HAProxy's ALPN, authority, unique id of up to 128
+// bytes, SSL fields and CRC32C): about 60 bytes from AWS or GCP, about 600
+// from HAProxy with every option (see the tests). 4 KiB leaves room for
+// several times that, and it is the smallest max_pipeline_buffer, so
+// the whole header always fits in what the event loop keeps of a
+// connection's unread input.
+const MaxV2Header = 4096
+
+// TooLongError is the error of a v2 header whose length field makes it
+// longer than MaxV2Header. Len is that length, the 16 fixed bytes
+// included.
+type TooLongError struct{ Len int }
+
+func (e TooLongError) Error() string {
+	return fmt.Sprintf("proxyproto: v2: header of %d bytes is longer than the %d accepted", e.Len, MaxV2Header)
+}
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
@@ -85,18 +106,14 @@ func parseV2(in []byte) (*Header, int, error) {
 	if !ok {
 		return nil, 0, errV2Family
 	}
-	if len(in) == len(v2Sig)+2 {
-		return nil, 0, ErrNeedMore
-	}
-	if int(in[len(v2Sig)+2])<<8 > v2MaxBody { // the high byte alone is too much
-		return nil, 0, errV2TooLong
-	}
 	if len(in) < v2FixedLen {
 		return nil, 0, ErrNeedMore
 	}
+	// The length is judged when both its bytes are in, so that the error
+	// can say how long the header would be.
 	body := int(binary.BigEndian.Uint16(in[len(v2Sig)+2:]))
 	if body > v2MaxBody {
-		return nil, 0, errV2TooLong
+		return nil, 0, TooLongError{Len: v2FixedLen + body}
 	}
 	total := v2FixedLen + body
 	h := &Header{Version: 2, Local: true}

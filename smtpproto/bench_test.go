@@ -5,11 +5,13 @@ import (
 	"testing"
 )
 
-// benchConfig is a Config with the defaults of Prepare and the RFC line cap.
+// benchConfig is a Config with loopmx's default limits (docs/config.md)
+// rather than the small ones of the tests.
 func benchConfig() *Config {
-	c := &Config{Hostname: "mx.bench", MaxDataLineLength: 1000}
-	c.Prepare()
-	return c
+	return newConfig(func(c *Config) {
+		c.Hostname = "mx.bench"
+		c.MaxMessageSize, c.MaxRecipients, c.MaxErrors = 25<<20, 100, 10
+	})
 }
 
 // pump feeds one client write, which must end on a command or chunk

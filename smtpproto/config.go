@@ -1,11 +1,14 @@
 package smtpproto
 
 import (
+	"fmt"
 	"strconv"
 )
 
 // Config holds the limits and names shared by every Session of a server.
 // It is read-only once Prepare has run, so one Config serves all loops.
+// Every field is taken as given: the defaults belong to the caller's
+// configuration (package config for loopmx), not to this package.
 type Config struct {
 	// Hostname is the server's name in the banner and EHLO reply.
 	Hostname string
@@ -32,6 +35,16 @@ type Config struct {
 	Extensions []string
 	// StartTLS offers STARTTLS (RFC 3207) on plain connections.
 	StartTLS bool
+	// AllowSourceRoute accepts a source route in RCPT TO
+	// (<@a,@b:user@c>) and drops it (RFC 5321 4.1.1.3, appendix C);
+	// otherwise RCPT answers 550 5.7.1.
+	AllowSourceRoute bool
+	// AllowPercentHack accepts a '%' in the local part of RCPT TO
+	// (user%other.net@example.com); otherwise RCPT answers 550 5.7.1.
+	AllowPercentHack bool
+	// AllowBangPath accepts a '!' in the local part of RCPT TO
+	// (host!user@example.com); otherwise RCPT answers 550 5.7.1.
+	AllowBangPath bool
 	// UnknownToHost passes unimplemented commands to the host as
 	// KindUnknown events instead of answering them at once.
 	UnknownToHost bool
@@ -46,23 +59,25 @@ type Config struct {
 	busyReply    []byte
 }
 
-// Prepare fills defaults and builds the fixed replies. Call it once before
-// the Config is shared.
-func (c *Config) Prepare() {
-	if c.Hostname == "" {
-		c.Hostname = "localhost"
-	}
-	if c.MaxLineLength < 512 {
-		c.MaxLineLength = 512
-	}
-	if c.MaxMessageSize <= 0 {
-		c.MaxMessageSize = 25 << 20
-	}
-	if c.MaxRecipients <= 0 {
-		c.MaxRecipients = 100
-	}
-	if c.MaxErrors <= 0 {
-		c.MaxErrors = 10
+// Prepare checks the limits and builds the fixed replies. Call it once
+// before the Config is shared. It fills in nothing: a value out of range
+// (a zero one included) is an error that names the field, for the caller
+// to report.
+func (c *Config) Prepare() error {
+	switch {
+	case c.Hostname == "":
+		return fmt.Errorf("smtpproto: Config.Hostname is empty")
+	case c.MaxLineLength < 512:
+		// RFC 5321 4.5.3.1.4: a server takes command lines of 512 octets.
+		return fmt.Errorf("smtpproto: Config.MaxLineLength %d is under 512", c.MaxLineLength)
+	case c.MaxDataLineLength < 0:
+		return fmt.Errorf("smtpproto: Config.MaxDataLineLength %d is negative", c.MaxDataLineLength)
+	case c.MaxMessageSize < 1:
+		return fmt.Errorf("smtpproto: Config.MaxMessageSize %d is under 1", c.MaxMessageSize)
+	case c.MaxRecipients < 1:
+		return fmt.Errorf("smtpproto: Config.MaxRecipients %d is under 1", c.MaxRecipients)
+	case c.MaxErrors < 1:
+		return fmt.Errorf("smtpproto: Config.MaxErrors %d is under 1", c.MaxErrors)
 	}
 	c.banner = []byte("220 " + c.Hostname + " ESMTP loopmx\r\n")
 	c.heloReply = []byte("250 " + c.Hostname + "\r\n")
@@ -85,6 +100,7 @@ func (c *Config) Prepare() {
 	c.longLineRepl = []byte("550 5.5.2 Message refused: a line is longer than " +
 		strconv.Itoa(c.MaxDataLineLength) + " octets including CRLF\r\n")
 	c.busyReply = []byte("421 4.3.2 " + c.Hostname + " Service busy, try again later\r\n")
+	return nil
 }
 
 // Keywords returns a copy of the EHLO keywords the server offers; tls

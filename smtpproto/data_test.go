@@ -18,12 +18,13 @@ func withData(body string) string { return inEHLO + inEnv + "DATA\r\n" + body }
 var rEHLOBig = strings.Replace(rEHLO, "SIZE 1000\r\n", "SIZE 10000\r\n", 1)
 
 // bigConfig is testConfig with room for messages of a few thousand octets.
-func bigConfig() *Config {
-	c := testConfig()
-	c.MaxMessageSize = 10000
-	c.Prepare()
-	return c
-}
+func bigConfig() *Config { return newConfig(bigMessages) }
+
+// bigMessages allows messages of a few thousand octets.
+func bigMessages(c *Config) { c.MaxMessageSize = 10000 }
+
+// keepBare lets messages with a bare CR or LF through.
+func keepBare(c *Config) { c.KeepBareLineEndings = true }
 
 func TestDotUnstuffing(t *testing.T) {
 	head := rEHLO + rMail + rRcpt + rGo
@@ -101,9 +102,7 @@ func TestSmuggling(t *testing.T) {
 			strict := rEHLO + rMail + rRcpt + rGo + rBareEOL + rBye
 			checkSplits(t, testConfig(), in, strict)
 
-			keep := testConfig()
-			keep.KeepBareLineEndings = true
-			keep.Prepare()
+			keep := newConfig(keepBare)
 			kept := rEHLO + rMail + rRcpt + rGo +
 				msg("Subject: s\r\n\r\nhello"+tc.kept+smuggle+"\r\n") + rQueued + rBye
 			checkSplits(t, keep, in, kept)
@@ -127,12 +126,7 @@ func TestSmugglingLookalikes(t *testing.T) {
 }
 
 func TestBareLineEndings(t *testing.T) {
-	keep := func() *Config {
-		c := testConfig()
-		c.KeepBareLineEndings = true
-		c.Prepare()
-		return c
-	}
+	keep := func() *Config { return newConfig(keepBare) }
 	head := rEHLO + rMail + rRcpt + rGo
 	runDialogs(t, []dialog{
 		{
@@ -180,26 +174,14 @@ func TestBareLineEndings(t *testing.T) {
 // a line for the line-length check, as it does for the reader of the kept
 // message.
 func TestBareLFLineLength(t *testing.T) {
-	cfg := bigConfig()
-	cfg.KeepBareLineEndings = true
-	cfg.Prepare()
+	cfg := newConfig(bigMessages, keepBare)
 	body := strings.Repeat(strings.Repeat("a", 60)+"\n", 20) + "\r\n"
 	checkSplits(t, cfg, withData(body+".\r\n"), rEHLOBig+rMail+rRcpt+rGo+msg(body)+rQueued)
 }
 
 func TestLongDataLines(t *testing.T) {
-	keep := func() *Config {
-		c := bigConfig()
-		c.KeepLongLines = true
-		c.Prepare()
-		return c
-	}
-	noCap := func() *Config {
-		c := bigConfig()
-		c.MaxDataLineLength = 0
-		c.Prepare()
-		return c
-	}
+	keep := func() *Config { return newConfig(bigMessages, func(c *Config) { c.KeepLongLines = true }) }
+	noCap := func() *Config { return newConfig(bigMessages, func(c *Config) { c.MaxDataLineLength = 0 }) }
 	head := rEHLOBig + rMail + rRcpt + rGo
 	l998, l999 := strings.Repeat("x", 998), strings.Repeat("x", 999)
 	runDialogs(t, []dialog{
@@ -232,12 +214,7 @@ func TestLongDataLines(t *testing.T) {
 		},
 		{
 			name: "a bare CR counts toward the line",
-			cfg: func() *Config {
-				c := bigConfig()
-				c.KeepBareLineEndings = true
-				c.Prepare()
-				return c
-			},
+			cfg:  func() *Config { return newConfig(bigMessages, keepBare) },
 			in:   withData(l998[:500] + "\r" + l998[500:] + "\r\n.\r\n"),
 			want: head + rLongLine,
 		},

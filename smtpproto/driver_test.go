@@ -5,13 +5,29 @@ import (
 	"fmt"
 )
 
-// testConfig is the Config most tests use: small limits so edge cases are
-// cheap to reach.
-func testConfig() *Config {
-	c := &Config{Hostname: "mx.test", MaxMessageSize: 1000, MaxRecipients: 3, MaxErrors: 5, MaxDataLineLength: 1000}
-	c.Prepare()
+// newConfig returns the prepared Config of a test: every value set here,
+// none left to a default (package config owns those), small limits so that
+// edge cases are cheap to reach, then changed by each edit in turn.
+func newConfig(edits ...func(*Config)) *Config {
+	c := &Config{
+		Hostname:          "mx.test",
+		MaxLineLength:     512,
+		MaxDataLineLength: 1000,
+		MaxMessageSize:    1000,
+		MaxRecipients:     3,
+		MaxErrors:         5,
+	}
+	for _, edit := range edits {
+		edit(c)
+	}
+	if err := c.Prepare(); err != nil {
+		panic(err) // a test that builds a bad Config is itself wrong
+	}
 	return c
 }
+
+// testConfig is the Config most tests use: newConfig unchanged.
+func testConfig() *Config { return newConfig() }
 
 // drive feeds the pieces to a new session in order, accepting every
 // decision, and returns the transcript: every reply written and, for each

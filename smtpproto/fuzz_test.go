@@ -20,6 +20,7 @@ var fuzzSeeds = []string{
 	"GET / HTTP/1.1\r\nHost: mx.test\r\n\r\nNOOP\nHELO a\x01\r\n",
 	strings.Repeat("z", 600) + "QUIT\r\nRSET x\r\nVRFY\r\nHELP\r\nEXPN\r\n",
 	inEHLO + "MAIL FROM:<a@b.test> BODY=8BITMIME\r\nRCPT TO:<d@[192.0.2.1]>\r\nHELO again\r\nRCPT TO:<d@e.test>\r\n",
+	inEHLO + "MAIL FROM:<\"a\n\\\"\x00b\"@c.test> SMTPUTF8=YES\r\nMAIL FROM:<a\nb>\nRCPT TO:<u%v!w@x.test>\r\n",
 }
 
 // replyLine is the shape of every reply line (RFC 5321 4.2).

@@ -17,38 +17,66 @@ func splitPath(b []byte) (inner, params []byte, bad []byte) {
 	if len(b) == 0 || b[0] != '<' {
 		return nil, nil, replySyntaxMail
 	}
+	i := closeAngle(b, 0)
+	if i < 0 {
+		return nil, nil, replySyntaxMail
+	}
+	rest := b[i+1:]
+	if len(rest) > 0 && rest[0] != ' ' {
+		return nil, nil, replySyntaxMail
+	}
+	return b[1:i], rest, nil
+}
+
+// closeAngle returns the index of the '>' that closes the path whose '<'
+// is b[open], or -1 when b ends first. Inside a Quoted-string a '>' does
+// not close it, and a '\' there escapes the next octet (RFC 5321 4.1.2).
+func closeAngle(b []byte, open int) int {
 	inQuote := false
-	for i := 1; i < len(b); i++ {
+	for i := open + 1; i < len(b); i++ {
 		switch c := b[i]; {
 		case inQuote && c == '\\':
 			i++
 		case c == '"':
 			inQuote = !inQuote
 		case c == '>' && !inQuote:
-			rest := b[i+1:]
-			if len(rest) > 0 && rest[0] != ' ' {
-				return nil, nil, replySyntaxMail
-			}
-			return b[1:i], rest, nil
+			return i
 		}
 	}
-	return nil, nil, replySyntaxMail
+	return -1
 }
 
-// parsePath checks a reverse or forward path (RFC 5321 4.1.2) and returns
-// the mailbox without angle brackets and without any source route
-// (RFC 5321 4.1.1.3: accepted and ignored). The reply on failure never
-// echoes the address back.
+// parsePath checks a reverse path (rcpt false) or forward path (rcpt
+// true) of RFC 5321 4.1.2 and returns the mailbox without angle brackets
+// and without any source route (RFC 5321 4.1.1.3: accepted and ignored),
+// or the reply that refuses it.
 func parsePath(p []byte, rcpt, smtputf8 bool) (string, []byte) {
+	addr, _, bad := checkPath(p, rcpt, smtputf8)
+	return addr, bad
+}
+
+// checkPath is parsePath that also tells whether a source route was there.
+// The reply on failure names the sender (5.1.7) or the recipient (5.1.3),
+// as RFC 3463 3.2 asks, and never echoes the address back.
+func checkPath(p []byte, rcpt, smtputf8 bool) (addr string, routed bool, bad []byte) {
+	badAddr := replyBadSender
+	if rcpt {
+		badAddr = replyBadRcpt
+	}
 	// RFC 5321 4.5.3.1.3: a path is at most 256 octets with its brackets.
+	// That also bounds the domain to less than its 255 (4.5.3.1.2). An
+	// overlong path is bad address syntax (RFC 3463 3.2: X.1.3, X.1.7).
 	if len(p)+2 > 256 {
-		return "", replyPathTooLong
+		if rcpt {
+			return "", false, replyRcptTooLong
+		}
+		return "", false, replySenderTooLong
 	}
 	if len(p) == 0 {
 		if rcpt {
-			return "", replyNullRcpt
+			return "", false, replyNullRcpt
 		}
-		return "", nil
+		return "", false, nil
 	}
 	ascii := true
 	for _, c := range p {
@@ -60,39 +88,77 @@ func parsePath(p []byte, rcpt, smtputf8 bool) (string, []byte) {
 	if !ascii {
 		// RFC 6531 3.4: a non-ASCII address needs SMTPUTF8 on MAIL.
 		if !smtputf8 {
-			return "", replyNeedUTF8
+			return "", false, replyNeedUTF8
 		}
 		if !utf8.Valid(p) {
-			return "", replyBadRcpt
+			return "", false, badAddr
 		}
 	}
 	if p[0] == '@' {
-		// A-d-l = At-domain *( "," At-domain ); accepted and ignored.
+		// A-d-l = At-domain *( "," At-domain ) ":" (RFC 5321 4.1.2).
 		i := bytes.IndexByte(p, ':')
 		if i < 0 {
-			return "", replyBadRcpt
+			return "", false, badAddr
 		}
 		for _, hop := range bytes.Split(p[:i], []byte{','}) {
 			if len(hop) < 2 || hop[0] != '@' || !validDomain(hop[1:]) {
-				return "", replyBadRcpt
+				return "", false, badAddr
 			}
 		}
 		p = p[i+1:]
+		routed = true
 	}
 	// RFC 5321 4.1.1.3: "Postmaster" without a domain is a valid RCPT.
 	if rcpt && verbIs(p, "POSTMASTER") {
-		return string(p), nil
+		return string(p), routed, nil
 	}
 	local, domain, ok := splitMailbox(p)
 	if !ok || !validLocal(local) || !validDomain(domain) {
-		return "", replyBadRcpt
+		return "", false, badAddr
 	}
-	return string(p), nil
+	return string(p), routed, nil
+}
+
+// forwardPath checks the path of RCPT TO and applies the routing policy:
+// a source route is dropped (RFC 5321 4.1.1.3 and appendix C) when
+// AllowSourceRoute is set and refused otherwise; a local part holding '%'
+// or '!' is refused unless AllowPercentHack or AllowBangPath is set,
+// because a next hop that still honours those would relay the message
+// to the host they name. The refusals are 550 5.7.1, a policy decision,
+// not a protocol error.
+func (s *Session) forwardPath(p []byte) (string, []byte) {
+	addr, routed, r := checkPath(p, true, s.tx.SMTPUTF8)
+	if r != nil {
+		return "", r
+	}
+	if routed && !s.cfg.AllowSourceRoute {
+		return "", replySourceRoute
+	}
+	local, _, _ := splitMailbox(addr)
+	// The quotes of a Quoted-string local part are no shield: a next hop
+	// may take them off before it looks for '%' or '!'.
+	if !s.cfg.AllowPercentHack && strings.IndexByte(local, '%') >= 0 {
+		return "", replyPercentHack
+	}
+	if !s.cfg.AllowBangPath && strings.IndexByte(local, '!') >= 0 {
+		return "", replyBangPath
+	}
+	return addr, nil
+}
+
+// refuse answers a MAIL or RCPT that its checks refused: a policy refusal
+// (a 550 or 552) is only answered, anything else also counts as a
+// protocol error toward MaxErrors.
+func (s *Session) refuse(r []byte) Event {
+	if r[0] == '5' && r[1] == '5' && (r[2] == '0' || r[2] == '2') {
+		return reply(r)
+	}
+	return s.fail(r)
 }
 
 // splitMailbox splits at the '@' that follows the local part, skipping a
 // quoted local part that may itself contain '@'.
-func splitMailbox(p []byte) (local, domain []byte, ok bool) {
+func splitMailbox[T string | []byte](p T) (local, domain T, ok bool) {
 	if len(p) > 0 && p[0] == '"' {
 		for i := 1; i < len(p); i++ {
 			switch p[i] {
@@ -102,14 +168,17 @@ func splitMailbox(p []byte) (local, domain []byte, ok bool) {
 				if i+1 < len(p) && p[i+1] == '@' {
 					return p[:i+1], p[i+2:], true
 				}
-				return nil, nil, false
+				return local, domain, false
 			}
 		}
-		return nil, nil, false
+		return local, domain, false
 	}
-	i := bytes.LastIndexByte(p, '@')
+	i := len(p) - 1
+	for i >= 0 && p[i] != '@' {
+		i--
+	}
 	if i <= 0 {
-		return nil, nil, false
+		return local, domain, false
 	}
 	return p[:i], p[i+1:], true
 }
@@ -268,11 +337,115 @@ func (s *Session) mailParams(params []byte, tx *Tx) []byte {
 			default:
 				return replyBadParamVal
 			}
-		case verbIs(key, "SMTPUTF8") && !hasVal:
+		case verbIs(key, "SMTPUTF8"):
+			// RFC 6531 3.4: the parameter takes no value.
+			if hasVal {
+				return replyBadParamVal
+			}
 			tx.SMTPUTF8 = true
 		default:
 			return replyBadParam
 		}
 	}
 	return nil
+}
+
+// addressArg finds the path of a MAIL FROM or RCPT TO command line (given
+// without its line end): rcpt tells which of the two it is, start is the
+// index of the '<' that opens the path (-1 when the argument has none)
+// and end the index of the '>' that closes it, or len(line) when none
+// does. ok is false for any other command.
+func addressArg(line []byte) (rcpt bool, start, end int, ok bool) {
+	sp := bytes.IndexByte(line, ' ')
+	if sp < 0 {
+		return false, -1, -1, false
+	}
+	var prefix string
+	switch verb := line[:sp]; {
+	case verbIs(verb, "MAIL"):
+		prefix = "FROM:"
+	case verbIs(verb, "RCPT"):
+		prefix, rcpt = "TO:", true
+	default:
+		return false, -1, -1, false
+	}
+	rest, isPath := cutPrefixFold(line[sp+1:], prefix)
+	i := len(line) - len(rest)
+	for isPath && i < len(line) && line[i] == ' ' {
+		i++
+	}
+	if !isPath || i == len(line) || line[i] != '<' {
+		return rcpt, -1, len(line), true
+	}
+	if end := closeAngle(line, i); end >= 0 {
+		return rcpt, i, end, true
+	}
+	return rcpt, i, len(line), true
+}
+
+// lineEnd returns the index of the LF that ends the command line at the
+// start of b, or -1 when b holds no whole line yet. A command line ends
+// with CRLF (RFC 5321 2.3.8); a bare LF ends it too, so that a client
+// that ends its lines with LF alone gets one error per line, unless the
+// LF lies inside the path of a MAIL FROM or RCPT TO: there it is a
+// control character in an address, which gets one 501 when the line's
+// CRLF comes, and the client, which sent one command, gets one reply.
+func lineEnd(b []byte) int {
+	i := bytes.IndexByte(b, '\n')
+	if i <= 0 || b[i-1] == '\r' {
+		return i
+	}
+	// A bare LF past the first 512 octets (RFC 5321 4.5.3.1.4) ends the
+	// line without a look at it, so the look costs a few hundred octets
+	// at most, however long max_line_length allows lines to be.
+	if i > 512 {
+		return i
+	}
+	_, start, end, ok := addressArg(b[:i])
+	if !ok || start < 0 || end < i {
+		return i
+	}
+	// Look no further than a path may reach (RFC 5321 4.5.3.1.3: 256
+	// octets with its brackets); past that the next LF ends the line.
+	seg := b[:min(len(b), start+256)]
+	end = closeAngle(seg, start)
+	if crlf := bytes.Index(seg[start:], []byte("\r\n")); crlf >= 0 && (end < 0 || start+crlf < end) {
+		return start + crlf + 1
+	}
+	if end < 0 {
+		if len(seg) < start+256 {
+			return -1
+		}
+		end = len(seg)
+	}
+	if k := bytes.IndexByte(b[end:], '\n'); k >= 0 {
+		return end + k
+	}
+	return -1
+}
+
+// ctlReply is the answer to a command line (without its CRLF) that holds
+// a control character. In the path of MAIL or RCPT it is bad address
+// syntax, 501 with 5.1.7 or 5.1.3 (RFC 3463 3.2); elsewhere in their
+// argument a syntax error in parameters, 501 5.5.4 (RFC 5321 4.2.3). Any
+// other command line gets 500 5.5.2.
+func ctlReply(line []byte) []byte {
+	rcpt, start, end, ok := addressArg(line)
+	if !ok {
+		return replyCtlChars
+	}
+	at := 0
+	for at < len(line) && line[at] >= 0x20 && line[at] != 0x7f {
+		at++
+	}
+	inPath := start >= 0 && at > start && at < end
+	switch {
+	case inPath && rcpt:
+		return replyCtlRcpt
+	case inPath:
+		return replyCtlSender
+	case rcpt:
+		return replySyntaxRcpt
+	}
+	return replySyntaxMail
 }

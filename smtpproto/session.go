@@ -246,7 +246,7 @@ func (s *Session) command(in []byte) (int, Event) {
 	if len(look) > max {
 		look = look[:max]
 	}
-	i := bytes.IndexByte(look, '\n')
+	i := lineEnd(look)
 	if i < 0 {
 		if len(in) < max {
 			return 0, Event{}
@@ -263,7 +263,7 @@ func (s *Session) command(in []byte) (int, Event) {
 	line := in[:i-1]
 	for _, c := range line {
 		if c < 0x20 || c == 0x7f {
-			return n, s.fail(replyCtlChars)
+			return n, s.fail(ctlReply(line))
 		}
 	}
 	verb, arg := line, []byte(nil)
@@ -424,9 +424,9 @@ func (s *Session) rcpt(arg []byte) Event {
 		// No RCPT parameter extension (DSN, ...) is offered.
 		return s.fail(replyBadParam)
 	}
-	addr, r := parsePath(p, true, s.tx.SMTPUTF8)
+	addr, r := s.forwardPath(p)
 	if r != nil {
-		return s.fail(r)
+		return s.refuse(r)
 	}
 	if s.tx.Recipients >= s.cfg.MaxRecipients {
 		// RFC 5321 4.5.3.1.10: 452 for too many recipients; not an error.

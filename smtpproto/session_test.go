@@ -99,12 +99,7 @@ func diffTranscript(got, want string) string {
 }
 
 // lenient is testConfig with room for many protocol errors.
-func lenient() *Config {
-	c := testConfig()
-	c.MaxErrors = 100
-	c.Prepare()
-	return c
-}
+func lenient() *Config { return newConfig(func(c *Config) { c.MaxErrors = 100 }) }
 
 func TestGreeting(t *testing.T) {
 	runDialogs(t, []dialog{
@@ -126,10 +121,7 @@ func TestGreeting(t *testing.T) {
 		{
 			name: "extra keywords follow the built-in ones",
 			cfg: func() *Config {
-				c := testConfig()
-				c.Extensions = []string{"STARTTLS", "AUTH PLAIN"}
-				c.Prepare()
-				return c
+				return newConfig(func(c *Config) { c.Extensions = []string{"STARTTLS", "AUTH PLAIN"} })
 			},
 			in: inEHLO,
 			want: "250-mx.test\r\n" +
@@ -326,7 +318,7 @@ func TestSyntaxErrors(t *testing.T) {
 			name: "a path over 256 octets",
 			in: inEHLO + "MAIL FROM:<" + strings.Repeat("a", 64) + "@" + strings.Repeat("b", 63) +
 				"." + strings.Repeat("c", 63) + "." + strings.Repeat("d", 63) + ">\r\n",
-			want: rEHLO + "501 5.5.4 Path too long\r\n",
+			want: rEHLO + "501 5.1.7 Bad sender address syntax: path longer than 256 octets\r\n",
 		},
 	})
 }
@@ -338,13 +330,12 @@ func TestParameters(t *testing.T) {
 			cfg:  lenient,
 			in: inEHLO + "MAIL FROM:<a@b.test> FOO=1\r\n" +
 				"MAIL FROM:<a@b.test> RET=HDRS\r\n" +
-				"MAIL FROM:<a@b.test> SMTPUTF8=yes\r\n" +
 				"MAIL FROM:<a@b.test>\r\n" +
 				"RCPT TO:<d@e.test> NOTIFY=NEVER\r\n" +
 				"RCPT TO:<d@e.test> ORCPT=rfc822;d@e.test\r\n" +
 				"RCPT TO:<d@e.test>\r\n",
 			want: rEHLO +
-				strings.Repeat("555 5.5.4 Unsupported MAIL/RCPT parameter\r\n", 3) + rMail +
+				strings.Repeat("555 5.5.4 Unsupported MAIL/RCPT parameter\r\n", 2) + rMail +
 				strings.Repeat("555 5.5.4 Unsupported MAIL/RCPT parameter\r\n", 2) + rRcpt,
 		},
 		{
@@ -360,8 +351,11 @@ func TestParameters(t *testing.T) {
 				"MAIL FROM:<a@b.test> SIZE\r\n" +
 				"MAIL FROM:<a@b.test> SIZE=\r\n" +
 				"MAIL FROM:<a@b.test> SIZE=12k\r\n" +
-				"MAIL FROM:<a@b.test> SIZE=-1\r\n",
-			want: rEHLO + strings.Repeat("501 5.5.4 Bad MAIL parameter value\r\n", 6),
+				"MAIL FROM:<a@b.test> SIZE=-1\r\n" +
+				// RFC 6531 3.4: SMTPUTF8 takes no value.
+				"MAIL FROM:<a@b.test> SMTPUTF8=YES\r\n" +
+				"MAIL FROM:<a@b.test> SMTPUTF8=\r\n",
+			want: rEHLO + strings.Repeat("501 5.5.4 Bad MAIL parameter value\r\n", 8),
 		},
 		{
 			name: "known parameters in any case and order",
@@ -414,8 +408,14 @@ func TestSizeLimit(t *testing.T) {
 	})
 }
 
+// TestControlBytes checks every control byte but LF: in the path of MAIL
+// or RCPT it is bad address syntax (501 5.1.7, 501 5.1.3), elsewhere a bad
+// command line (500 5.5.2); one reply each, and the next command is
+// answered as usual.
 func TestControlBytes(t *testing.T) {
 	ctl := "500 5.5.2 Error: control characters in command\r\n"
+	ctlFrom := "501 5.1.7 Bad sender address syntax: control character\r\n"
+	ctlTo := "501 5.1.3 Bad recipient address syntax: control character\r\n"
 	var ctlBytes []byte
 	for c := byte(0); c < 0x20; c++ {
 		if c != '\n' {
@@ -431,7 +431,7 @@ func TestControlBytes(t *testing.T) {
 				"MAIL FROM:<a" + b + "@b.test>\r\n" +
 				"MAIL FROM:<\"a" + b + "\"@b.test>\r\n" +
 				"MAIL FROM:<a@b.test>\r\nRCPT TO:<d@e" + b + ".test>\r\nQUIT\r\n"
-			want := ctl + rEHLO + ctl + ctl + rMail + ctl + rBye
+			want := ctl + rEHLO + ctlFrom + ctlFrom + rMail + ctlTo + rBye
 			checkSplits(t, testConfig(), in, want)
 		})
 	}
@@ -464,12 +464,7 @@ func TestLineLimits(t *testing.T) {
 		},
 		{
 			name: "the limit can be raised",
-			cfg: func() *Config {
-				c := testConfig()
-				c.MaxLineLength = 1024
-				c.Prepare()
-				return c
-			},
+			cfg:  func() *Config { return newConfig(func(c *Config) { c.MaxLineLength = 1024 }) },
 			in:   "NOOP " + strings.Repeat("x", 1017) + "\r\nNOOP " + strings.Repeat("x", 1018) + "\r\n",
 			want: rOK + tooLong,
 		},

@@ -79,7 +79,7 @@ func Setup(cfg *config.Config, name string, proto Protocol) (plugins.Plugin, err
 	}
 	s := Settings{
 		Hosts:          pc.Strings("", "hosts", nil),
-		Helo:           pc.String("", "helo", cfg.Main.Me),
+		Helo:           pc.String("", "helo", cfg.Main.Hostname),
 		StartTLS:       pc.Bool("", "starttls", false),
 		TLSVerify:      pc.Bool("", "tls_verify", true),
 		TLSServerName:  pc.String("", "tls_server_name", ""),

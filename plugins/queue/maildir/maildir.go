@@ -54,7 +54,7 @@ func setup(cfg *config.Config) (plugins.Plugin, error) {
 	if err != nil {
 		return nil, err
 	}
-	m := New(dir, cfg.Main.Me)
+	m := New(dir, cfg.Main.Hostname)
 	m.acct = acct
 	if _, err := checkSpool(dir, acct); err != nil {
 		return nil, fmt.Errorf("config: %s: path = %s: %w", pc.File(), dir, err)
