@@ -17,6 +17,7 @@ import (
 	"os/signal"
 	"runtime"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -70,7 +71,8 @@ usage:
 signals (with nodes >= 1, send them to the supervisor, the main pid):
   TERM, INT  stop accepting; open transactions may finish within graceful_timeout;
              exit 0. A second one exits at once.
-  HUP        nodes = 0: reload the TLS certificates of tls.ini.
+  HUP        nodes = 0: reload the config (plugins, their files, protocol
+             settings, certificates) for new connections.
              nodes >= 1: re-read the whole config, replace the workers one at a time.
   USR2       nodes >= 1: run the binary on disk in place (same pid) and replace
              the workers one at a time.
@@ -333,7 +335,7 @@ func serve(cfg *config.Config, stderr io.Writer, socks sockets) int {
 		fmt.Fprintln(stderr, err)
 		return 1
 	}
-	code := serveChain(cfg, log, stderr, socks, chain, tlsConf)
+	code := serveChain(cfg, log, stderr, socks, &chain, tlsConf)
 	if err := chain.Close(); err != nil {
 		log.Warn().Err(err).Msg("closing plugins")
 	}
@@ -345,7 +347,8 @@ func serve(cfg *config.Config, stderr io.Writer, socks sockets) int {
 
 // serveChain starts the plugins and the event loops, serves until TERM
 // (or INT when alone) and drains. It leaves the chain open.
-func serveChain(cfg *config.Config, log zerolog.Logger, stderr io.Writer, socks sockets, chain *plugins.Chain, tlsConf *loop.TLSConfig) int {
+func serveChain(cfg *config.Config, log zerolog.Logger, stderr io.Writer, socks sockets, current **plugins.Chain, tlsConf *loop.TLSConfig) int {
+	chain := *current
 	if err := chain.Start(); err != nil {
 		fmt.Fprintln(stderr, err)
 		return 1
@@ -375,24 +378,24 @@ func serveChain(cfg *config.Config, log zerolog.Logger, stderr io.Writer, socks 
 		Strs("plugins", chain.Names()).Str("config", cfgName(cfg)).Str("version", version).Msg("loopmx ready")
 	socks.ready()
 
-	// HUP reloads the TLS certificates in place (open connections keep
-	// theirs). Everything else in the config needs a restart, or a
-	// supervisor's rolling reload (nodes >= 1).
+	// HUP (nodes = 0) reloads the config: new connections get the new
+	// plugin chain and protocol settings, open ones finish on theirs; the
+	// TLS certificates are reloaded in place. Under a supervisor, it does
+	// a rolling reload of the workers instead.
 	hups := make(chan os.Signal, 1)
 	if socks.worker == 0 {
 		signal.Notify(hups, syscall.SIGHUP)
 	}
+	var mu sync.Mutex // guards *current against the shutdown below
 	go func() {
 		for range hups {
-			if tlsConf == nil {
-				log.Info().Msg("SIGHUP: no TLS certificate to reload")
-				continue
+			supervisor.Notify("RELOADING=1")
+			mu.Lock()
+			if next, err := reloadChain(cfg, log, srv, tlsConf, *current); err == nil {
+				*current = next
 			}
-			if err := tlsConf.Reload(); err != nil {
-				log.Error().Err(err).Msg("SIGHUP: certificates not reloaded; the old ones stay in use")
-				continue
-			}
-			log.Info().Msg("SIGHUP: TLS certificates reloaded")
+			mu.Unlock()
+			supervisor.Notify("READY=1")
 		}
 	}()
 	sigs := make(chan os.Signal, 2)
@@ -415,10 +418,81 @@ func serveChain(cfg *config.Config, log zerolog.Logger, stderr io.Writer, socks 
 	if socks.worker == 0 {
 		supervisor.Notify("STOPPING=1")
 	}
+	signal.Stop(hups)
 	ctx, cancel := context.WithTimeout(context.Background(), cfg.Main.GracefulTimeout)
 	srv.Shutdown(ctx)
 	cancel()
+	mu.Lock() // a reload in progress finishes first
+	defer mu.Unlock()
 	return 0
+}
+
+// reloadChain reads the config directory again (HUP with nodes = 0) and
+// gives the server a new plugin chain and protocol settings for new
+// connections. A config the server would refuse is logged and the old one
+// stays in force. Settings that only a restart can change (listeners,
+// loops, workpool, connection limits, timeouts) are named in a warning.
+func reloadChain(cfg *config.Config, log zerolog.Logger, srv *loop.Server, tlsConf *loop.TLSConfig, prev *plugins.Chain) (*plugins.Chain, error) {
+	dir := cfg.Dir
+	if cfg.Embedded {
+		dir = ""
+	}
+	next, err := loadConfig(dir)
+	var chain *plugins.Chain
+	if err == nil {
+		chain, _, err = prepare(next)
+	}
+	if err == nil {
+		if err = chain.Start(); err != nil {
+			chain.Close()
+		}
+	}
+	if err != nil {
+		log.Error().Err(err).Msg("SIGHUP: config not reloaded; the running one stays in force")
+		return nil, err
+	}
+	if tlsConf != nil {
+		if err := tlsConf.Reload(); err != nil {
+			log.Error().Err(err).Msg("SIGHUP: certificates not reloaded; the old ones stay in use")
+		}
+	}
+	opts := loop.OptionsFrom(next, log)
+	if err := srv.Reload(chain, opts.Proto, func() {
+		if err := prev.Close(); err != nil {
+			log.Warn().Err(err).Msg("closing the plugins of the previous config")
+		}
+	}); err != nil {
+		chain.Close()
+		log.Error().Err(err).Msg("SIGHUP: config not reloaded; the running one stays in force")
+		return nil, err
+	}
+	if changed := restartOnly(cfg, next); len(changed) > 0 {
+		log.Warn().Strs("keys", changed).Msg("SIGHUP: these smtp.ini settings take effect only after a restart")
+	}
+	log.Info().Strs("plugins", chain.Names()).Msg("SIGHUP: config reloaded; new connections use it, open ones finish on the old one")
+	return chain, nil
+}
+
+// restartOnly lists the smtp.ini keys that differ between the config the
+// server started with and next, and that a reload cannot apply.
+func restartOnly(started, next *config.Config) []string {
+	a, b := started.Main, next.Main
+	var keys []string
+	add := func(differ bool, key string) {
+		if differ {
+			keys = append(keys, key)
+		}
+	}
+	add(fmt.Sprint(a.Listeners()) != fmt.Sprint(b.Listeners()), "listen/smtps_listen/proxy_listen")
+	add(a.Loops != b.Loops, "loops")
+	add(a.ThreadpoolSize != b.ThreadpoolSize, "threadpool_size")
+	add(a.MaxConnections != b.MaxConnections, "max_connections")
+	add(a.MaxConnectionsPerIP != b.MaxConnectionsPerIP, "max_connections_per_ip")
+	add(a.InactivityTimeout != b.InactivityTimeout, "inactivity_timeout")
+	add(a.MaxPipelineBuffer != b.MaxPipelineBuffer, "max_pipeline_buffer")
+	add(fmt.Sprint(a.ProxyTrusted) != fmt.Sprint(b.ProxyTrusted), "proxy_trusted")
+	add(a.Nodes != b.Nodes, "nodes")
+	return keys
 }
 
 func cfgName(cfg *config.Config) string {

@@ -20,7 +20,8 @@ const maxOutPending = 256 << 10
 // on the workpool, that hook touches view and call).
 type conn struct {
 	srv   *Server
-	chain *plugins.Chain // the chain the connection started with
+	setup *generation    // the chain and settings the connection started with
+	chain *plugins.Chain // setup.chain
 	tr    transport
 	sess  *smtpproto.Session
 	view  *plugins.Conn // what plugins see; the owner of the envelope
@@ -51,8 +52,10 @@ type conn struct {
 // init fills a new connection accepted from l.
 func (c *conn) init(srv *Server, peer, local netip.AddrPort, l *listener, now time.Time, load plugins.LoadReporter) {
 	c.srv = srv
-	c.chain = srv.chain
-	c.sess = smtpproto.NewSession(srv.opts.Proto)
+	c.setup = srv.gen.Load()
+	c.setup.acquire()
+	c.chain = c.setup.chain
+	c.sess = smtpproto.NewSession(c.setup.proto)
 	c.kind = l.kind
 	c.view = &plugins.Conn{
 		ID:         srv.idPrefix + "." + strconv.FormatUint(srv.connSeq.Add(1), 36),
@@ -60,7 +63,7 @@ func (c *conn) init(srv *Server, peer, local netip.AddrPort, l *listener, now ti
 		RemotePort: peer.Port(),
 		LocalIP:    local.Addr().Unmap(),
 		LocalPort:  local.Port(),
-		Hostname:   srv.opts.Proto.Hostname,
+		Hostname:   c.setup.proto.Hostname,
 		Log:        &srv.log,
 		Started:    now,
 		LoadSource: load,
@@ -83,7 +86,7 @@ func (c *conn) greet() {
 		return
 	}
 	c.greeted = true
-	c.tr.write(c.srv.opts.Proto.Banner())
+	c.tr.write(c.setup.proto.Banner())
 	c.process()
 }
 
@@ -279,12 +282,15 @@ func (c *conn) ended() {
 // finish runs disconnect hooks and writes the connection's log line.
 func (c *conn) finish() {
 	c.endTx("aborted", 0, 0)
-	ch := c.chain
+	ch, gen := c.chain, c.setup
+	release := true
 	if ch.Has(plugins.HookDisconnect) {
 		call := plugins.Call{Hook: plugins.HookDisconnect}
 		if _, next, done := ch.Step(c.view, &call, 0); !done {
 			view := c.view
-			if !c.srv.pool.Submit(func() { ch.RunFrom(view, &call, next) }) {
+			// The chain stays in use until its last disconnect hook ran.
+			release = !c.srv.pool.Submit(func() { ch.RunFrom(view, &call, next); gen.release() })
+			if release {
 				c.srv.log.Warn().Str("conn", c.view.ID).Msg("workpool full: disconnect hooks skipped")
 			}
 		}
@@ -295,4 +301,7 @@ func (c *conn) finish() {
 			Dur("duration", c.tr.now().Sub(c.view.Started)).Msg("connection")
 	}
 	c.sess = nil
+	if release {
+		gen.release()
+	}
 }

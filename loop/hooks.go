@@ -40,7 +40,7 @@ func (c *conn) submit(call plugins.Call, i int) {
 		// RFC 5321 4.2.2 421: the pool queue is full; shed this client
 		// politely rather than queueing without bound.
 		c.pending = false
-		c.tr.write(c.srv.opts.Proto.BusyReply())
+		c.tr.write(c.setup.proto.BusyReply())
 		c.shutdown("workpool full")
 	}
 }
@@ -181,7 +181,7 @@ func (c *conn) inform(h plugins.Hook) {
 		return
 	}
 	if h == plugins.HookCapabilities {
-		c.sess.SetEHLOKeywords(c.chain.Capabilities(c.view, c.srv.opts.Proto.Keywords(c.sess.TLS())))
+		c.sess.SetEHLOKeywords(c.chain.Capabilities(c.view, c.setup.proto.Keywords(c.sess.TLS())))
 	}
 }
 

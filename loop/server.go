@@ -134,7 +134,8 @@ type listener struct {
 // Server owns the listeners, the event loops and the connection counts.
 type Server struct {
 	opts  Options
-	chain *plugins.Chain
+	gen   atomic.Pointer[generation] // what new connections are served with
+	genMu sync.Mutex                 // serializes Reload
 	pool  *workpool.Pool
 	log   zerolog.Logger
 
@@ -190,15 +191,12 @@ func New(opts Options, chain *plugins.Chain, pool *workpool.Pool) (*Server, erro
 			return nil, fmt.Errorf("loop: listen %s: PROXY protocol with implicit TLS is not supported", sp.Addr)
 		}
 	}
-	opts.Proto.StartTLS = opts.TLS != nil
-	opts.Proto.UnknownToHost = chain != nil && chain.Has(plugins.HookUnrecognized)
-	if err := opts.Proto.Prepare(); err != nil {
+	if err := prepareProto(opts.Proto, chain, opts.TLS != nil); err != nil {
 		return nil, err
 	}
 	host := opts.Proto.Hostname
 	s := &Server{
 		opts:           opts,
-		chain:          chain,
 		pool:           pool,
 		log:            opts.Log,
 		perIP:          map[netip.Addr]int32{},
@@ -210,6 +208,7 @@ func New(opts Options, chain *plugins.Chain, pool *workpool.Pool) (*Server, erro
 		replyTimeout:   []byte("421 4.4.2 " + host + " Error: timeout exceeded\r\n"),
 		acceptLog:      throttle.Throttle{Every: time.Second},
 	}
+	s.gen.Store(&generation{chain: chain, proto: opts.Proto})
 	// Other loops, or other processes that were handed the same sockets,
 	// compete for connections.
 	s.rearm = opts.Loops > 1 || len(opts.Listeners) > 0
