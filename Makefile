@@ -3,7 +3,7 @@ GO      ?= go
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X main.version=$(VERSION)
 
-.PHONY: all build run test test-unit test-e2e vet fmt-check fuzz bench bench-compare bench-tls deps clean
+.PHONY: all build run test cross test-unit test-e2e vet fmt-check fuzz bench bench-compare bench-tls deps clean
 
 all: build
 
@@ -18,7 +18,7 @@ run: build
 
 # Installs what the tests need (swaks, smtp-source from postfix, redis-server) when
 # missing and root can install it, then runs everything with -race.
-test: deps vet fmt-check
+test: deps vet fmt-check cross
 	$(GO) test -race -count=1 -timeout 8m ./...
 
 deps:
@@ -33,6 +33,12 @@ deps:
 	      { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing >/dev/null; }; \
 	  else echo "note:$$missing not installed; tests that need them are skipped"; fi; \
 	fi
+
+# loopmx serves from epoll on Linux; on macOS and FreeBSD (development
+# hosts) every connection runs on the goroutine transport. Both must build.
+cross:
+	GOOS=darwin $(GO) build -o /dev/null .
+	GOOS=freebsd $(GO) build -o /dev/null .
 
 vet:
 	$(GO) vet ./...

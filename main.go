@@ -21,8 +21,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/mattn/go-isatty"
 	"github.com/rs/zerolog"
-	"golang.org/x/sys/unix"
 
 	"loopmx/config"
 	"loopmx/loop"
@@ -250,14 +250,12 @@ func prepare(cfg *config.Config) (*plugins.Chain, *loop.TLSConfig, error) {
 	return chain, tlsConf, nil
 }
 
-// isTerminal reports whether w is a terminal.
+// isTerminal reports whether w is a terminal. go-isatty is the check
+// zerolog's console writer already depends on; it knows each system's
+// ioctl (TCGETS on Linux, TIOCGETA on the BSDs and macOS).
 func isTerminal(w io.Writer) bool {
 	f, ok := w.(*os.File)
-	if !ok {
-		return false
-	}
-	_, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS)
-	return err == nil
+	return ok && isatty.IsTerminal(f.Fd())
 }
 
 // newLogger logs to w as [log] says. The console format has colours only

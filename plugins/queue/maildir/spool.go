@@ -10,8 +10,6 @@ import (
 	"strings"
 	"syscall"
 
-	"golang.org/x/sys/unix"
-
 	"loopmx/config"
 )
 
@@ -97,8 +95,7 @@ func need(p string, acct config.Account, want uint32) error {
 		return fmt.Errorf("%s is not a directory", p)
 	}
 	if want&permWrite != 0 {
-		var sfs unix.Statfs_t
-		if err := unix.Statfs(p, &sfs); err == nil && sfs.Flags&unix.ST_RDONLY != 0 {
+		if readOnlyFS(p) {
 			return fmt.Errorf("%s is on a read-only file system", p)
 		}
 	}
@@ -117,7 +114,7 @@ func need(p string, acct config.Account, want uint32) error {
 // triplet for the owner, else the group triplet for a member of the
 // file's group, else the other triplet.
 func grants(st *syscall.Stat_t, acct config.Account, want uint32) bool {
-	mode := st.Mode & 0o777
+	mode := uint32(st.Mode) & 0o777
 	switch {
 	case int(st.Uid) == acct.UID:
 		mode >>= 6
