@@ -40,6 +40,7 @@ type conn struct {
 	handoff    bool // moving to the stream transport; it starts after this event
 	earlyTalk  bool // input arrived before the banner
 	ipHeld     bool // counted in the per-IP limit
+	outFull    bool // parsing stopped with input left because the replies hit maxOutPending
 	endReason  string
 	tlsRefusal []byte // implicit TLS refused at connect: sent after the handshake
 
@@ -135,6 +136,7 @@ func (c *conn) process() {
 	if c.handoff {
 		return
 	}
+	c.outFull = false
 	for c.greeted && !c.pending && !c.closing && !c.closed && len(c.out) < maxOutPending {
 		if c.tr.draining() && !c.sess.Tx().Active {
 			// Shutting down: a session outside a transaction ends here,
@@ -188,6 +190,10 @@ func (c *conn) process() {
 			c.shutdown("too many errors")
 		}
 	}
+	// Input left because the client does not read its replies: the
+	// transport resumes parsing once they are written, whether or not
+	// more input arrives.
+	c.outFull = len(c.out) >= maxOutPending && len(c.in) > 0
 	c.tr.retain()
 }
 

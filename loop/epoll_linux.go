@@ -164,6 +164,11 @@ func (e *epollConn) flush() {
 		if n < 0 {
 			n = 0
 		}
+		if n > 0 && e.out != nil {
+			// A backlog of replies moved: the client is reading, which
+			// is activity as much as sending is.
+			el.touch(e)
+		}
 		switch {
 		case n == len(buf):
 			e.out = nil
@@ -184,6 +189,15 @@ func (e *epollConn) flush() {
 	want := e.events | unix.EPOLLIN
 	if len(e.in) > e.srv.opts.MaxPipelineBuffer || len(e.out) >= maxOutPending {
 		want &^= unix.EPOLLIN
+	}
+	if e.outFull && !e.pending && len(e.out) < maxOutPending {
+		// The client read enough of its replies: parse the pipelined
+		// commands that are already here. Waiting for EPOLLIN would
+		// stall, since a client that sent everything sends no more.
+		e.setEvents(want)
+		e.process()
+		e.flush()
+		return
 	}
 	if len(e.out) > 0 {
 		want |= unix.EPOLLOUT

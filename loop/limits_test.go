@@ -357,8 +357,9 @@ func TestClientThatDoesNotRead(t *testing.T) {
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		c.conn.SetReadDeadline(time.Now().Add(2 * ioTimeout))
 		for {
+			// A deadline per reply: it catches a stall, not a slow machine.
+			c.conn.SetReadDeadline(time.Now().Add(ioTimeout))
 			r, err := readReply(c.r)
 			if err != nil {
 				readErr = err

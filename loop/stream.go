@@ -231,6 +231,10 @@ func (s *stream) run(fresh bool) {
 				c.process()
 			}
 			s.flush()
+			for c.outFull && !c.closed && !c.closing {
+				c.process() // the replies are written: parse what waits
+				s.flush()
+			}
 		}
 		if err == nil {
 			continue
