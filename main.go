@@ -452,6 +452,8 @@ func reloadChain(cfg *config.Config, log zerolog.Logger, srv *loop.Server, tlsCo
 	if tlsConf != nil {
 		if err := tlsConf.Reload(); err != nil {
 			log.Error().Err(err).Msg("SIGHUP: certificates not reloaded; the old ones stay in use")
+		} else {
+			log.Info().Msg("SIGHUP: TLS certificates reloaded")
 		}
 	}
 	opts := loop.OptionsFrom(next, log)

@@ -110,10 +110,18 @@ func (c *Conn) BeginTx(from string, now time.Time) *Transaction {
 // AbandonTx forgets a transaction whose MAIL was refused: it never began,
 // and its number is given to the next one.
 func (c *Conn) AbandonTx() {
-	if c.Tx != nil {
-		c.Tx = nil
-		c.txN--
+	tx := c.Tx
+	if tx == nil {
+		return
 	}
+	c.Tx = nil
+	c.txN--
+	// What the mail hooks found about a sender that was refused is the
+	// connection's.
+	for _, f := range tx.findings {
+		c.Record(f)
+	}
+	c.findingsDropped += tx.findingsDropped
 }
 
 // Transactions is the number of transactions begun on the connection.

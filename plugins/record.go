@@ -68,10 +68,11 @@ const MaxFindings = 100
 // transaction belongs to the connection. Findings accumulate in the order
 // they were recorded; the results plugin reports them.
 //
-// The transaction begins once the mail hooks have accepted MAIL, so a
-// mail hook's findings belong to the connection, and a helo hook runs
-// before the HELO it judges ends an open transaction, so its findings
-// belong to that transaction.
+// The transaction begins when MAIL arrives, so the mail hooks' findings
+// belong to the transaction they decide on; when MAIL is refused the
+// transaction never began and its findings go to the connection
+// (AbandonTx). A helo hook runs before the HELO it judges ends an open
+// transaction, so its findings belong to that transaction.
 //
 // A finding recorded by a blocking hook that ran past its timeout is lost
 // with the rest of that hook's view of the connection.
