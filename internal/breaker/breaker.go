@@ -235,7 +235,7 @@ func (c Call) Done(err error) {
 // timeoutError marks an error as a timeout for Timeout.
 type timeoutError struct{ error }
 
-func (timeoutError) Timeout() bool  { return true }
+func (timeoutError) Timeout() bool   { return true }
 func (e timeoutError) Unwrap() error { return e.error }
 
 // AsTimeout marks err as a timeout, for a failure that Timeout would not
