@@ -12,6 +12,7 @@
 package limit
 
 import (
+	"errors"
 	"net/netip"
 	"strconv"
 	"strings"
@@ -87,7 +88,7 @@ func setup(cfg *config.Config) (plugins.Plugin, error) {
 		l.store = newMemory()
 		return l, nil
 	}
-	client, _, err := redisx.Client(cfg)
+	client, _, err := redisx.Open(cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -176,6 +177,7 @@ func (l *Limit) Data(c *plugins.Conn) plugins.Result { return l.checkErrors(c) }
 // recipients per sender per period. The null sender is not counted per
 // sender: every bounce in the world shares it.
 func (l *Limit) Rcpt(c *plugins.Conn, _ string) plugins.Result {
+	down := takeDown(c) // BlocksConn's verdict is for this call only
 	if r := l.checkErrors(c); r.Action != plugins.Continue {
 		return r
 	}
@@ -189,7 +191,10 @@ func (l *Limit) Rcpt(c *plugins.Conn, _ string) plugins.Result {
 	if !l.s.senderRate.On() || c.Tx.From == "" {
 		return plugins.Next()
 	}
-	n, err := l.store.senderRcpt(strings.ToLower(c.Tx.From), l.s.senderRate.Per)
+	n, err := int64(0), down
+	if err == nil {
+		n, err = l.store.senderRcpt(strings.ToLower(c.Tx.From), l.s.senderRate.Per)
+	}
 	if err != nil {
 		return l.unavailable(c, plugins.HookRcpt, err)
 	}
@@ -243,15 +248,22 @@ func (l *Limit) checkErrors(c *plugins.Conn) plugins.Result {
 	return plugins.Next()
 }
 
-// unavailable answers a failed Redis call as limit.ini's fail says: open
-// lets the command through, closed refuses it (421 and close at connect,
-// 451 4.3.0 later). Either way the outage is logged at most once a minute.
+// unavailable answers a failed Redis call, or one not made (the breaker
+// is open, or max_inflight calls are in flight), as limit.ini's fail
+// says: open lets the command through, closed refuses it (421 and close
+// at connect, 451 4.3.0 later). Either way the outage is logged at most
+// once a minute.
 func (l *Limit) unavailable(c *plugins.Conn, h plugins.Hook, err error) plugins.Result {
-	l.down.Down(c.Log, err)
-	if c.Tx != nil && h != plugins.HookConnect {
-		c.Tx.SetNote(resultNote, "err: redis unavailable")
+	note := "err: redis unavailable"
+	if errors.Is(err, redisx.ErrBusy) {
+		note = "err: redis busy" // redisx logs it; Redis is not down
 	} else {
-		c.SetNote(resultNote, "err: redis unavailable")
+		l.down.Down(c.Log, err)
+	}
+	if c.Tx != nil && h != plugins.HookConnect {
+		c.Tx.SetNote(resultNote, note)
+	} else {
+		c.SetNote(resultNote, note)
 	}
 	if !l.s.failClosed {
 		return plugins.Next()

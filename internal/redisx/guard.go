@@ -1,0 +1,165 @@
+package redisx
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/rs/zerolog"
+
+	"loopmx/internal/breaker"
+	"loopmx/internal/throttle"
+)
+
+// ErrDown is what Ready, Do and Background answer, without contacting
+// Redis, while the client's circuit breaker is open: Redis timed out, or
+// failed breaker_failures times in a row, and the back-off is not over.
+var ErrDown = fmt.Errorf("redis: %w", breaker.ErrOpen)
+
+// ErrBusy is what Ready and Do answer, without contacting Redis, when
+// max_inflight calls of hooks are already waiting for Redis.
+var ErrBusy = errors.New("redis: max_inflight calls already in flight")
+
+// busyEvery is the least time between two "redis calls at max_inflight"
+// lines of one client.
+const busyEvery = time.Minute
+
+// Client is the process's Redis client for one config directory. Besides
+// the go-redis client it carries the two guards every plugin using it
+// shares, so that Redis never holds the server hostage:
+//
+//   - a circuit breaker (internal/breaker): after a timeout, or
+//     breaker_failures errors in a row, calls are answered ErrDown at
+//     once for a back-off period, then one probe call goes through;
+//   - an in-flight budget: at most max_inflight calls made by hooks wait
+//     for Redis at a time, so they never take every workpool worker that
+//     the queue plugins need; the next one is answered ErrBusy at once.
+//
+// Hooks call Redis through Do; goroutines of a plugin's own (a keeper
+// that refreshes keys) through Background. A plugin's ConnBlocker asks
+// Ready, so that a hook that would be refused anyway answers inline on
+// the event loop instead of going to the workpool.
+type Client struct {
+	*redis.Client
+
+	breaker  *breaker.Breaker
+	max      int32
+	inflight atomic.Int32
+	busy     throttle.Throttle
+	log      atomic.Pointer[zerolog.Logger]
+}
+
+func newClient(s Settings) *Client {
+	return &Client{
+		Client: redis.NewClient(s.Options()),
+		breaker: breaker.New("redis "+s.Server, breaker.Options{
+			Failures:   s.BreakerFailures,
+			Backoff:    s.BreakerBackoff,
+			MaxBackoff: s.BreakerBackoffMax,
+		}),
+		max:  int32(s.MaxInflight),
+		busy: throttle.Throttle{Every: busyEvery},
+	}
+}
+
+// setLogger keeps the first non-nil logger a caller passes: the client
+// and its breaker log there, also for calls that pass none.
+func (c *Client) setLogger(log *zerolog.Logger) *zerolog.Logger {
+	if log == nil {
+		return c.log.Load()
+	}
+	if c.log.Load() == nil {
+		c.log.CompareAndSwap(nil, log)
+		c.breaker.SetLogger(log)
+	}
+	return log
+}
+
+// Ready reports whether a hook's call would go to Redis now: nil when
+// the breaker lets calls through and the in-flight budget has room,
+// otherwise ErrDown or ErrBusy. It changes nothing and answers in
+// nanoseconds, for a plugins.ConnBlocker: on an error the hook should
+// answer at once, on the event loop, as its fail setting says.
+func (c *Client) Ready(log *zerolog.Logger) error {
+	log = c.setLogger(log)
+	if !c.breaker.Ready() {
+		return ErrDown
+	}
+	if c.inflight.Load() >= c.max {
+		c.logBusy(log)
+		return ErrBusy
+	}
+	return nil
+}
+
+// Do runs fn, which talks to Redis, as a hook's call: it counts toward
+// max_inflight and reports to the breaker. When the breaker is open or
+// the budget is spent it returns ErrDown or ErrBusy at once without
+// running fn; otherwise it returns fn's error.
+func (c *Client) Do(log *zerolog.Logger, fn func(ctx context.Context) error) error {
+	log = c.setLogger(log)
+	if n := c.inflight.Add(1); n > c.max {
+		c.inflight.Add(-1)
+		c.logBusy(log)
+		return ErrBusy
+	}
+	defer c.inflight.Add(-1)
+	return c.call(fn)
+}
+
+// Background runs fn like Do, for a goroutine of the plugin's own rather
+// than a hook: it reports to the breaker (and is refused ErrDown while it
+// is open) but does not count toward max_inflight.
+func (c *Client) Background(log *zerolog.Logger, fn func(ctx context.Context) error) error {
+	c.setLogger(log)
+	return c.call(fn)
+}
+
+// call runs fn under the breaker.
+func (c *Client) call(fn func(ctx context.Context) error) error {
+	bc, err := c.breaker.Begin()
+	if err != nil {
+		return ErrDown
+	}
+	err = fn(context.Background())
+	bc.Done(failure(err))
+	return err
+}
+
+// failure is what err tells the breaker about Redis: nil when Redis
+// answered, whatever it answered (redis.Nil, an error reply of a script)
+// or when the client was closed by this process; the error, marked as a
+// timeout when no pooled connection came free in time, otherwise.
+func failure(err error) error {
+	var reply redis.Error
+	switch {
+	case err == nil, errors.Is(err, redis.Nil), errors.Is(err, redis.ErrClosed):
+		return nil
+	case errors.Is(err, redis.ErrPoolTimeout):
+		return breaker.AsTimeout(err)
+	case errors.As(err, &reply) && !breaker.Timeout(err):
+		return nil
+	}
+	return err
+}
+
+// logBusy says, at most once a minute per client, that hooks answer
+// without Redis because max_inflight calls are in flight.
+func (c *Client) logBusy(log *zerolog.Logger) {
+	if log == nil {
+		return
+	}
+	if ok, held := c.busy.Allow(time.Now()); ok {
+		log.Warn().Str("component", "redis").Int32("max_inflight", c.max).Int64("held", held).
+			Msg("redis calls at max_inflight: hooks answer without redis, as their fail setting says")
+	}
+}
+
+// BreakerState reports the state of the client's circuit breaker.
+func (c *Client) BreakerState() breaker.State { return c.breaker.State() }
+
+// Inflight reports how many calls of hooks are waiting for Redis now.
+func (c *Client) Inflight() int { return int(c.inflight.Load()) }

@@ -1,0 +1,208 @@
+package redisx_test
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/rs/zerolog"
+
+	"loopmx/config"
+	"loopmx/internal/breaker"
+	"loopmx/internal/redisx"
+	"loopmx/internal/redisx/redistest"
+	"loopmx/internal/testlog"
+)
+
+// openGuarded opens a client on srv with the extra redis.ini lines, and a
+// logger whose lines the test reads.
+func openGuarded(t *testing.T, srv *redistest.Server, extra ...string) (*redisx.Client, *zerolog.Logger, *testlog.Buffer) {
+	t.Helper()
+	dir := t.TempDir()
+	srv.WriteINI(dir, extra...)
+	cfg, err := config.Load(dir, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, ok, err := redisx.Open(cfg)
+	if err != nil || !ok {
+		t.Fatalf("Open: %v, %v", ok, err)
+	}
+	t.Cleanup(func() { redisx.Release(c) })
+	buf := &testlog.Buffer{}
+	log := zerolog.New(buf)
+	return c, &log, buf
+}
+
+// incr is a hook's call: INCR of a test key.
+func incr(c *redisx.Client, log *zerolog.Logger) error {
+	return c.Do(log, func(ctx context.Context) error { return c.Incr(ctx, "redisx:guard").Err() })
+}
+
+// count is the number of log lines holding msg.
+func count(buf *testlog.Buffer, msg string) int {
+	return strings.Count(buf.String(), `"message":"`+msg)
+}
+
+// TestBreakerOnAStalledRedis stops redis-server with SIGSTOP under a
+// client: the first call fails with the read timeout and opens the
+// breaker; the calls after it are answered ErrDown without going to
+// Redis; once Redis goes on, a probe closes the breaker and calls work
+// again. Each change of state is logged once.
+func TestBreakerOnAStalledRedis(t *testing.T) {
+	srv := redistest.Start(t)
+	c, log, buf := openGuarded(t, srv, "read_timeout = 200ms", "breaker_backoff = 100ms", "breaker_backoff_max = 400ms")
+	if err := incr(c, log); err != nil {
+		t.Fatalf("INCR with Redis up: %v", err)
+	}
+	if err := c.Ready(log); err != nil {
+		t.Fatalf("Ready with Redis up: %v", err)
+	}
+
+	srv.Pause()
+	defer srv.Resume()
+	if err := incr(c, log); err == nil || errors.Is(err, redisx.ErrDown) || !breaker.Timeout(err) {
+		t.Fatalf("the first INCR on a stalled Redis: %v, want the read timeout", err)
+	}
+	if c.BreakerState() != breaker.Open {
+		t.Fatalf("after a timeout the breaker is %v, want open", c.BreakerState())
+	}
+	for range 1000 {
+		if err := incr(c, log); !errors.Is(err, redisx.ErrDown) {
+			t.Fatalf("INCR with the breaker open: %v, want ErrDown", err)
+		}
+	}
+	if err := c.Ready(log); !errors.Is(err, redisx.ErrDown) {
+		t.Fatalf("Ready with the breaker open: %v, want ErrDown", err)
+	}
+	// Probes fail while Redis stays stopped; the breaker stays open.
+	eventually(t, "a probe fails on the stalled Redis", func() bool {
+		incr(c, log)
+		return count(buf, "circuit still open") == 1
+	})
+
+	srv.Resume()
+	eventually(t, "a probe closes the breaker once Redis goes on", func() bool {
+		return incr(c, log) == nil
+	})
+	if c.BreakerState() != breaker.Closed {
+		t.Fatalf("after a good probe the breaker is %v", c.BreakerState())
+	}
+	if n, err := c.Get(context.Background(), "redis:none").Result(); !errors.Is(err, redis.Nil) {
+		t.Fatalf("GET of a missing key: %q, %v", n, err)
+	}
+	if o, cl := count(buf, "circuit open"), count(buf, "circuit closed"); o != 1 || cl != 1 {
+		t.Errorf("the outage logged %d open and %d closed lines, want one each:\n%s", o, cl, buf)
+	}
+}
+
+// eventually polls cond until it holds, failing the test after 20 s.
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting: %s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestAnswersAreNotFailures: Redis answering "no" (a missing key, an
+// error reply of a script) is Redis working; the breaker stays closed
+// however often it happens.
+func TestAnswersAreNotFailures(t *testing.T) {
+	srv := redistest.Start(t)
+	c, log, _ := openGuarded(t, srv, "breaker_failures = 1")
+	bad := redis.NewScript(`return redis.error_reply('ERR limit says no')`)
+	for range 5 {
+		err := c.Do(log, func(ctx context.Context) error { return bad.Run(ctx, c, nil).Err() })
+		if err == nil || !strings.Contains(err.Error(), "limit says no") {
+			t.Fatalf("a script's error reply: %v", err)
+		}
+		err = c.Do(log, func(ctx context.Context) error { return c.Get(ctx, "redisx:missing").Err() })
+		if !errors.Is(err, redis.Nil) {
+			t.Fatalf("GET of a missing key: %v", err)
+		}
+	}
+	if c.BreakerState() != breaker.Closed {
+		t.Fatalf("error replies opened the breaker: %v", c.BreakerState())
+	}
+}
+
+// TestRefusedOpensAfterARow: with Redis gone (connection refused, no
+// timeout) the breaker opens after breaker_failures calls in a row.
+func TestRefusedOpensAfterARow(t *testing.T) {
+	srv := redistest.Start(t)
+	c, log, buf := openGuarded(t, srv, "breaker_failures = 2", "breaker_backoff = 1h")
+	srv.Kill()
+	if err := incr(c, log); err == nil || c.BreakerState() != breaker.Closed {
+		t.Fatalf("first refused call: %v, breaker %v; want an error and closed", err, c.BreakerState())
+	}
+	if err := incr(c, log); err == nil || errors.Is(err, redisx.ErrDown) || c.BreakerState() != breaker.Open {
+		t.Fatalf("second refused call: %v, breaker %v; want the error and open", err, c.BreakerState())
+	}
+	if err := incr(c, log); !errors.Is(err, redisx.ErrDown) {
+		t.Fatalf("third call: %v, want ErrDown", err)
+	}
+	if !strings.Contains(buf.String(), `"failures":2`) {
+		t.Errorf("the open line does not count 2 failures:\n%s", buf)
+	}
+}
+
+// TestInflightBudget: with max_inflight calls waiting, the next call of a
+// hook is answered ErrBusy without running, Ready says so too, and one
+// line says it however many are refused; a keeper's Background call is
+// not counted. When a call ends, its place is free again.
+func TestInflightBudget(t *testing.T) {
+	srv := redistest.Start(t)
+	c, log, buf := openGuarded(t, srv, "max_inflight = 2")
+	release := make(chan struct{})
+	var wg sync.WaitGroup
+	started := make(chan struct{}, 2)
+	for range 2 {
+		wg.Go(func() {
+			c.Do(log, func(ctx context.Context) error {
+				started <- struct{}{}
+				<-release
+				return c.Ping(ctx).Err()
+			})
+		})
+	}
+	<-started
+	<-started
+	if c.Inflight() != 2 {
+		t.Fatalf("Inflight = %d with two calls waiting", c.Inflight())
+	}
+	ran := false
+	for range 100 {
+		err := c.Do(log, func(context.Context) error { ran = true; return nil })
+		if !errors.Is(err, redisx.ErrBusy) {
+			t.Fatalf("a third call: %v, want ErrBusy", err)
+		}
+	}
+	if ran {
+		t.Fatal("a call over the budget ran")
+	}
+	if err := c.Ready(log); !errors.Is(err, redisx.ErrBusy) {
+		t.Fatalf("Ready at the budget: %v, want ErrBusy", err)
+	}
+	if n := count(buf, "redis calls at max_inflight"); n != 1 {
+		t.Fatalf("101 refusals logged %d lines, want 1:\n%s", n, buf)
+	}
+	if err := c.Background(log, func(ctx context.Context) error { return c.Ping(ctx).Err() }); err != nil {
+		t.Fatalf("a Background call at the budget: %v", err)
+	}
+	close(release)
+	wg.Wait()
+	if err := incr(c, log); err != nil {
+		t.Fatalf("a call once the budget is free: %v", err)
+	}
+	if c.BreakerState() != breaker.Closed {
+		t.Fatalf("the busy budget moved the breaker to %v", c.BreakerState())
+	}
+}
