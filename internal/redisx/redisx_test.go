@@ -170,17 +170,7 @@ func TestOneClientPerConfigDir(t *testing.T) {
 // restart on the same port the same client works again by itself.
 func TestOutageAndRecovery(t *testing.T) {
 	srv := redistest.Start(t)
-	dir := t.TempDir()
-	srv.WriteINI(dir)
-	cfg, err := config.Load(dir, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, ok, err := redisx.Open(cfg)
-	if err != nil || !ok {
-		t.Fatalf("Client: %v, %v", ok, err)
-	}
-	defer redisx.Release(c)
+	c, _, _ := openGuarded(t, srv)
 	ctx := context.Background()
 	if err := c.Set(ctx, "redisx:test", "1", time.Minute).Err(); err != nil {
 		t.Fatalf("SET with Redis up: %v", err)
@@ -207,5 +197,22 @@ func TestOutageAndRecovery(t *testing.T) {
 	}
 	if err := c.Set(ctx, "redisx:test", "2", time.Minute).Err(); err != nil {
 		t.Fatalf("SET after the restart: %v", err)
+	}
+}
+
+// TestContribExample: contrib/config/redis.ini.example, renamed to
+// redis.ini as its first line says, loads with the values it shows.
+func TestContribExample(t *testing.T) {
+	text, err := os.ReadFile("../../contrib/config/redis.ini.example")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := loadDir(t, map[string]string{"redis.ini": string(text)})
+	s, ok, err := redisx.Load(cfg)
+	if err != nil || !ok {
+		t.Fatalf("Load: %v, %v", ok, err)
+	}
+	if s.MaxInflight != 2 || s.BreakerFailures != 3 || s.BreakerBackoff != time.Second || s.BreakerBackoffMax != 30*time.Second {
+		t.Errorf("the example's guards: %+v", s)
 	}
 }
