@@ -12,8 +12,10 @@
 // breaker, one that fails opens it again for twice the back-off, up to
 // MaxBackoff.
 //
-// Each change of state is logged once; the "still down" line of a failed
-// probe at most once a minute. The package knows nothing of Redis: the
+// Opening and closing are logged once each, at levels error and info; a
+// failed probe ("circuit still open") at most once a minute, so a long
+// outage writes about one line a minute. Going half open is not logged:
+// the probe's outcome is. The package knows nothing of Redis: the
 // caller decides which errors are the dependency's fault (a reply that
 // says "no" is a success for the breaker) and which are timeouts.
 package breaker
@@ -85,7 +87,8 @@ type Breaker struct {
 	now  func() time.Time
 
 	state    atomic.Int32
-	until    atomic.Int64 // open: when a probe may go, Unix ns
+	epoch    atomic.Uint64 // counts the changes between closed and open
+	until    atomic.Int64  // open: when a probe may go, Unix ns
 	failures atomic.Int32 // failed calls in a row while closed
 	log      atomic.Pointer[zerolog.Logger]
 
@@ -143,6 +146,7 @@ func (b *Breaker) Ready() bool {
 // with Done, exactly once.
 type Call struct {
 	b     *Breaker
+	epoch uint64
 	probe bool
 }
 
@@ -150,9 +154,10 @@ type Call struct {
 // dependency is taken to be down; otherwise the caller makes the call and
 // reports it with Done.
 func (b *Breaker) Begin() (Call, error) {
+	epoch := b.epoch.Load()
 	switch State(b.state.Load()) {
 	case Closed:
-		return Call{b: b}, nil
+		return Call{b: b, epoch: epoch}, nil
 	case HalfOpen:
 		return Call{}, ErrOpen
 	}
@@ -162,10 +167,10 @@ func (b *Breaker) Begin() (Call, error) {
 	// The back-off is over: the first caller to move the state becomes
 	// the probe.
 	if b.state.CompareAndSwap(int32(Open), int32(HalfOpen)) {
-		return Call{b: b, probe: true}, nil
+		return Call{b: b, epoch: epoch, probe: true}, nil
 	}
 	if State(b.state.Load()) == Closed {
-		return Call{b: b}, nil
+		return Call{b: b, epoch: b.epoch.Load()}, nil
 	}
 	return Call{}, ErrOpen
 }
@@ -195,6 +200,7 @@ func (c Call) Done(err error) {
 		probes := b.probes
 		b.failures.Store(0)
 		b.probes, b.backoff = 0, b.opt.Backoff
+		b.epoch.Add(1)
 		b.state.Store(int32(Closed))
 		if log != nil {
 			log.Info().Str("dependency", b.name).Str("breaker", Closed.String()).Dur("down_for", downFor).
@@ -210,8 +216,10 @@ func (c Call) Done(err error) {
 				Dur("backoff", b.backoff).Int("failed_probes", b.probes).Int64("held", held).
 				Msg("circuit still open: the probe failed")
 		}
-	case State(b.state.Load()) != Closed:
-		// A call begun before the breaker opened; only the probe decides.
+	case State(b.state.Load()) != Closed || c.epoch != b.epoch.Load():
+		// A call begun before the breaker last opened or closed: only the
+		// probe decides, and a stall that a probe has seen end since does
+		// not open the breaker again.
 	default:
 		n := b.failures.Add(1)
 		timeout := Timeout(err)
@@ -223,6 +231,7 @@ func (c Call) Done(err error) {
 		b.backoff = b.opt.Backoff
 		b.probes = 0
 		b.until.Store(now.Add(b.backoff).UnixNano())
+		b.epoch.Add(1)
 		b.state.Store(int32(Open))
 		if log != nil {
 			log.Error().Str("dependency", b.name).Str("breaker", Open.String()).Err(err).

@@ -167,6 +167,29 @@ func TestLateCallsDoNotDecide(t *testing.T) {
 	}
 }
 
+// TestStaleTimeoutAfterRecovery: a call that began before an outage and
+// times out after a probe closed the breaker again does not reopen it:
+// the probe has seen Redis back since.
+func TestStaleTimeoutAfterRecovery(t *testing.T) {
+	b, clk, buf := newTest(Options{})
+	slow, _ := b.Begin()
+	call(b, stalled)
+	clk.t = clk.t.Add(DefaultBackoff)
+	if err := call(b, nil); err != nil || b.State() != Closed {
+		t.Fatalf("a good probe: %v, state %v", err, b.State())
+	}
+	slow.Done(stalled)
+	if b.State() != Closed {
+		t.Fatalf("a stale timeout moved the breaker to %v", b.State())
+	}
+	if err := call(b, stalled); err != nil || b.State() != Open {
+		t.Fatalf("a new timeout: %v, state %v; want open", err, b.State())
+	}
+	if n := strings.Count(buf.String(), "circuit open:"); n != 2 {
+		t.Errorf("logged %d circuit open lines, want 2 (one per outage)", n)
+	}
+}
+
 // TestOneProbeAmongMany: when many callers arrive once the back-off is
 // over, exactly one of them is the probe.
 func TestOneProbeAmongMany(t *testing.T) {
