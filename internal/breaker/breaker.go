@@ -89,7 +89,7 @@ type Breaker struct {
 	state    atomic.Int32
 	epoch    atomic.Uint64 // counts the changes between closed and open
 	until    atomic.Int64  // open: when a probe may go, Unix ns
-	failures atomic.Int32 // failed calls in a row while closed
+	failures atomic.Int32  // failed calls in a row while closed
 	log      atomic.Pointer[zerolog.Logger]
 
 	// mu serialises the changes of state.

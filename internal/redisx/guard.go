@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -34,9 +35,12 @@ const busyEvery = time.Minute
 //   - a circuit breaker (internal/breaker): after a timeout, or
 //     breaker_failures errors in a row, calls are answered ErrDown at
 //     once for a back-off period, then one probe call goes through;
-//   - an in-flight budget: at most max_inflight calls made by hooks wait
-//     for Redis at a time, so they never take every workpool worker that
-//     the queue plugins need; the next one is answered ErrBusy at once.
+//   - an in-flight budget: once max_inflight calls made by hooks have
+//     each waited longer than slow_call for Redis, the next one is
+//     answered ErrBusy at once, so a slow Redis never takes every
+//     workpool worker that the queue plugins need. Calls that Redis
+//     answers in time never count, however many run at once: a healthy
+//     Redis under load is never answered busy.
 //
 // Hooks call Redis through Do; goroutines of a plugin's own (a keeper
 // that refreshes keys) through Background. A plugin's ConnBlocker asks
@@ -46,9 +50,11 @@ type Client struct {
 	*redis.Client
 
 	breaker  *breaker.Breaker
-	max      int32
-	inflight atomic.Int32
+	max      int
+	slow     time.Duration
+	inflight inflight
 	busy     throttle.Throttle
+	refused  [2]atomic.Int64 // answers ErrDown, ErrBusy
 	log      atomic.Pointer[zerolog.Logger]
 }
 
@@ -60,7 +66,8 @@ func newClient(s Settings) *Client {
 			Backoff:    s.BreakerBackoff,
 			MaxBackoff: s.BreakerBackoffMax,
 		}),
-		max:  int32(s.MaxInflight),
+		max:  s.MaxInflight,
+		slow: s.SlowCall,
 		busy: throttle.Throttle{Every: busyEvery},
 	}
 }
@@ -79,34 +86,38 @@ func (c *Client) setLogger(log *zerolog.Logger) *zerolog.Logger {
 }
 
 // Ready reports whether a hook's call would go to Redis now: nil when
-// the breaker lets calls through and the in-flight budget has room,
-// otherwise ErrDown or ErrBusy. It changes nothing and answers in
-// nanoseconds, for a plugins.ConnBlocker: on an error the hook should
-// answer at once, on the event loop, as its fail setting says.
+// the breaker lets calls through and fewer than max_inflight calls have
+// waited longer than slow_call, otherwise ErrDown or ErrBusy. It changes
+// nothing and answers in well under a microsecond, for a
+// plugins.ConnBlocker: on an error the hook should answer at once, on
+// the event loop, as its fail setting says.
 func (c *Client) Ready(log *zerolog.Logger) error {
 	log = c.setLogger(log)
 	if !c.breaker.Ready() {
+		c.refused[0].Add(1)
 		return ErrDown
 	}
-	if c.inflight.Load() >= c.max {
+	if c.inflight.slowCount(time.Now().Add(-c.slow)) >= c.max {
 		c.logBusy(log)
 		return ErrBusy
 	}
 	return nil
 }
 
-// Do runs fn, which talks to Redis, as a hook's call: it counts toward
-// max_inflight and reports to the breaker. When the breaker is open or
-// the budget is spent it returns ErrDown or ErrBusy at once without
-// running fn; otherwise it returns fn's error.
+// Do runs fn, which talks to Redis, as a hook's call: it is counted in
+// flight and reports to the breaker. When the breaker is open, or
+// max_inflight calls have waited longer than slow_call, it returns
+// ErrDown or ErrBusy at once without running fn; otherwise it returns
+// fn's error.
 func (c *Client) Do(log *zerolog.Logger, fn func(ctx context.Context) error) error {
 	log = c.setLogger(log)
-	if n := c.inflight.Add(1); n > c.max {
-		c.inflight.Add(-1)
+	now := time.Now()
+	slot, ok := c.inflight.enter(now, now.Add(-c.slow), c.max)
+	if !ok {
 		c.logBusy(log)
 		return ErrBusy
 	}
-	defer c.inflight.Add(-1)
+	defer c.inflight.leave(slot)
 	return c.call(fn)
 }
 
@@ -122,6 +133,7 @@ func (c *Client) Background(log *zerolog.Logger, fn func(ctx context.Context) er
 func (c *Client) call(fn func(ctx context.Context) error) error {
 	bc, err := c.breaker.Begin()
 	if err != nil {
+		c.refused[0].Add(1)
 		return ErrDown
 	}
 	err = fn(context.Background())
@@ -149,11 +161,13 @@ func failure(err error) error {
 // logBusy says, at most once a minute per client, that hooks answer
 // without Redis because max_inflight calls are in flight.
 func (c *Client) logBusy(log *zerolog.Logger) {
+	c.refused[1].Add(1)
 	if log == nil {
 		return
 	}
 	if ok, held := c.busy.Allow(time.Now()); ok {
-		log.Warn().Str("component", "redis").Int32("max_inflight", c.max).Int64("held", held).
+		log.Warn().Str("component", "redis").Int("max_inflight", c.max).Int64("held", held).
+			Dur("slow_call", c.slow).
 			Msg("redis calls at max_inflight: hooks answer without redis, as their fail setting says")
 	}
 }
@@ -162,4 +176,65 @@ func (c *Client) logBusy(log *zerolog.Logger) {
 func (c *Client) BreakerState() breaker.State { return c.breaker.State() }
 
 // Inflight reports how many calls of hooks are waiting for Redis now.
-func (c *Client) Inflight() int { return int(c.inflight.Load()) }
+func (c *Client) Inflight() int { return c.inflight.slowCount(time.Now().Add(time.Hour)) }
+
+// inflight keeps the start times of the hooks' calls in flight. They are
+// few (at most one per workpool worker), so a locked scan of a short
+// slice is cheaper than anything cleverer.
+type inflight struct {
+	mu     sync.Mutex
+	starts []int64 // Unix ns; 0 is a free slot
+}
+
+// enter takes a slot for a call starting at now, unless max calls began
+// before slowBefore; it returns the slot to leave.
+func (f *inflight) enter(now, slowBefore time.Time, max int) (int, bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	free := -1
+	if f.slowLocked(slowBefore.UnixNano(), &free) >= max {
+		return 0, false
+	}
+	if free < 0 {
+		free = len(f.starts)
+		f.starts = append(f.starts, 0)
+	}
+	f.starts[free] = now.UnixNano()
+	return free, true
+}
+
+// leave frees the slot of a call that ended.
+func (f *inflight) leave(slot int) {
+	f.mu.Lock()
+	f.starts[slot] = 0
+	f.mu.Unlock()
+}
+
+// slowCount counts the calls in flight that began before before.
+func (f *inflight) slowCount(before time.Time) int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.slowLocked(before.UnixNano(), nil)
+}
+
+// slowLocked counts the calls that began before before and, when free
+// is not nil, finds a free slot; f.mu is held.
+func (f *inflight) slowLocked(before int64, free *int) int {
+	n := 0
+	for i, s := range f.starts {
+		switch {
+		case s == 0:
+			if free != nil && *free < 0 {
+				*free = i
+			}
+		case s < before:
+			n++
+		}
+	}
+	return n
+}
+
+// Refused reports how many times, since the client was made, Ready, Do
+// or Background answered ErrDown (down) and ErrBusy (busy) instead of
+// letting a call go to Redis.
+func (c *Client) Refused() (down, busy int64) { return c.refused[0].Load(), c.refused[1].Load() }

@@ -154,30 +154,18 @@ func TestRefusedOpensAfterARow(t *testing.T) {
 	}
 }
 
-// TestInflightBudget: with max_inflight calls waiting, the next call of a
-// hook is answered ErrBusy without running, Ready says so too, and one
-// line says it however many are refused; a keeper's Background call is
-// not counted. When a call ends, its place is free again.
+// TestInflightBudget: once max_inflight calls have each waited longer
+// than slow_call, the next call of a hook is answered ErrBusy without
+// running, Ready says so too, and one line says it however many are
+// refused; a keeper's Background call is not counted. When a call ends,
+// its place is free again.
 func TestInflightBudget(t *testing.T) {
 	srv := redistest.Start(t)
-	c, log, buf := openGuarded(t, srv, "max_inflight = 2")
-	release := make(chan struct{})
-	var wg sync.WaitGroup
-	started := make(chan struct{}, 2)
-	for range 2 {
-		wg.Go(func() {
-			c.Do(log, func(ctx context.Context) error {
-				started <- struct{}{}
-				<-release
-				return c.Ping(ctx).Err()
-			})
-		})
-	}
-	<-started
-	<-started
-	if c.Inflight() != 2 {
-		t.Fatalf("Inflight = %d with two calls waiting", c.Inflight())
-	}
+	c, log, buf := openGuarded(t, srv, "max_inflight = 2", "slow_call = 1ms")
+	release, wg := holdCalls(t, c, log, 2)
+	eventually(t, "the two calls count as slow", func() bool {
+		return errors.Is(c.Ready(nil), redisx.ErrBusy)
+	})
 	ran := false
 	for range 100 {
 		err := c.Do(log, func(context.Context) error { ran = true; return nil })
@@ -194,6 +182,9 @@ func TestInflightBudget(t *testing.T) {
 	if n := count(buf, "redis calls at max_inflight"); n != 1 {
 		t.Fatalf("101 refusals logged %d lines, want 1:\n%s", n, buf)
 	}
+	if _, busy := c.Refused(); busy < 101 {
+		t.Errorf("Refused counts %d busy answers, want at least 101", busy)
+	}
 	if err := c.Background(log, func(ctx context.Context) error { return c.Ping(ctx).Err() }); err != nil {
 		t.Fatalf("a Background call at the budget: %v", err)
 	}
@@ -205,4 +196,51 @@ func TestInflightBudget(t *testing.T) {
 	if c.BreakerState() != breaker.Closed {
 		t.Fatalf("the busy budget moved the breaker to %v", c.BreakerState())
 	}
+}
+
+// TestCallsInTimeNeverBusy: calls that have not waited slow_call do not
+// count, however many run at once: a healthy Redis under load is never
+// answered busy.
+func TestCallsInTimeNeverBusy(t *testing.T) {
+	srv := redistest.Start(t)
+	c, log, buf := openGuarded(t, srv, "max_inflight = 1", "slow_call = 1h")
+	release, wg := holdCalls(t, c, log, 3)
+	defer func() { close(release); wg.Wait() }()
+	if err := c.Ready(log); err != nil {
+		t.Fatalf("Ready with 3 calls in flight, none slow: %v", err)
+	}
+	if err := incr(c, log); err != nil {
+		t.Fatalf("a fourth call, none slow: %v", err)
+	}
+	if c.Inflight() != 3 || count(buf, "max_inflight") != 0 {
+		t.Fatalf("Inflight = %d, log:\n%s", c.Inflight(), buf)
+	}
+}
+
+// holdCalls starts n hooks' calls that wait, in flight, until release is
+// closed; it returns when all have begun.
+func holdCalls(t *testing.T, c *redisx.Client, log *zerolog.Logger, n int) (chan struct{}, *sync.WaitGroup) {
+	t.Helper()
+	release := make(chan struct{})
+	started := make(chan struct{}, n)
+	var wg sync.WaitGroup
+	for range n {
+		wg.Go(func() {
+			err := c.Do(log, func(ctx context.Context) error {
+				started <- struct{}{}
+				<-release
+				return c.Ping(ctx).Err()
+			})
+			if err != nil {
+				t.Errorf("a held call: %v", err)
+			}
+		})
+	}
+	for range n {
+		<-started
+	}
+	if c.Inflight() != n {
+		t.Fatalf("Inflight = %d with %d calls waiting", c.Inflight(), n)
+	}
+	return release, &wg
 }

@@ -40,6 +40,7 @@ const (
 	// DefaultMaxInflight is the default in-flight budget, unless half of
 	// threadpool_size is less (see Settings.MaxInflight).
 	DefaultMaxInflight       = 2
+	DefaultSlowCall          = 50 * time.Millisecond
 	DefaultBreakerFailures   = breaker.DefaultFailures
 	DefaultBreakerBackoff    = breaker.DefaultBackoff
 	DefaultBreakerBackoffMax = breaker.DefaultMaxBackoff
@@ -58,12 +59,17 @@ type Settings struct {
 	// DialTimeout, ReadTimeout and WriteTimeout bound each dial, each
 	// reply and each request.
 	DialTimeout, ReadTimeout, WriteTimeout time.Duration
-	// MaxInflight is the number of hooks' calls that may wait for Redis
-	// at a time, across every plugin using the client; the next one is
-	// answered ErrBusy at once. Its default is DefaultMaxInflight or half
-	// of threadpool_size, whichever is less, and at least 1: Redis calls
-	// then never take every workpool worker.
+	// MaxInflight is the number of hooks' calls, across every plugin
+	// using the client, that may wait longer than SlowCall for Redis at a
+	// time; while that many do, the next one is answered ErrBusy at
+	// once. Its default is DefaultMaxInflight or half of
+	// threadpool_size, whichever is less, and at least 1: a slow Redis
+	// then never takes every workpool worker.
 	MaxInflight int
+	// SlowCall is how long a hook's call waits for Redis before it
+	// counts toward MaxInflight; calls that Redis answers sooner never
+	// count.
+	SlowCall time.Duration
 	// BreakerFailures is the number of failed calls in a row that opens
 	// the circuit breaker; a timeout opens it at once.
 	BreakerFailures int
@@ -105,6 +111,7 @@ func Load(cfg *config.Config) (s Settings, ok bool, err error) {
 		WriteTimeout: pc.Duration("", "write_timeout", DefaultWriteTimeout),
 
 		MaxInflight:       pc.Int("", "max_inflight", defaultMaxInflight(cfg.Main.ThreadpoolSize)),
+		SlowCall:          pc.Duration("", "slow_call", DefaultSlowCall),
 		BreakerFailures:   pc.Int("", "breaker_failures", DefaultBreakerFailures),
 		BreakerBackoff:    pc.Duration("", "breaker_backoff", DefaultBreakerBackoff),
 		BreakerBackoffMax: pc.Duration("", "breaker_backoff_max", DefaultBreakerBackoffMax),
@@ -171,7 +178,7 @@ func (s *Settings) validate(pc *config.PluginConfig) error {
 		key string
 		v   time.Duration
 	}{{"dial_timeout", s.DialTimeout}, {"read_timeout", s.ReadTimeout}, {"write_timeout", s.WriteTimeout},
-		{"breaker_backoff", s.BreakerBackoff}, {"breaker_backoff_max", s.BreakerBackoffMax}} {
+		{"slow_call", s.SlowCall}, {"breaker_backoff", s.BreakerBackoff}, {"breaker_backoff_max", s.BreakerBackoffMax}} {
 		if d.v <= 0 {
 			return bad(d.key, "must be more than 0")
 		}

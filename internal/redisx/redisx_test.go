@@ -54,20 +54,21 @@ func TestDefaults(t *testing.T) {
 	}
 	want := redisx.Settings{Server: "127.0.0.1:6379", PoolSize: 10, DialTimeout: time.Second,
 		ReadTimeout: 500 * time.Millisecond, WriteTimeout: 500 * time.Millisecond,
-		MaxInflight: 2, BreakerFailures: 3, BreakerBackoff: time.Second, BreakerBackoffMax: 30 * time.Second}
+		MaxInflight: 2, SlowCall: 50 * time.Millisecond, BreakerFailures: 3, BreakerBackoff: time.Second,
+		BreakerBackoffMax: 30 * time.Second}
 	if s != want {
 		t.Errorf("settings = %+v, want %+v", s, want)
 	}
 	cfg = loadDir(t, map[string]string{"redis.ini": "server = [::1]:6380\ndb = 3\npassword = s3cret\npool_size = 4\n" +
 		"dial_timeout = 2s\nread_timeout = 250ms\nwrite_timeout = 1\n" +
-		"max_inflight = 6\nbreaker_failures = 5\nbreaker_backoff = 250ms\nbreaker_backoff_max = 1m\n"})
+		"max_inflight = 6\nslow_call = 20ms\nbreaker_failures = 5\nbreaker_backoff = 250ms\nbreaker_backoff_max = 1m\n"})
 	s, _, err = redisx.Load(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	want = redisx.Settings{Server: "[::1]:6380", DB: 3, Password: "s3cret", PoolSize: 4, DialTimeout: 2 * time.Second,
 		ReadTimeout: 250 * time.Millisecond, WriteTimeout: time.Second,
-		MaxInflight: 6, BreakerFailures: 5, BreakerBackoff: 250 * time.Millisecond, BreakerBackoffMax: time.Minute}
+		MaxInflight: 6, SlowCall: 20 * time.Millisecond, BreakerFailures: 5, BreakerBackoff: 250 * time.Millisecond, BreakerBackoffMax: time.Minute}
 	if s != want {
 		t.Errorf("settings = %+v, want %+v", s, want)
 	}
@@ -95,6 +96,7 @@ func TestBadSettings(t *testing.T) {
 		{"pool_size = 0", `config: redis.ini: [main] pool_size: "0" is out of range (minimum 1)`},
 		{"read_timeout = 0", `config: redis.ini: [main] read_timeout: "0" must be more than 0`},
 		{"max_inflight = 0", `config: redis.ini: [main] max_inflight: "0" is out of range (minimum 1)`},
+		{"slow_call = 0", `config: redis.ini: [main] slow_call: "0" must be more than 0`},
 		{"breaker_failures = 0", `config: redis.ini: [main] breaker_failures: "0" is out of range (minimum 1)`},
 		{"breaker_backoff = 0s", `config: redis.ini: [main] breaker_backoff: "0s" must be more than 0`},
 		{"breaker_backoff = 10s\nbreaker_backoff_max = 5s", `config: redis.ini: [main] breaker_backoff_max: "5s" is less than breaker_backoff`},

@@ -3,6 +3,7 @@ package limit_test
 import (
 	"bytes"
 	"context"
+	"errors"
 	"sync"
 	"testing"
 	"time"
@@ -54,7 +55,8 @@ func TestCloseTwice(t *testing.T) {
 }
 
 // TestAnswersInlineWhenRedisCannotTakeTheCall: with Redis stalled,
-// while max_inflight hooks wait for it, the next connect hook does not go
+// while max_inflight hooks have waited for it longer than slow_call, the
+// next connect or RCPT hook does not go
 // to the workpool: it answers at once on the event loop as fail says.
 // One line says the budget is spent; Redis is not logged as unavailable.
 func TestAnswersInlineWhenRedisCannotTakeTheCall(t *testing.T) {
@@ -62,7 +64,7 @@ func TestAnswersInlineWhenRedisCannotTakeTheCall(t *testing.T) {
 	// A long read timeout keeps the first calls waiting for as long as
 	// the test needs.
 	ch, client := redisChain(t, rs, "fail = closed\nmax_concurrency = 50\n[rate]\nrcpt_sender = 100/1h\n",
-		"read_timeout = 30s", "max_inflight = 2")
+		"read_timeout = 30s", "max_inflight = 2", "slow_call = 1ms")
 	var logBuf bytes.Buffer
 	if got, _ := run(t, ch, newConn("192.0.2.1", &logBuf), plugins.HookConnect, ""); got != "" {
 		t.Fatalf("connect with Redis up: %q", got)
@@ -85,8 +87,8 @@ func TestAnswersInlineWhenRedisCannotTakeTheCall(t *testing.T) {
 			wg.Go(func() { ch.RunOne(c, call, next) })
 		}
 	}
-	servertest.Eventually(t, 5*time.Millisecond, "two calls wait for the stalled Redis", func() bool {
-		return client.Inflight() == 2
+	servertest.Eventually(t, 5*time.Millisecond, "two calls wait for the stalled Redis longer than slow_call", func() bool {
+		return client.Inflight() == 2 && errors.Is(client.Ready(nil), redisx.ErrBusy)
 	})
 	for _, h := range []plugins.Hook{plugins.HookConnect, plugins.HookRcpt} {
 		c := newConn("192.0.2.1", &logBuf)

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"loopmx/internal/redisx"
 	"loopmx/internal/redisx/redistest"
 	"loopmx/internal/servertest"
 	_ "loopmx/plugins/queue/maildir"
@@ -185,8 +186,9 @@ func (l *load) bannerFigures(phase int32) string {
 // TestRedisStall is the proof that a stalled Redis does not hold the MX
 // hostage: under a steady load through a real server, redis-server is
 // stopped with SIGSTOP (it keeps its connections and answers nothing).
-// With fail = open every session during the stall still gets its banner
-// and its 250, and the operator reads one line saying the breaker opened
+// Before the stall no hook was answered without Redis (every limit was
+// counted). With fail = open every session during the stall still gets
+// its banner and its 250, and the operator reads one line saying the breaker opened
 // and, after SIGCONT, one saying it closed; then the counters in Redis
 // move again. The rates before and during the stall, and the banner
 // times, are logged as figures.
@@ -200,7 +202,13 @@ func TestRedisStall(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			rs := redistest.Start(t)
-			srv := servertest.StartDir(t, stallConfig(t, rs, "open", tc.plugins, tc.extra))
+			dir := stallConfig(t, rs, "open", tc.plugins, tc.extra)
+			srv := servertest.StartDir(t, dir)
+			client, _, err := redisx.Open(servertest.LoadDir(t, dir)) // the server's own
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer redisx.Release(client)
 			if _, err := session(srv.Addr, 0); err != nil {
 				t.Fatalf("a session before the load: %v", err)
 			}
@@ -208,6 +216,7 @@ func TestRedisStall(t *testing.T) {
 			defer l.finish()
 
 			before := l.measure(1)
+			_, busy := client.Refused()
 			rs.Pause()
 			stalled := true
 			defer func() {
@@ -223,6 +232,9 @@ func TestRedisStall(t *testing.T) {
 				"sessions across a change of phase: %s",
 				stallClients, before, l.bannerFigures(1), during, l.bannerFigures(2), 100*during/before,
 				l.bannerFigures(straddled))
+			if busy > 0 {
+				t.Errorf("a healthy Redis was answered busy %d times before the stall: limits went uncounted", busy)
+			}
 
 			servertest.Eventually(t, poll, "the breaker closes after SIGCONT", func() bool {
 				return srv.Log.Count("circuit closed") == 1
