@@ -21,8 +21,15 @@ import (
 var ErrDown = fmt.Errorf("redis: %w", breaker.ErrOpen)
 
 // ErrBusy is what Ready and Do answer, without contacting Redis, when
-// max_inflight calls of hooks are already waiting for Redis.
+// max_inflight calls of hooks have waited longer than slow_call and are
+// still in flight.
 var ErrBusy = errors.New("redis: max_inflight calls already in flight")
+
+// ErrSlow is what Do answers when Redis did not answer within slow_call:
+// the hook goes on without the answer, the call finishes on its own
+// goroutine. errors.Is(ErrSlow, ErrBusy) holds: for a plugin both mean
+// "Redis is slow, answer as fail says".
+var ErrSlow = fmt.Errorf("redis: no answer within slow_call (%w)", ErrBusy)
 
 // busyEvery is the least time between two "redis calls at max_inflight"
 // lines of one client.
@@ -35,12 +42,16 @@ const busyEvery = time.Minute
 //   - a circuit breaker (internal/breaker): after a timeout, or
 //     breaker_failures errors in a row, calls are answered ErrDown at
 //     once for a back-off period, then one probe call goes through;
+//   - a bounded wait: a hook waits at most slow_call for Redis (Do
+//     answers ErrSlow then, and the call finishes on a goroutine of its
+//     own), so a Redis call never holds a workpool worker that the queue
+//     plugins need for longer than that;
 //   - an in-flight budget: once max_inflight calls made by hooks have
-//     each waited longer than slow_call for Redis, the next one is
-//     answered ErrBusy at once, so a slow Redis never takes every
-//     workpool worker that the queue plugins need. Calls that Redis
-//     answers in time never count, however many run at once: a healthy
-//     Redis under load is never answered busy.
+//     each waited longer than slow_call and are still in flight, the
+//     next one is answered ErrBusy at once, without even a trip through
+//     the workpool. Calls that Redis answers in time never count,
+//     however many run at once: a healthy Redis under load is never
+//     answered busy.
 //
 // Hooks call Redis through Do; goroutines of a plugin's own (a keeper
 // that refreshes keys) through Background. A plugin's ConnBlocker asks
@@ -49,13 +60,15 @@ const busyEvery = time.Minute
 type Client struct {
 	*redis.Client
 
-	breaker  *breaker.Breaker
-	max      int
-	slow     time.Duration
-	inflight inflight
-	busy     throttle.Throttle
-	refused  [2]atomic.Int64 // answers ErrDown, ErrBusy
-	log      atomic.Pointer[zerolog.Logger]
+	breaker   *breaker.Breaker
+	max       int
+	slow      time.Duration
+	inflight  inflight
+	busy      throttle.Throttle
+	slowLog   throttle.Throttle
+	refused   [2]atomic.Int64 // answers ErrDown, ErrBusy
+	slowCalls atomic.Int64    // answers ErrSlow
+	log       atomic.Pointer[zerolog.Logger]
 }
 
 func newClient(s Settings) *Client {
@@ -66,9 +79,10 @@ func newClient(s Settings) *Client {
 			Backoff:    s.BreakerBackoff,
 			MaxBackoff: s.BreakerBackoffMax,
 		}),
-		max:  s.MaxInflight,
-		slow: s.SlowCall,
-		busy: throttle.Throttle{Every: busyEvery},
+		max:     s.MaxInflight,
+		slow:    s.SlowCall,
+		busy:    throttle.Throttle{Every: busyEvery},
+		slowLog: throttle.Throttle{Every: busyEvery},
 	}
 }
 
@@ -107,8 +121,13 @@ func (c *Client) Ready(log *zerolog.Logger) error {
 // Do runs fn, which talks to Redis, as a hook's call: it is counted in
 // flight and reports to the breaker. When the breaker is open, or
 // max_inflight calls have waited longer than slow_call, it returns
-// ErrDown or ErrBusy at once without running fn; otherwise it returns
-// fn's error.
+// ErrDown or ErrBusy at once without running fn. Otherwise fn runs on a
+// goroutine of its own and Do returns its error, or ErrSlow once
+// slow_call has passed without it: the hook then goes on, and fn
+// finishes (or times out) by itself, still counted in flight until then.
+// fn must therefore hand its results over only through what it returns
+// before slow_call, or through state of its own that it locks; after
+// ErrSlow the caller must not read what fn writes.
 func (c *Client) Do(log *zerolog.Logger, fn func(ctx context.Context) error) error {
 	log = c.setLogger(log)
 	now := time.Now()
@@ -117,8 +136,27 @@ func (c *Client) Do(log *zerolog.Logger, fn func(ctx context.Context) error) err
 		c.logBusy(log)
 		return ErrBusy
 	}
-	defer c.inflight.leave(slot)
-	return c.call(fn)
+	done := make(chan error, 1)
+	go func() {
+		err := c.call(fn)
+		c.inflight.leave(slot) // before Do returns with err
+		done <- err
+	}()
+	wait := time.NewTimer(c.slow)
+	defer wait.Stop()
+	select {
+	case err := <-done:
+		return err
+	case <-wait.C:
+		c.slowCalls.Add(1)
+		if log != nil {
+			if ok, held := c.slowLog.Allow(time.Now()); ok {
+				log.Warn().Str("component", "redis").Dur("slow_call", c.slow).Int64("held", held).
+					Msg("redis did not answer within slow_call: the hook answers without redis, as its fail setting says")
+			}
+		}
+		return ErrSlow
+	}
 }
 
 // Background runs fn like Do, for a goroutine of the plugin's own rather
@@ -129,14 +167,24 @@ func (c *Client) Background(log *zerolog.Logger, fn func(ctx context.Context) er
 	return c.call(fn)
 }
 
-// call runs fn under the breaker.
-func (c *Client) call(fn func(ctx context.Context) error) error {
+// call runs fn under the breaker. A panic in fn (a plugin's bug, not
+// Redis' fault) becomes an error, so that it neither kills the process
+// from Do's goroutine nor leaves the breaker waiting for its probe.
+func (c *Client) call(fn func(ctx context.Context) error) (err error) {
 	bc, err := c.breaker.Begin()
 	if err != nil {
 		c.refused[0].Add(1)
 		return ErrDown
 	}
+	panicked := true
+	defer func() {
+		if panicked {
+			err = fmt.Errorf("redis: the call panicked: %v", recover())
+			bc.Done(nil)
+		}
+	}()
 	err = fn(context.Background())
+	panicked = false
 	bc.Done(failure(err))
 	return err
 }
@@ -236,5 +284,8 @@ func (f *inflight) slowLocked(before int64, free *int) int {
 
 // Refused reports how many times, since the client was made, Ready, Do
 // or Background answered ErrDown (down) and ErrBusy (busy) instead of
-// letting a call go to Redis.
-func (c *Client) Refused() (down, busy int64) { return c.refused[0].Load(), c.refused[1].Load() }
+// letting a call go to Redis, and how many times Do stopped waiting for
+// a call with ErrSlow (slow).
+func (c *Client) Refused() (down, busy, slow int64) {
+	return c.refused[0].Load(), c.refused[1].Load(), c.slowCalls.Load()
+}

@@ -49,9 +49,9 @@ func count(buf *testlog.Buffer, msg string) int {
 }
 
 // TestBreakerOnAStalledRedis stops redis-server with SIGSTOP under a
-// client: the first call fails with the read timeout and opens the
-// breaker; the calls after it are answered ErrDown without going to
-// Redis; once Redis goes on, a probe closes the breaker and calls work
+// client: the first call is given up after slow_call (ErrSlow) and, once
+// it fails with the read timeout on its own, it opens the breaker; the
+// calls after that are answered ErrDown without going to Redis; once Redis goes on, a probe closes the breaker and calls work
 // again. Each change of state is logged once.
 func TestBreakerOnAStalledRedis(t *testing.T) {
 	srv := redistest.Start(t)
@@ -65,12 +65,12 @@ func TestBreakerOnAStalledRedis(t *testing.T) {
 
 	srv.Pause()
 	defer srv.Resume()
-	if err := incr(c, log); err == nil || errors.Is(err, redisx.ErrDown) || !breaker.Timeout(err) {
-		t.Fatalf("the first INCR on a stalled Redis: %v, want the read timeout", err)
+	if err := incr(c, log); !errors.Is(err, redisx.ErrSlow) {
+		t.Fatalf("the first INCR on a stalled Redis: %v, want ErrSlow", err)
 	}
-	if c.BreakerState() != breaker.Open {
-		t.Fatalf("after a timeout the breaker is %v, want open", c.BreakerState())
-	}
+	eventually(t, "the first INCR times out and opens the breaker", func() bool {
+		return c.BreakerState() == breaker.Open
+	})
 	for range 1000 {
 		if err := incr(c, log); !errors.Is(err, redisx.ErrDown) {
 			t.Fatalf("INCR with the breaker open: %v, want ErrDown", err)
@@ -182,7 +182,7 @@ func TestInflightBudget(t *testing.T) {
 	if n := count(buf, "redis calls at max_inflight"); n != 1 {
 		t.Fatalf("101 refusals logged %d lines, want 1:\n%s", n, buf)
 	}
-	if _, busy := c.Refused(); busy < 101 {
+	if _, busy, _ := c.Refused(); busy < 101 {
 		t.Errorf("Refused counts %d busy answers, want at least 101", busy)
 	}
 	if err := c.Background(log, func(ctx context.Context) error { return c.Ping(ctx).Err() }); err != nil {
@@ -190,6 +190,7 @@ func TestInflightBudget(t *testing.T) {
 	}
 	close(release)
 	wg.Wait()
+	eventually(t, "the held calls end", func() bool { return c.Inflight() == 0 })
 	if err := incr(c, log); err != nil {
 		t.Fatalf("a call once the budget is free: %v", err)
 	}
@@ -217,6 +218,50 @@ func TestCallsInTimeNeverBusy(t *testing.T) {
 	}
 }
 
+// TestSlowCallLetsTheHookGo: a hook waits at most slow_call for Redis;
+// the call it gave up goes on, counted in flight, and its outcome still
+// reaches the breaker and Redis.
+func TestSlowCallLetsTheHookGo(t *testing.T) {
+	srv := redistest.Start(t)
+	c, log, buf := openGuarded(t, srv, "slow_call = 10ms")
+	release := make(chan struct{})
+	finished := make(chan struct{})
+	err := c.Do(log, func(ctx context.Context) error {
+		defer close(finished)
+		<-release
+		return c.Set(ctx, "redisx:late", "1", time.Minute).Err()
+	})
+	if !errors.Is(err, redisx.ErrSlow) || !errors.Is(err, redisx.ErrBusy) {
+		t.Fatalf("a call that outlasts slow_call: %v, want ErrSlow (an ErrBusy)", err)
+	}
+	if c.Inflight() != 1 {
+		t.Fatalf("Inflight = %d while the given-up call runs", c.Inflight())
+	}
+	close(release)
+	<-finished
+	eventually(t, "the late call ends", func() bool { return c.Inflight() == 0 })
+	if v, err := c.Get(context.Background(), "redisx:late").Result(); err != nil || v != "1" {
+		t.Fatalf("the late SET: %q, %v", v, err)
+	}
+	if _, _, slow := c.Refused(); slow != 1 || count(buf, "redis did not answer within slow_call") != 1 {
+		t.Fatalf("Refused counts %d slow answers, log:\n%s", slow, buf)
+	}
+}
+
+// TestPanicInACall: a call that panics is an error for its hook, not a
+// crash of the process nor a Redis failure.
+func TestPanicInACall(t *testing.T) {
+	srv := redistest.Start(t)
+	c, log, _ := openGuarded(t, srv, "breaker_failures = 1")
+	err := c.Do(log, func(context.Context) error { panic("plugin bug") })
+	if err == nil || !strings.Contains(err.Error(), "plugin bug") {
+		t.Fatalf("a panicking call: %v", err)
+	}
+	if c.BreakerState() != breaker.Closed || c.Inflight() != 0 {
+		t.Fatalf("after a panic: breaker %v, %d in flight", c.BreakerState(), c.Inflight())
+	}
+}
+
 // holdCalls starts n hooks' calls that wait, in flight, until release is
 // closed; it returns when all have begun.
 func holdCalls(t *testing.T, c *redisx.Client, log *zerolog.Logger, n int) (chan struct{}, *sync.WaitGroup) {
@@ -231,7 +276,7 @@ func holdCalls(t *testing.T, c *redisx.Client, log *zerolog.Logger, n int) (chan
 				<-release
 				return c.Ping(ctx).Err()
 			})
-			if err != nil {
+			if err != nil && !errors.Is(err, redisx.ErrSlow) {
 				t.Errorf("a held call: %v", err)
 			}
 		})

@@ -40,7 +40,6 @@ const (
 	// DefaultMaxInflight is the default in-flight budget, unless half of
 	// threadpool_size is less (see Settings.MaxInflight).
 	DefaultMaxInflight       = 2
-	DefaultSlowCall          = 50 * time.Millisecond
 	DefaultBreakerFailures   = breaker.DefaultFailures
 	DefaultBreakerBackoff    = breaker.DefaultBackoff
 	DefaultBreakerBackoffMax = breaker.DefaultMaxBackoff
@@ -66,9 +65,12 @@ type Settings struct {
 	// threadpool_size, whichever is less, and at least 1: a slow Redis
 	// then never takes every workpool worker.
 	MaxInflight int
-	// SlowCall is how long a hook's call waits for Redis before it
-	// counts toward MaxInflight; calls that Redis answers sooner never
-	// count.
+	// SlowCall is the longest a hook waits for Redis: a call still
+	// unanswered then is left to finish by itself (the hook answers as
+	// its fail setting says) and counts toward MaxInflight until it
+	// does; calls that Redis answers sooner never count. It defaults to
+	// ReadTimeout: a hook waits at most for one reply, never for
+	// go-redis' retry after a timeout.
 	SlowCall time.Duration
 	// BreakerFailures is the number of failed calls in a row that opens
 	// the circuit breaker; a timeout opens it at once.
@@ -111,11 +113,11 @@ func Load(cfg *config.Config) (s Settings, ok bool, err error) {
 		WriteTimeout: pc.Duration("", "write_timeout", DefaultWriteTimeout),
 
 		MaxInflight:       pc.Int("", "max_inflight", defaultMaxInflight(cfg.Main.ThreadpoolSize)),
-		SlowCall:          pc.Duration("", "slow_call", DefaultSlowCall),
 		BreakerFailures:   pc.Int("", "breaker_failures", DefaultBreakerFailures),
 		BreakerBackoff:    pc.Duration("", "breaker_backoff", DefaultBreakerBackoff),
 		BreakerBackoffMax: pc.Duration("", "breaker_backoff_max", DefaultBreakerBackoffMax),
 	}
+	s.SlowCall = pc.Duration("", "slow_call", s.ReadTimeout)
 	if err := pc.Check(); err != nil {
 		return Settings{}, false, err
 	}

@@ -54,7 +54,7 @@ func TestDefaults(t *testing.T) {
 	}
 	want := redisx.Settings{Server: "127.0.0.1:6379", PoolSize: 10, DialTimeout: time.Second,
 		ReadTimeout: 500 * time.Millisecond, WriteTimeout: 500 * time.Millisecond,
-		MaxInflight: 2, SlowCall: 50 * time.Millisecond, BreakerFailures: 3, BreakerBackoff: time.Second,
+		MaxInflight: 2, SlowCall: 500 * time.Millisecond, BreakerFailures: 3, BreakerBackoff: time.Second,
 		BreakerBackoffMax: 30 * time.Second}
 	if s != want {
 		t.Errorf("settings = %+v, want %+v", s, want)
@@ -75,6 +75,11 @@ func TestDefaults(t *testing.T) {
 	o := s.Options()
 	if o.Addr != "[::1]:6380" || o.DB != 3 || o.Password != "s3cret" || o.PoolSize != 4 || o.ReadTimeout != 250*time.Millisecond {
 		t.Errorf("options = %+v", o)
+	}
+	// slow_call follows read_timeout unless set.
+	cfg = loadDir(t, map[string]string{"redis.ini": "read_timeout = 2s\n"})
+	if s, _, _ := redisx.Load(cfg); s.SlowCall != 2*time.Second {
+		t.Errorf("read_timeout = 2s: slow_call defaults to %v, want 2s", s.SlowCall)
 	}
 	// Without max_inflight, a small workpool keeps a worker Redis cannot
 	// take: half of threadpool_size, at least 1.

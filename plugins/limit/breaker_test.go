@@ -1,16 +1,17 @@
 package limit_test
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"sync"
 	"testing"
 	"time"
 
+	"loopmx/internal/breaker"
 	"loopmx/internal/redisx"
 	"loopmx/internal/redisx/redistest"
 	"loopmx/internal/servertest"
+	"loopmx/internal/testlog"
 	"loopmx/plugins"
 )
 
@@ -40,7 +41,7 @@ func redisChain(t *testing.T, rs *redistest.Server, limitINI string, redisINI ..
 func TestCloseTwice(t *testing.T) {
 	rs := redistest.Start(t)
 	ch, client := redisChain(t, rs, "max_concurrency = 5\n")
-	var logBuf bytes.Buffer
+	var logBuf testlog.Buffer
 	if got, _ := run(t, ch, newConn("192.0.2.1", &logBuf), plugins.HookConnect, ""); got != "" {
 		t.Fatalf("connect: %q", got)
 	}
@@ -64,8 +65,8 @@ func TestAnswersInlineWhenRedisCannotTakeTheCall(t *testing.T) {
 	// A long read timeout keeps the first calls waiting for as long as
 	// the test needs.
 	ch, client := redisChain(t, rs, "fail = closed\nmax_concurrency = 50\n[rate]\nrcpt_sender = 100/1h\n",
-		"read_timeout = 30s", "max_inflight = 2", "slow_call = 1ms")
-	var logBuf bytes.Buffer
+		"read_timeout = 30s", "max_inflight = 2", "slow_call = 300ms")
+	var logBuf testlog.Buffer
 	if got, _ := run(t, ch, newConn("192.0.2.1", &logBuf), plugins.HookConnect, ""); got != "" {
 		t.Fatalf("connect with Redis up: %q", got)
 	}
@@ -79,7 +80,7 @@ func TestAnswersInlineWhenRedisCannotTakeTheCall(t *testing.T) {
 	}()
 	var wg sync.WaitGroup
 	for range 2 {
-		c := newConn("192.0.2.1", &bytes.Buffer{})
+		c := newConn("192.0.2.1", &testlog.Buffer{})
 		call := &plugins.Call{Hook: plugins.HookConnect}
 		if _, next, done := ch.Step(c, call, 0); done {
 			t.Fatal("connect with room in the budget did not go to the workpool")
@@ -105,19 +106,17 @@ func TestAnswersInlineWhenRedisCannotTakeTheCall(t *testing.T) {
 			t.Errorf("%s with max_inflight calls in flight: %d %s, want %d 4.3.0", h, rep.Code, rep.Enhanced, want)
 		}
 	}
-	if n := bytes.Count(logBuf.Bytes(), []byte("redis calls at max_inflight")); n != 1 {
+	if n := logBuf.Count("redis calls at max_inflight"); n != 1 {
 		t.Errorf("two hooks over the budget logged %d lines, want 1:\n%s", n, logBuf.String())
 	}
-	if bytes.Contains(logBuf.Bytes(), []byte("redis unavailable")) {
+	if logBuf.Count("redis unavailable") > 0 {
 		t.Errorf("a busy Redis was logged as unavailable:\n%s", logBuf.String())
 	}
 
 	rs.Resume()
 	resumed = true
 	wg.Wait()
-	if client.Inflight() != 0 {
-		t.Fatalf("Inflight = %d once the calls ended", client.Inflight())
-	}
+	servertest.Eventually(t, 5*time.Millisecond, "the calls end", func() bool { return client.Inflight() == 0 })
 	if _, _, done := ch.Step(newConn("192.0.2.1", &logBuf), &plugins.Call{Hook: plugins.HookConnect}, 0); done {
 		t.Fatal("connect with the budget free again did not go to the workpool")
 	}
@@ -128,14 +127,17 @@ func TestAnswersInlineWhenRedisCannotTakeTheCall(t *testing.T) {
 // connection through, until a probe finds Redis back.
 func TestAnswersInlineWhileTheBreakerIsOpen(t *testing.T) {
 	rs := redistest.Start(t)
-	ch, _ := redisChain(t, rs, "fail = open\nmax_concurrency = 50\n", "read_timeout = 100ms", "breaker_backoff = 1h")
-	var logBuf bytes.Buffer
+	ch, client := redisChain(t, rs, "fail = open\nmax_concurrency = 50\n", "read_timeout = 100ms", "breaker_backoff = 1h")
+	var logBuf testlog.Buffer
 	rs.Pause()
 	defer rs.Resume()
 	first := newConn("192.0.2.1", &logBuf)
 	if got, _ := run(t, ch, first, plugins.HookConnect, ""); got != "" {
 		t.Fatalf("connect on a stalled Redis with fail = open: %q", got)
 	}
+	servertest.Eventually(t, 5*time.Millisecond, "the first call times out and opens the breaker", func() bool {
+		return client.BreakerState() == breaker.Open
+	})
 	for range 100 {
 		c := newConn("192.0.2.1", &logBuf)
 		res, _, done := ch.Step(c, &plugins.Call{Hook: plugins.HookConnect}, 0)
@@ -143,10 +145,10 @@ func TestAnswersInlineWhileTheBreakerIsOpen(t *testing.T) {
 			t.Fatalf("connect with the breaker open: done %v, %v; want answered inline, let through", done, res.Action)
 		}
 	}
-	if n := bytes.Count(logBuf.Bytes(), []byte("circuit open: calls fail at once")); n != 1 {
+	if n := logBuf.Count("circuit open: calls fail at once"); n != 1 {
 		t.Errorf("logged %d circuit open lines, want 1:\n%s", n, logBuf.String())
 	}
-	if n := bytes.Count(logBuf.Bytes(), []byte("redis unavailable")); n != 1 {
+	if n := logBuf.Count("redis unavailable"); n != 1 {
 		t.Errorf("logged %d redis unavailable lines for 101 connections, want 1:\n%s", n, logBuf.String())
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"os"
 	"sync"
@@ -155,36 +156,52 @@ func (s *redisStore) connect(c *plugins.Conn, ip string, st *settings) (connectC
 	if st.connRate.On() {
 		ratePer = st.connRate.Per.Milliseconds()
 	}
-	var res []int64
-	err := s.client.Do(c.Log, func(ctx context.Context) (err error) {
-		res, err = connectScript.Run(ctx, s.client, []string{keyConn + ip, m.key},
+	// The script's answer is settled inside the call: when Redis answers
+	// after slow_call the hook has gone on without it (ErrSlow), and the
+	// member it may have added must still be kept or given back.
+	var cc connectCount
+	err := s.client.Do(c.Log, func(ctx context.Context) error {
+		res, err := connectScript.Run(ctx, s.client, []string{keyConn + ip, m.key},
 			ratePer, st.connRate.N, time.Now().UnixMilli(), s.ttl.Milliseconds(), m.name, st.maxConcurrency).Int64Slice()
+		var got connectCount
+		if err == nil && len(res) == 3 {
+			got = connectCount{rate: res[0], open: int(res[1]), admitted: res[2] == 1}
+		} else if err == nil {
+			err = fmt.Errorf("connect script returned %v", res)
+		}
+		if conc {
+			s.settle(c.ID, m, got.admitted)
+		}
+		cc = got // read by the caller only when the call answered in time
 		return err
 	})
-	var cc connectCount
-	if err == nil && len(res) == 3 {
-		cc = connectCount{rate: res[0], open: int(res[1]), admitted: res[2] == 1}
-	} else if err == nil {
-		err = fmt.Errorf("connect script returned %v", res)
+	if conc && (errors.Is(err, redisx.ErrDown) || errors.Is(err, redisx.ErrBusy) && !errors.Is(err, redisx.ErrSlow)) {
+		s.settle(c.ID, m, false) // the call never ran
 	}
-	if conc {
-		s.mu.Lock()
-		delete(s.inflight, c.ID)
-		switch {
-		case s.orphans[c.ID]:
-			// The connection closed while this hook ran (it had timed
-			// out): give the member back at once.
-			delete(s.orphans, c.ID)
-			if cc.admitted {
-				s.releases = append(s.releases, m)
-				s.signal()
-			}
-		case cc.admitted:
-			s.live[c.ID] = m
+	if err != nil {
+		return connectCount{}, err
+	}
+	return cc, nil
+}
+
+// settle ends the connect call of connection id: its member m is kept
+// for the keeper to refresh when Redis admitted it, or given back at once
+// when the connection closed meanwhile (its hook had timed out, or had
+// gone on after slow_call).
+func (s *redisStore) settle(id string, m member, admitted bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.inflight, id)
+	switch {
+	case s.orphans[id]:
+		delete(s.orphans, id)
+		if admitted {
+			s.releases = append(s.releases, m)
+			s.signal()
 		}
-		s.mu.Unlock()
+	case admitted:
+		s.live[id] = m
 	}
-	return cc, err
 }
 
 // disconnect hands the connection's member to the keeper for removal. It
@@ -213,12 +230,16 @@ func (s *redisStore) signal() {
 	}
 }
 
-func (s *redisStore) senderRcpt(sender string, per time.Duration) (n int64, err error) {
-	err = s.client.Do(s.log.Load(), func(ctx context.Context) (err error) {
+func (s *redisStore) senderRcpt(sender string, per time.Duration) (int64, error) {
+	var n int64
+	err := s.client.Do(s.log.Load(), func(ctx context.Context) (err error) {
 		n, err = countScript.Run(ctx, s.client, []string{keySender + sender}, per.Milliseconds()).Int64()
 		return err
 	})
-	return n, err
+	if err != nil {
+		return 0, err // after ErrSlow, n belongs to the call still running
+	}
+	return n, nil
 }
 
 // keep is the keeper goroutine: it removes the members of closed

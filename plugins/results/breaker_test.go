@@ -47,7 +47,7 @@ func TestStalledRedis(t *testing.T) {
 	if n := srv.Log.Count("circuit open"); n != 1 {
 		t.Errorf("the stall logged %d circuit open lines, want 1:\n%s", n, srv.Log)
 	}
-	if n := srv.Log.Count(`"plugin":"results"`, "redis unavailable"); n != 1 {
-		t.Errorf("results logged redis unavailable %d times, want once:\n%s", n, srv.Log)
+	if n := srv.Log.Count(`"plugin":"results"`, "redis unavailable"); n > 1 {
+		t.Errorf("results logged redis unavailable %d times, want at most once:\n%s", n, srv.Log)
 	}
 }
