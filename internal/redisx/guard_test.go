@@ -89,14 +89,20 @@ func TestBreakerOnAStalledRedis(t *testing.T) {
 	eventually(t, "a probe closes the breaker once Redis goes on", func() bool {
 		return incr(c, log) == nil
 	})
-	if c.BreakerState() != breaker.Closed {
-		t.Fatalf("after a good probe the breaker is %v", c.BreakerState())
-	}
+	requireState(t, c, breaker.Closed, "after a good probe")
 	if n, err := c.Get(context.Background(), "redis:none").Result(); !errors.Is(err, redis.Nil) {
 		t.Fatalf("GET of a missing key: %q, %v", n, err)
 	}
 	if o, cl := count(buf, "circuit open"), count(buf, "circuit closed"); o != 1 || cl != 1 {
 		t.Errorf("the outage logged %d open and %d closed lines, want one each:\n%s", o, cl, buf)
+	}
+}
+
+// requireState fails the test unless c's breaker is in state want.
+func requireState(t *testing.T, c *redisx.Client, want breaker.State, when string) {
+	t.Helper()
+	if got := c.BreakerState(); got != want {
+		t.Fatalf("%s the breaker is %v, want %v", when, got, want)
 	}
 }
 
@@ -129,9 +135,7 @@ func TestAnswersAreNotFailures(t *testing.T) {
 			t.Fatalf("GET of a missing key: %v", err)
 		}
 	}
-	if c.BreakerState() != breaker.Closed {
-		t.Fatalf("error replies opened the breaker: %v", c.BreakerState())
-	}
+	requireState(t, c, breaker.Closed, "after error replies")
 }
 
 // TestRefusedOpensAfterARow: with Redis gone (connection refused, no
@@ -194,9 +198,7 @@ func TestInflightBudget(t *testing.T) {
 	if err := incr(c, log); err != nil {
 		t.Fatalf("a call once the budget is free: %v", err)
 	}
-	if c.BreakerState() != breaker.Closed {
-		t.Fatalf("the busy budget moved the breaker to %v", c.BreakerState())
-	}
+	requireState(t, c, breaker.Closed, "after busy answers")
 }
 
 // TestCallsInTimeNeverBusy: calls that have not waited slow_call do not

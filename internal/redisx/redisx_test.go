@@ -219,7 +219,7 @@ func TestContribExample(t *testing.T) {
 	if err != nil || !ok {
 		t.Fatalf("Load: %v, %v", ok, err)
 	}
-	if s.MaxInflight != 2 || s.BreakerFailures != 3 || s.BreakerBackoff != time.Second || s.BreakerBackoffMax != 30*time.Second {
+	if s.MaxInflight != 2 || s.SlowCall != 500*time.Millisecond || s.BreakerFailures != 3 || s.BreakerBackoff != time.Second || s.BreakerBackoffMax != 30*time.Second {
 		t.Errorf("the example's guards: %+v", s)
 	}
 }

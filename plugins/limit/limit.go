@@ -248,11 +248,11 @@ func (l *Limit) checkErrors(c *plugins.Conn) plugins.Result {
 	return plugins.Next()
 }
 
-// unavailable answers a failed Redis call, or one not made (the breaker
-// is open, or max_inflight calls are in flight), as limit.ini's fail
-// says: open lets the command through, closed refuses it (421 and close
-// at connect, 451 4.3.0 later). Either way the outage is logged at most
-// once a minute.
+// unavailable answers a failed Redis call, one not answered within
+// slow_call, or one not made (the breaker is open, or max_inflight calls
+// are that late), as limit.ini's fail says: open lets the command
+// through, closed refuses it (421 and close at connect, 451 4.3.0
+// later). Either way the outage is logged at most once a minute.
 func (l *Limit) unavailable(c *plugins.Conn, h plugins.Hook, err error) plugins.Result {
 	note := "err: redis unavailable"
 	if errors.Is(err, redisx.ErrBusy) {
