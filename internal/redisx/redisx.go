@@ -1,8 +1,8 @@
 // Package redisx gives loopmx plugins one Redis client per process. The
 // client is configured by redis.ini in the config directory; every plugin
-// that asks for it gets the same *redis.Client, so the process holds one
-// bounded pool of Redis connections however many plugins and client
-// connections use it. When redis.ini does not exist, Redis is not
+// that opens it gets the same *Client, so the process holds one bounded
+// pool of Redis connections, one circuit breaker and one in-flight budget
+// however many plugins and client connections use it. When redis.ini does not exist, Redis is not
 // configured and plugins fall back to their in-memory mode.
 //
 // redisx is a library for plugins, not a plugin: it registers nothing and
@@ -24,6 +24,7 @@ import (
 	"github.com/redis/go-redis/v9/maintnotifications"
 
 	"loopmx/config"
+	"loopmx/internal/breaker"
 )
 
 // File is the name of the Redis settings file in the config directory.
@@ -36,6 +37,12 @@ const (
 	DefaultDialTimeout  = time.Second
 	DefaultReadTimeout  = 500 * time.Millisecond
 	DefaultWriteTimeout = 500 * time.Millisecond
+	// DefaultMaxInflight is the default in-flight budget, unless half of
+	// threadpool_size is less (see Settings.MaxInflight).
+	DefaultMaxInflight       = 2
+	DefaultBreakerFailures   = breaker.DefaultFailures
+	DefaultBreakerBackoff    = breaker.DefaultBackoff
+	DefaultBreakerBackoffMax = breaker.DefaultMaxBackoff
 )
 
 // Settings are the values of redis.ini.
@@ -51,6 +58,33 @@ type Settings struct {
 	// DialTimeout, ReadTimeout and WriteTimeout bound each dial, each
 	// reply and each request.
 	DialTimeout, ReadTimeout, WriteTimeout time.Duration
+	// MaxInflight is the number of hooks' calls, across every plugin
+	// using the client, that may wait longer than SlowCall for Redis at a
+	// time; while that many do, the next one is answered ErrBusy at
+	// once. Its default is DefaultMaxInflight or half of
+	// threadpool_size, whichever is less, and at least 1: a slow Redis
+	// then never takes every workpool worker.
+	MaxInflight int
+	// SlowCall is the longest a hook waits for Redis: a call still
+	// unanswered then is left to finish by itself (the hook answers as
+	// its fail setting says) and counts toward MaxInflight until it
+	// does; calls that Redis answers sooner never count. It defaults to
+	// ReadTimeout: a hook waits at most for one reply, never for
+	// go-redis' retry after a timeout.
+	SlowCall time.Duration
+	// BreakerFailures is the number of failed calls in a row that opens
+	// the circuit breaker; a timeout opens it at once.
+	BreakerFailures int
+	// BreakerBackoff is how long the breaker first stays open; each
+	// failed probe doubles it, up to BreakerBackoffMax.
+	BreakerBackoff, BreakerBackoffMax time.Duration
+}
+
+// defaultMaxInflight is max_inflight when redis.ini does not set it:
+// below the workpool's size, so that queue plugins keep workers of their
+// own while Redis is slow.
+func defaultMaxInflight(threadpool int) int {
+	return max(1, min(DefaultMaxInflight, threadpool/2))
 }
 
 // Load reads redis.ini from the config directory. It reports ok=false,
@@ -77,9 +111,18 @@ func Load(cfg *config.Config) (s Settings, ok bool, err error) {
 		DialTimeout:  pc.Duration("", "dial_timeout", DefaultDialTimeout),
 		ReadTimeout:  pc.Duration("", "read_timeout", DefaultReadTimeout),
 		WriteTimeout: pc.Duration("", "write_timeout", DefaultWriteTimeout),
+
+		MaxInflight:       pc.Int("", "max_inflight", defaultMaxInflight(cfg.Main.ThreadpoolSize)),
+		BreakerFailures:   pc.Int("", "breaker_failures", DefaultBreakerFailures),
+		BreakerBackoff:    pc.Duration("", "breaker_backoff", DefaultBreakerBackoff),
+		BreakerBackoffMax: pc.Duration("", "breaker_backoff_max", DefaultBreakerBackoffMax),
 	}
+	s.SlowCall = pc.Duration("", "slow_call", s.ReadTimeout)
 	if err := pc.Check(); err != nil {
 		return Settings{}, false, err
+	}
+	if pc.String("", "breaker_backoff_max", "") == "" {
+		s.BreakerBackoffMax = max(s.BreakerBackoffMax, s.BreakerBackoff)
 	}
 	// config.Plugin accepts a "timeout" key in every file, for the chain;
 	// redis.ini belongs to no plugin, so the key would be silently ignored.
@@ -125,16 +168,25 @@ func (s *Settings) validate(pc *config.PluginConfig) error {
 	if s.DB < 0 {
 		return bad("db", "is out of range (minimum 0)")
 	}
-	if s.PoolSize < 1 {
-		return bad("pool_size", "is out of range (minimum 1)")
+	for _, n := range []struct {
+		key string
+		v   int
+	}{{"pool_size", s.PoolSize}, {"max_inflight", s.MaxInflight}, {"breaker_failures", s.BreakerFailures}} {
+		if n.v < 1 {
+			return bad(n.key, "is out of range (minimum 1)")
+		}
 	}
 	for _, d := range []struct {
 		key string
 		v   time.Duration
-	}{{"dial_timeout", s.DialTimeout}, {"read_timeout", s.ReadTimeout}, {"write_timeout", s.WriteTimeout}} {
+	}{{"dial_timeout", s.DialTimeout}, {"read_timeout", s.ReadTimeout}, {"write_timeout", s.WriteTimeout},
+		{"slow_call", s.SlowCall}, {"breaker_backoff", s.BreakerBackoff}, {"breaker_backoff_max", s.BreakerBackoffMax}} {
 		if d.v <= 0 {
 			return bad(d.key, "must be more than 0")
 		}
+	}
+	if s.BreakerBackoffMax < s.BreakerBackoff {
+		return bad("breaker_backoff_max", "is less than breaker_backoff")
 	}
 	return nil
 }
@@ -166,7 +218,7 @@ func (s Settings) Options() *redis.Options {
 // shared is one process-wide client and the number of plugins using it.
 type shared struct {
 	key    string
-	client *redis.Client
+	client *Client
 	refs   int
 }
 
@@ -175,7 +227,7 @@ var (
 	clients = map[string]*shared{}
 )
 
-// Client returns the process's Redis client for the config directory of
+// Open returns the process's Redis client for the config directory of
 // cfg, creating it on first use. ok is false, with a nil client and no
 // error, when redis.ini does not exist. Every call for the same directory
 // and settings returns the same client; each caller hands it back with
@@ -184,7 +236,7 @@ var (
 // Creating the client does not contact Redis: go-redis dials lazily and
 // reconnects by itself, so a server that is down at start, or goes away
 // later, makes commands fail with an error but never panics.
-func Client(cfg *config.Config) (*redis.Client, bool, error) {
+func Open(cfg *config.Config) (*Client, bool, error) {
 	s, ok, err := Load(cfg)
 	if err != nil || !ok {
 		return nil, false, err
@@ -195,17 +247,17 @@ func Client(cfg *config.Config) (*redis.Client, bool, error) {
 	defer mu.Unlock()
 	sh := clients[key]
 	if sh == nil {
-		sh = &shared{key: key, client: redis.NewClient(s.Options())}
+		sh = &shared{key: key, client: newClient(s)}
 		clients[key] = sh
 	}
 	sh.refs++
 	return sh.client, true, nil
 }
 
-// Release hands back a client obtained from Client. The last Release of
+// Release hands back a client obtained from Open. The last Release of
 // a client closes it. Releasing a client redisx did not make, or one that
 // is already closed, does nothing.
-func Release(c *redis.Client) error {
+func Release(c *Client) error {
 	if c == nil {
 		return nil
 	}

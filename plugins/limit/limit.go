@@ -12,6 +12,7 @@
 package limit
 
 import (
+	"errors"
 	"net/netip"
 	"strconv"
 	"strings"
@@ -91,7 +92,7 @@ func setup(cfg *config.Config) (plugins.Plugin, error) {
 		l.store = newMemory()
 		return l, nil
 	}
-	client, _, err := redisx.Client(cfg)
+	client, _, err := redisx.Open(cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -180,6 +181,7 @@ func (l *Limit) Data(c *plugins.Conn) plugins.Result { return l.checkErrors(c) }
 // recipients per sender per period. The null sender is not counted per
 // sender: every bounce in the world shares it.
 func (l *Limit) Rcpt(c *plugins.Conn, _ string) plugins.Result {
+	down := takeDown(c) // BlocksConn's verdict is for this call only
 	if r := l.checkErrors(c); r.Action != plugins.Continue {
 		return r
 	}
@@ -193,7 +195,10 @@ func (l *Limit) Rcpt(c *plugins.Conn, _ string) plugins.Result {
 	if !l.s.senderRate.On() || c.Tx.From == "" {
 		return plugins.Next()
 	}
-	n, err := l.store.senderRcpt(strings.ToLower(c.Tx.From), l.s.senderRate.Per)
+	n, err := int64(0), down
+	if err == nil {
+		n, err = l.store.senderRcpt(strings.ToLower(c.Tx.From), l.s.senderRate.Per)
+	}
 	if err != nil {
 		return l.unavailable(c, plugins.HookRcpt, err)
 	}
@@ -247,12 +252,19 @@ func (l *Limit) checkErrors(c *plugins.Conn) plugins.Result {
 	return plugins.Next()
 }
 
-// unavailable answers a failed Redis call as limit.ini's fail says: open
-// lets the command through, closed refuses it (421 and close at connect,
-// 451 4.3.0 later). Either way the outage is logged at most once a minute.
+// unavailable answers a failed Redis call, one not answered within
+// slow_call, or one not made (the breaker is open, or max_inflight calls
+// are that late), as limit.ini's fail says: open lets the command
+// through, closed refuses it (421 and close at connect, 451 4.3.0
+// later). Either way the outage is logged at most once a minute.
 func (l *Limit) unavailable(c *plugins.Conn, h plugins.Hook, err error) plugins.Result {
-	l.down.Down(c.Log, err)
-	record(c, plugins.Err, "redis unavailable")
+	msg := "redis unavailable"
+	if errors.Is(err, redisx.ErrBusy) {
+		msg = "redis busy" // redisx logs it; Redis is not down
+	} else {
+		l.down.Down(c.Log, err)
+	}
+	record(c, plugins.Err, msg)
 	if !l.s.failClosed {
 		return plugins.Next()
 	}

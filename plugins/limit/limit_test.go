@@ -2,6 +2,7 @@ package limit_test
 
 import (
 	"bytes"
+	"io"
 	"net/netip"
 	"strings"
 	"testing"
@@ -33,7 +34,7 @@ func newChain(t *testing.T, limitINI string, extra map[string]string) *plugins.C
 var connSeq int
 
 // newConn is a connection from ip as the loop makes one.
-func newConn(ip string, logBuf *bytes.Buffer) *plugins.Conn {
+func newConn(ip string, logBuf io.Writer) *plugins.Conn {
 	connSeq++
 	l := zerolog.New(logBuf)
 	return &plugins.Conn{

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"os"
 	"sync"
@@ -95,7 +96,7 @@ type member struct {
 // counting ttl after their last refresh, and the set itself expires ttl
 // after its last change.
 type redisStore struct {
-	client   *redis.Client
+	client   *redisx.Client
 	instance string // names this process and plugin instance in members
 	ttl      time.Duration
 	down     *redisx.DownLogger
@@ -110,13 +111,16 @@ type redisStore struct {
 	wake chan struct{}
 	stop chan struct{}
 	done chan struct{}
+
+	closeOnce sync.Once
+	closeErr  error
 }
 
 // maxPendingReleases bounds the removals kept while Redis is down; beyond
 // it, members are left to expire by themselves.
 const maxPendingReleases = 100000
 
-func newRedisStore(client *redis.Client, ttl time.Duration, down *redisx.DownLogger) *redisStore {
+func newRedisStore(client *redisx.Client, ttl time.Duration, down *redisx.DownLogger) *redisStore {
 	host, _ := os.Hostname()
 	var r [6]byte
 	rand.Read(r[:])
@@ -138,6 +142,9 @@ func newRedisStore(client *redis.Client, ttl time.Duration, down *redisx.DownLog
 
 func (s *redisStore) connect(c *plugins.Conn, ip string, st *settings) (connectCount, error) {
 	s.log.CompareAndSwap(nil, c.Log)
+	if err := takeDown(c); err != nil {
+		return connectCount{}, err
+	}
 	conc := st.maxConcurrency > 0
 	m := member{key: keyOpen + ip, name: s.instance + "/" + c.ID}
 	if conc {
@@ -149,32 +156,52 @@ func (s *redisStore) connect(c *plugins.Conn, ip string, st *settings) (connectC
 	if st.connRate.On() {
 		ratePer = st.connRate.Per.Milliseconds()
 	}
-	res, err := connectScript.Run(context.Background(), s.client, []string{keyConn + ip, m.key},
-		ratePer, st.connRate.N, time.Now().UnixMilli(), s.ttl.Milliseconds(), m.name, st.maxConcurrency).Int64Slice()
+	// The script's answer is settled inside the call: when Redis answers
+	// after slow_call the hook has gone on without it (ErrSlow), and the
+	// member it may have added must still be kept or given back.
 	var cc connectCount
-	if err == nil && len(res) == 3 {
-		cc = connectCount{rate: res[0], open: int(res[1]), admitted: res[2] == 1}
-	} else if err == nil {
-		err = fmt.Errorf("connect script returned %v", res)
-	}
-	if conc {
-		s.mu.Lock()
-		delete(s.inflight, c.ID)
-		switch {
-		case s.orphans[c.ID]:
-			// The connection closed while this hook ran (it had timed
-			// out): give the member back at once.
-			delete(s.orphans, c.ID)
-			if cc.admitted {
-				s.releases = append(s.releases, m)
-				s.signal()
-			}
-		case cc.admitted:
-			s.live[c.ID] = m
+	err := s.client.Do(c.Log, func(ctx context.Context) error {
+		res, err := connectScript.Run(ctx, s.client, []string{keyConn + ip, m.key},
+			ratePer, st.connRate.N, time.Now().UnixMilli(), s.ttl.Milliseconds(), m.name, st.maxConcurrency).Int64Slice()
+		var got connectCount
+		if err == nil && len(res) == 3 {
+			got = connectCount{rate: res[0], open: int(res[1]), admitted: res[2] == 1}
+		} else if err == nil {
+			err = fmt.Errorf("connect script returned %v", res)
 		}
-		s.mu.Unlock()
+		if conc {
+			s.settle(c.ID, m, got.admitted)
+		}
+		cc = got // read by the caller only when the call answered in time
+		return err
+	})
+	if conc && (errors.Is(err, redisx.ErrDown) || errors.Is(err, redisx.ErrBusy) && !errors.Is(err, redisx.ErrSlow)) {
+		s.settle(c.ID, m, false) // the call never ran
 	}
-	return cc, err
+	if err != nil {
+		return connectCount{}, err
+	}
+	return cc, nil
+}
+
+// settle ends the connect call of connection id: its member m is kept
+// for the keeper to refresh when Redis admitted it, or given back at once
+// when the connection closed meanwhile (its hook had timed out, or had
+// gone on after slow_call).
+func (s *redisStore) settle(id string, m member, admitted bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.inflight, id)
+	switch {
+	case s.orphans[id]:
+		delete(s.orphans, id)
+		if admitted {
+			s.releases = append(s.releases, m)
+			s.signal()
+		}
+	case admitted:
+		s.live[id] = m
+	}
 }
 
 // disconnect hands the connection's member to the keeper for removal. It
@@ -204,7 +231,15 @@ func (s *redisStore) signal() {
 }
 
 func (s *redisStore) senderRcpt(sender string, per time.Duration) (int64, error) {
-	return countScript.Run(context.Background(), s.client, []string{keySender + sender}, per.Milliseconds()).Int64()
+	var n int64
+	err := s.client.Do(s.log.Load(), func(ctx context.Context) (err error) {
+		n, err = countScript.Run(ctx, s.client, []string{keySender + sender}, per.Milliseconds()).Int64()
+		return err
+	})
+	if err != nil {
+		return 0, err // after ErrSlow, n belongs to the call still running
+	}
+	return n, nil
 }
 
 // keep is the keeper goroutine: it removes the members of closed
@@ -237,11 +272,14 @@ func (s *redisStore) flushReleases() {
 	if len(rel) == 0 {
 		return
 	}
-	_, err := s.client.Pipelined(context.Background(), func(p redis.Pipeliner) error {
-		for _, m := range rel {
-			p.ZRem(context.Background(), m.key, m.name)
-		}
-		return nil
+	err := s.client.Background(s.log.Load(), func(ctx context.Context) error {
+		_, err := s.client.Pipelined(ctx, func(p redis.Pipeliner) error {
+			for _, m := range rel {
+				p.ZRem(ctx, m.key, m.name)
+			}
+			return nil
+		})
+		return err
 	})
 	if err != nil {
 		s.down.Down(s.log.Load(), err)
@@ -271,13 +309,15 @@ func (s *redisStore) refresh() {
 		batch := live[:min(len(live), refreshBatch)]
 		live = live[len(batch):]
 		until := float64(time.Now().Add(s.ttl).UnixMilli())
-		_, err := s.client.Pipelined(context.Background(), func(p redis.Pipeliner) error {
-			ctx := context.Background()
-			for _, m := range batch {
-				p.ZAdd(ctx, m.key, redis.Z{Score: until, Member: m.name})
-				p.PExpire(ctx, m.key, s.ttl)
-			}
-			return nil
+		err := s.client.Background(s.log.Load(), func(ctx context.Context) error {
+			_, err := s.client.Pipelined(ctx, func(p redis.Pipeliner) error {
+				for _, m := range batch {
+					p.ZAdd(ctx, m.key, redis.Z{Score: until, Member: m.name})
+					p.PExpire(ctx, m.key, s.ttl)
+				}
+				return nil
+			})
+			return err
 		})
 		if err != nil {
 			s.down.Down(s.log.Load(), err)
@@ -287,16 +327,54 @@ func (s *redisStore) refresh() {
 }
 
 // close removes the members of every connection still counted, stops the
-// keeper and hands the client back.
+// keeper and hands the client back. Calls after the first do nothing and
+// return the first one's error.
 func (s *redisStore) close() error {
-	s.mu.Lock()
-	for id, m := range s.live {
-		s.releases = append(s.releases, m)
-		delete(s.live, id)
-	}
-	s.mu.Unlock()
-	close(s.stop)
-	<-s.done
-	s.flushReleases()
-	return redisx.Release(s.client)
+	s.closeOnce.Do(func() {
+		s.mu.Lock()
+		for id, m := range s.live {
+			s.releases = append(s.releases, m)
+			delete(s.live, id)
+		}
+		s.mu.Unlock()
+		close(s.stop)
+		<-s.done
+		s.flushReleases()
+		s.closeErr = redisx.Release(s.client)
+	})
+	return s.closeErr
 }
+
+// downNote carries, from BlocksConn to the hook, why the hook must answer
+// without Redis (redisx.ErrDown or redisx.ErrBusy).
+const downNote = "limit.redis_down"
+
+// BlocksConn implements plugins.ConnBlocker. A hook goes to the workpool
+// to talk to Redis only when Redis can take the call now: while the
+// client's circuit breaker is open (Redis timed out or keeps failing), or
+// max_inflight calls already wait for Redis, the hook runs inline on the
+// event loop and answers at once as fail says, without contacting Redis
+// and without a workpool round trip.
+func (l *Limit) BlocksConn(c *plugins.Conn, _ plugins.Hook) bool {
+	rs, ok := l.store.(*redisStore)
+	if !ok {
+		return false
+	}
+	if err := rs.client.Ready(c.Log); err != nil {
+		c.SetNote(downNote, err)
+		return false
+	}
+	return true
+}
+
+// takeDown returns, and clears, the reason BlocksConn left in c's notes
+// for the hook to answer without Redis; nil when the hook may call Redis.
+func takeDown(c *plugins.Conn) error {
+	err, _ := c.Note(downNote).(error)
+	if err != nil {
+		c.SetNote(downNote, nil)
+	}
+	return err
+}
+
+var _ plugins.ConnBlocker = (*Limit)(nil)

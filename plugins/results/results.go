@@ -11,6 +11,7 @@ package results
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"sync"
 
@@ -37,7 +38,7 @@ func init() { plugins.Register(Name, setup) }
 // Results is the plugin.
 type Results struct {
 	publish bool
-	client  *redis.Client
+	client  *redisx.Client
 	down    *redisx.DownLogger
 }
 
@@ -54,7 +55,7 @@ func setup(cfg *config.Config) (plugins.Plugin, error) {
 	if !publish {
 		return r, nil
 	}
-	client, ok, err := redisx.Client(cfg)
+	client, ok, err := redisx.Open(cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -74,6 +75,22 @@ func (*Results) Name() string { return Name }
 // blocks.
 func (r *Results) Blocks(h plugins.Hook) bool {
 	return r.publish && (h == plugins.HookMail || h == plugins.HookDisconnect)
+}
+
+// downNote carries, from BlocksConn to the hook, why the hook must not
+// call Redis (redisx.ErrDown or redisx.ErrBusy).
+const downNote = "results.redis_down"
+
+// BlocksConn implements plugins.ConnBlocker: while the Redis client's
+// circuit breaker is open, or max_inflight calls already wait for Redis,
+// the hook runs inline on the event loop and drops its results instead
+// of waiting for a worker and for Redis.
+func (r *Results) BlocksConn(c *plugins.Conn, _ plugins.Hook) bool {
+	if err := r.client.Ready(c.Log); err != nil {
+		c.SetNote(downNote, err)
+		return false
+	}
+	return true
 }
 
 // Close implements plugins.Closer.
@@ -243,17 +260,31 @@ func (r *Results) take(st *state) []publication {
 
 // send publishes in one round trip. Results are for watching, not for
 // mail flow: a failure is logged (at most once a minute) and the results
-// are dropped.
+// are dropped, as they are, without contacting Redis, when BlocksConn
+// found Redis down or busy.
 func (r *Results) send(c *plugins.Conn, pending []publication) {
+	down, _ := c.Note(downNote).(error)
+	if down != nil {
+		c.SetNote(downNote, nil)
+	}
 	if len(pending) == 0 || r.client == nil {
 		return
 	}
-	_, err := r.client.Pipelined(context.Background(), func(p redis.Pipeliner) error {
-		for _, pub := range pending {
-			p.Publish(context.Background(), pub.channel, pub.doc)
-		}
-		return nil
-	})
+	err := down
+	if err == nil {
+		err = r.client.Do(c.Log, func(ctx context.Context) error {
+			_, err := r.client.Pipelined(ctx, func(p redis.Pipeliner) error {
+				for _, pub := range pending {
+					p.Publish(ctx, pub.channel, pub.doc)
+				}
+				return nil
+			})
+			return err
+		})
+	}
+	if errors.Is(err, redisx.ErrBusy) {
+		return // redisx logs it; Redis is not down
+	}
 	if err != nil {
 		r.down.Down(c.Log, err)
 		return
@@ -266,5 +297,6 @@ var (
 	_ plugins.TxEndHook      = (*Results)(nil)
 	_ plugins.DisconnectHook = (*Results)(nil)
 	_ plugins.Blocker        = (*Results)(nil)
+	_ plugins.ConnBlocker    = (*Results)(nil)
 	_ plugins.Closer         = (*Results)(nil)
 )

@@ -346,6 +346,10 @@ func TestPublish(t *testing.T) {
 			return false
 		}
 	})
+	// The subscriber may see the message before the hook has logged.
+	servertest.Eventually(t, poll, "the recovery is logged", func() bool {
+		return on.Log.Count(`"plugin":"results"`, "redis available again") > 0
+	})
 	if n := on.Log.Count(`"plugin":"results"`, "redis available again"); n != 1 {
 		t.Errorf("recovery logged %d times, want once", n)
 	}

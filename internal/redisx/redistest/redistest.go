@@ -138,6 +138,30 @@ func (s *Server) Kill() {
 	}
 }
 
+// Pause stops the server with SIGSTOP, by its process id: it keeps its
+// port and its connections but answers nothing, as a Redis that stalls
+// (swapping, a long fork, a frozen VM). Resume ends the stall; Kill works
+// on a paused server too.
+func (s *Server) Pause() { s.signal(syscall.SIGSTOP) }
+
+// Resume lets a paused server go on with SIGCONT.
+func (s *Server) Resume() { s.signal(syscall.SIGCONT) }
+
+// signal sends sig to the running server; the test fails when it is not
+// running.
+func (s *Server) signal(sig syscall.Signal) {
+	s.t.Helper()
+	s.mu.Lock()
+	cmd := s.cmd
+	s.mu.Unlock()
+	if cmd == nil {
+		s.t.Fatalf("redistest: %v to a server that is not running", sig)
+	}
+	if err := syscall.Kill(cmd.Process.Pid, sig); err != nil {
+		s.t.Fatalf("redistest: %v to redis-server %d: %v", sig, cmd.Process.Pid, err)
+	}
+}
+
 // Client returns a go-redis client of the test's own, closed when the
 // test ends: for subscribing and for looking at keys.
 func (s *Server) Client() *redis.Client {
