@@ -406,7 +406,7 @@ func serveChain(cfg *config.Config, log zerolog.Logger, stderr io.Writer, socks 
 		signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
 	}
 	sig := <-sigs
-	log.Info().Str("signal", sig.String()).Dur("graceful_timeout", cfg.Main.GracefulTimeout).
+	log.Info().Str("signal", sig.String()).Dur("graceful_timeout_ms", cfg.Main.GracefulTimeout).
 		Msg("stopping: no new connections, open transactions may finish")
 	go func() {
 		s := <-sigs

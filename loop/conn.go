@@ -48,6 +48,8 @@ type conn struct {
 	callIdx int          // the position of its plugin in the chain
 	gen     uint32       // counts blocking hooks; a result of an older one is dropped
 	msg     *plugins.Message
+
+	refusals []string // "<hook> <code> <plugin>" of the refusals in the open transaction
 }
 
 // init fills a new connection accepted from l.
@@ -210,8 +212,10 @@ func (c *conn) endTx(result string, code, size int) {
 	if l := c.srv.log.Info(); l.Enabled() {
 		l.Str("tx", tx.ID).Str("ip", c.view.RemoteIP.String()).Str("helo", c.view.Helo).
 			Str("from", tx.From).Strs("rcpts", tx.Rcpts).Int("size", size).
-			Str("result", result).Int("code", code).Dur("duration", c.tr.now().Sub(tx.Started)).Msg("transaction")
+			Str("result", result).Int("code", code).Strs("refused", c.refusals).
+			Dur("duration_ms", c.tr.now().Sub(tx.Started)).Msg("transaction")
 	}
+	c.refusals = c.refusals[:0]
 	c.view.EndTx()
 }
 

@@ -602,3 +602,24 @@ func TestRefusedMessageEndsTransaction(t *testing.T) {
 		}
 	}
 }
+
+// TestTransactionLineNamesRefusals: a recipient refused for relaying shows
+// in the transaction's log line with its code and the refusing plugin, so
+// one line tells an operator what happened to the message.
+func TestTransactionLineNamesRefusals(t *testing.T) {
+	ts := startServer(t, nil, 2, 16, hostList(), &recorder{})
+	c := connect(t, ts.addr)
+	c.hello()
+	c.cmd("MAIL FROM:<s@client.test>", "250 2.1.0")
+	c.cmd("RCPT TO:<victim@elsewhere.test>", "550 ")
+	c.cmd("RCPT TO:<user@example.com>", "250 2.1.5")
+	c.cmd("DATA", "354 ")
+	c.cmd("Subject: x\r\n\r\nhi\r\n.", "250 2.0.0")
+	c.cmd("QUIT", "221 2.0.0")
+	c.expectEOF()
+	ts.waitConnections(t, 0)
+	want := `"refused":["rcpt 550 rcpt_to.in_host_list"]`
+	if !strings.Contains(ts.log.String(), want) {
+		t.Errorf("the transaction line lacks %s:\n%s", want, ts.log.String())
+	}
+}

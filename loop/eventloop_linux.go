@@ -152,7 +152,7 @@ func (el *eventLoop) run() {
 		el.mu.Unlock()
 	}()
 	defer func() {
-		el.srv.log.Info().Int("loop", el.idx).Uint64("connections", el.served).Msg("event loop stopped")
+		el.srv.log.Info().Int("loop", el.idx).Uint64("connections_accepted", el.served).Msg("event loop stopped")
 	}()
 	el.nextTick = el.now.Add(tickEvery)
 	for {

@@ -1,6 +1,7 @@
 package loop
 
 import (
+	"strconv"
 	"time"
 
 	"loopmx/plugins"
@@ -12,6 +13,9 @@ import (
 // chain's result into the session's reply. What follows an accept
 // (data_post then queue, ehlo then capabilities) comes from the hook
 // table in plugins.
+
+// maxTxRefusals bounds the refusals a transaction line lists.
+const maxTxRefusals = 8
 
 // runHook runs call's plugins from position i.
 func (c *conn) runHook(call plugins.Call, i int) {
@@ -107,6 +111,10 @@ func (c *conn) resolve(call plugins.Call, res plugins.Result) {
 			ch.Denied(c.view, call.Hook, res)
 		}
 		c.logReject(call, res, rep)
+		if c.view.Tx != nil && call.Hook != plugins.HookMail && len(c.refusals) < maxTxRefusals {
+			// The transaction line says what was refused in it, and by whom.
+			c.refusals = append(c.refusals, call.Hook.String()+" "+strconv.Itoa(rep.Code)+" "+res.Plugin)
+		}
 	}
 	switch call.Hook {
 	case plugins.HookConnect:

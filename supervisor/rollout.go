@@ -129,7 +129,7 @@ func (s *sup) rollout(cfg *config.Config, what string) bool {
 		s.socks.closeSlot(sl.id)
 	}
 	s.cfg, s.cred, s.gen = cfg, cred, gen
-	s.log.Info().Int("generation", gen).Int("workers", nodes).Dur("took", time.Since(started).Round(time.Millisecond)).
+	s.log.Info().Int("generation", gen).Int("workers", nodes).Dur("took_ms", time.Since(started).Round(time.Millisecond)).
 		Msg(what + " done")
 	return true
 }

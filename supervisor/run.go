@@ -276,7 +276,7 @@ func (s *sup) handle(ev event) {
 		s.onRestart(ev.slot)
 	case evKill:
 		if !p.exited {
-			s.log.Warn().Int("worker", p.id).Int("worker_pid", p.pid).Dur("graceful_timeout", p.graceful).
+			s.log.Warn().Int("worker", p.id).Int("worker_pid", p.pid).Dur("graceful_timeout_ms", p.graceful).
 				Msg("worker still running after its drain time; sending SIGKILL")
 			p.handle.Signal(syscall.SIGKILL)
 		}
@@ -327,7 +327,7 @@ func (s *sup) onExit(p *proc, ws syscall.WaitStatus, err error) {
 		lvl, msg = zerolog.ErrorLevel, "worker exited unexpectedly"
 	}
 	e := s.log.WithLevel(lvl).Int("worker", p.id).Int("worker_pid", p.pid).Int("generation", p.gen).
-		Str("status", status).Dur("uptime", time.Since(p.started).Round(time.Millisecond))
+		Str("status", status).Dur("uptime_ms", time.Since(p.started).Round(time.Millisecond))
 	if code >= 0 {
 		e = e.Int("exit_code", code)
 	}
@@ -358,7 +358,7 @@ func (s *sup) scheduleRestart(sl *slot, uptime time.Duration) {
 		// nobody will accept from for a while; the other workers take them.
 		s.log.Info().Int("worker", sl.id).Msg("closed this worker's reuseport sockets until it is back")
 	}
-	s.log.Info().Int("worker", sl.id).Dur("delay", delay).Int("failures", sl.failures).Msg("restarting worker")
+	s.log.Info().Int("worker", sl.id).Dur("delay_ms", delay).Int("failures", sl.failures).Msg("restarting worker")
 	if sl.restart != nil {
 		sl.restart.Stop()
 	}
@@ -387,7 +387,7 @@ func (s *sup) stop() int {
 	if sig == nil {
 		sig = syscall.SIGTERM
 	}
-	s.log.Info().Str("signal", sig.String()).Dur("graceful_timeout", s.cfg.Main.GracefulTimeout).
+	s.log.Info().Str("signal", sig.String()).Dur("graceful_timeout_ms", s.cfg.Main.GracefulTimeout).
 		Int("workers", len(s.procs)).Msg("stopping: draining workers")
 	s.notify("STOPPING=1")
 	wait := s.cfg.Main.GracefulTimeout

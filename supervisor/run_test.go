@@ -91,8 +91,8 @@ func TestSupervisorBackoff(t *testing.T) {
 	restarts := h.waitLog("restarting worker", 5, 10*time.Second)
 	want := []int{100, 200, 400, 400, 400}
 	for i, r := range restarts[:5] {
-		if num(r, "worker") != 2 || num(r, "delay") != want[i] {
-			t.Errorf("restart %d: worker %v delay %vms, want worker 2 delay %dms", i+1, r["worker"], r["delay"], want[i])
+		if num(r, "worker") != 2 || num(r, "delay_ms") != want[i] {
+			t.Errorf("restart %d: worker %v delay %vms, want worker 2 delay %dms", i+1, r["worker"], r["delay_ms"], want[i])
 		}
 	}
 	for i := 0; i < 10; i++ {

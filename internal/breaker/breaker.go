@@ -203,7 +203,7 @@ func (c Call) Done(err error) {
 		b.epoch.Add(1)
 		b.state.Store(int32(Closed))
 		if log != nil {
-			log.Info().Str("dependency", b.name).Str("breaker", Closed.String()).Dur("down_for", downFor).
+			log.Info().Str("dependency", b.name).Str("breaker", Closed.String()).Dur("down_for_ms", downFor).
 				Int("failed_probes", probes).Msg("circuit closed: calls go through again")
 		}
 	case c.probe:
@@ -235,7 +235,7 @@ func (c Call) Done(err error) {
 		b.state.Store(int32(Open))
 		if log != nil {
 			log.Error().Str("dependency", b.name).Str("breaker", Open.String()).Err(err).
-				Bool("timeout", timeout).Int32("failures", n).Dur("backoff", b.backoff).
+				Bool("timeout", timeout).Int32("failures", n).Dur("backoff_ms", b.backoff).
 				Msg("circuit open: calls fail at once")
 		}
 	}

@@ -92,7 +92,7 @@ func (d *DownLogger) Up(log *zerolog.Logger) {
 	d.failures = 0
 	d.mu.Unlock()
 	if log != nil {
-		log.Info().Str("plugin", d.plugin).Dur("down_for", downFor).Int("failures", total).
+		log.Info().Str("plugin", d.plugin).Dur("down_for_ms", downFor).Int("failures", total).
 			Msg("redis available again")
 	}
 }

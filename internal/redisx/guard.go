@@ -151,7 +151,7 @@ func (c *Client) Do(log *zerolog.Logger, fn func(ctx context.Context) error) err
 		c.slowCalls.Add(1)
 		if log != nil {
 			if ok, held := c.slowLog.Allow(time.Now()); ok {
-				log.Warn().Str("component", "redis").Dur("slow_call", c.slow).Int64("held", held).
+				log.Warn().Str("component", "redis").Dur("slow_call_ms", c.slow).Int64("held", held).
 					Msg("redis did not answer within slow_call: the hook answers without redis, as its fail setting says")
 			}
 		}

@@ -84,7 +84,7 @@ func (t *TooBusy) Connect(c *plugins.Conn) plugins.Result {
 	now := time.Now()
 	if c.Log != nil && c.Log.GetLevel() <= zerolog.DebugLevel {
 		if ok, _ := t.readingLog.Allow(now); ok {
-			c.Log.Debug().Str("plugin", Name).Dur("loop_lag", ld.LoopLag).Int("pool_queued", ld.PoolQueued).
+			c.Log.Debug().Str("plugin", Name).Dur("loop_lag_ms", ld.LoopLag).Int("pool_queued", ld.PoolQueued).
 				Int("pool_busy", ld.PoolBusy).Int("pool_workers", ld.PoolWorkers).Int64("connections", ld.Connections).
 				Msg("load")
 		}
@@ -103,7 +103,7 @@ func (t *TooBusy) Connect(c *plugins.Conn) plugins.Result {
 	c.Record(plugins.Finding{Plugin: Name, Outcome: plugins.Fail, Message: figures})
 	if ok, held := t.refusalLog.Allow(now); ok && c.Log != nil {
 		c.Log.Info().Str("plugin", Name).Str("reason", why).Int64("refused", held+1).
-			Dur("loop_lag", ld.LoopLag).Dur("max_lag", t.maxLag).
+			Dur("loop_lag", ld.LoopLag).Dur("max_lag_ms", t.maxLag).
 			Int("pool_queued", ld.PoolQueued).Int("max_queue", t.maxQueue).
 			Msg("too busy: refusing new connections")
 	}

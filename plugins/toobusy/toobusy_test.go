@@ -158,8 +158,8 @@ func TestLoadedLoopRefusesNewConnections(t *testing.T) {
 	log := s.Log.String()
 	for _, want := range []string{
 		`"level":"info","plugin":"toobusy","reason":"event loop lag","refused":1,`,
-		`"max_lag":70`,
-		`"level":"debug","plugin":"toobusy","loop_lag":`,
+		`"max_lag_ms":70`,
+		`"level":"debug","plugin":"toobusy","loop_lag_ms":`,
 		`"plugin":"toobusy","code":421`, // the loop's own line for the refusal
 	} {
 		if !strings.Contains(log, want) {
