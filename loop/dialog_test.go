@@ -571,7 +571,7 @@ func TestRefusedMessageEndsTransaction(t *testing.T) {
 				staleAt = append(staleAt, fmt.Sprintf("%s saw %+v", from, c.Tx))
 				mu.Unlock()
 			}
-			return plugins.Next()
+			return plugins.NoOpinion()
 		},
 	}
 	ts := startServer(t, func(o *loop.Options) { o.Proto.MaxMessageSize = 100 }, 2, 16, seen, hostList(), &recorder{})

@@ -147,7 +147,7 @@ func gatedMail() (*hooks, *gate, signal) {
 		mail: func(*plugins.Conn, string) plugins.Result {
 			entered.ping()
 			g.wait()
-			return plugins.Next()
+			return plugins.NoOpinion()
 		},
 	}, g, entered
 }
@@ -250,21 +250,21 @@ func (h *hooks) Blocks(k plugins.Hook) bool { return slices.Contains(h.blocking,
 
 func (h *hooks) Connect(c *plugins.Conn) plugins.Result {
 	if h.connect == nil {
-		return plugins.Next()
+		return plugins.NoOpinion()
 	}
 	return h.connect(c)
 }
 
 func (h *hooks) Mail(c *plugins.Conn, from string) plugins.Result {
 	if h.mail == nil {
-		return plugins.Next()
+		return plugins.NoOpinion()
 	}
 	return h.mail(c, from)
 }
 
 func (h *hooks) Rcpt(c *plugins.Conn, to string) plugins.Result {
 	if h.rcpt == nil {
-		return plugins.Next()
+		return plugins.NoOpinion()
 	}
 	return h.rcpt(c, to)
 }

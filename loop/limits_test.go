@@ -96,7 +96,7 @@ func gatedConnect(g *gate, entered signal) *hooks {
 		connect: func(*plugins.Conn) plugins.Result {
 			entered.ping()
 			g.wait()
-			return plugins.Next()
+			return plugins.NoOpinion()
 		},
 	}
 }
@@ -179,7 +179,7 @@ func TestSlowHookDoesNotDelayOthers(t *testing.T) {
 				entered.ping()
 				time.Sleep(sleep)
 			}
-			return plugins.Next()
+			return plugins.NoOpinion()
 		},
 	}
 	ts := startServer(t, func(o *loop.Options) { o.Loops = 1 }, 4, 16, slow, hostList(), &recorder{})
@@ -216,13 +216,13 @@ func TestPanickingPluginGets451(t *testing.T) {
 			if from == "boom@client.test" {
 				panic("secret detail from the mail hook")
 			}
-			return plugins.Next()
+			return plugins.NoOpinion()
 		},
 		rcpt: func(_ *plugins.Conn, to string) plugins.Result {
 			if to == "boom@example.com" {
 				panic("secret detail from the rcpt hook")
 			}
-			return plugins.Next()
+			return plugins.NoOpinion()
 		},
 	}
 	rec := &recorder{block: true}

@@ -74,7 +74,7 @@ func (s *addrSpy) plugin() *hooks {
 			local:  netip.AddrPortFrom(c.LocalIP, c.LocalPort),
 		})
 		s.mu.Unlock()
-		return plugins.Next()
+		return plugins.NoOpinion()
 	}}
 }
 

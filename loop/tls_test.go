@@ -346,7 +346,7 @@ func (s *tlsSeen) spy() *hooks {
 		s.mu.Lock()
 		s.atMail = append(s.atMail, c.TLS)
 		s.mu.Unlock()
-		return plugins.Next()
+		return plugins.NoOpinion()
 	}}
 }
 
@@ -964,7 +964,7 @@ func TestImplicitTLSWithBlockingConnectHook(t *testing.T) {
 	env := newTLSEnv(t, "handshake_timeout = 2s\n", "mx.test")
 	g, entered := newGate(), newSignal()
 	slow := &hooks{name: "test/slow-connect", blocking: []plugins.Hook{plugins.HookConnect}, gate: g,
-		connect: func(*plugins.Conn) plugins.Result { entered.ping(); g.wait(); return plugins.Next() }}
+		connect: func(*plugins.Conn) plugins.Result { entered.ping(); g.wait(); return plugins.NoOpinion() }}
 	_, addr := implicitServer(t, env, slow, hostList(), &recorder{})
 
 	c := dial(t, addr)

@@ -188,15 +188,15 @@ type argPlugin struct{ got []string }
 func (*argPlugin) Name() string { return "test/args" }
 func (a *argPlugin) Helo(c *plugins.Conn, name string) plugins.Result {
 	a.got = append(a.got, "helo "+name)
-	return plugins.Next()
+	return plugins.NoOpinion()
 }
 func (a *argPlugin) Mail(c *plugins.Conn, from string) plugins.Result {
 	a.got = append(a.got, "mail "+from)
-	return plugins.Next()
+	return plugins.NoOpinion()
 }
 func (a *argPlugin) Rcpt(c *plugins.Conn, to string) plugins.Result {
 	a.got = append(a.got, "rcpt "+to)
-	return plugins.Next()
+	return plugins.NoOpinion()
 }
 func (a *argPlugin) Queue(c *plugins.Conn, m *plugins.Message) plugins.Result {
 	a.got = append(a.got, "queue "+m.Protocol+" "+string(m.Body))
@@ -474,7 +474,7 @@ func TestReplyFor(t *testing.T) {
 	})
 	t.Run("accept without a reply leaves the text to the session", func(t *testing.T) {
 		for _, h := range []plugins.Hook{plugins.HookConnect, plugins.HookHelo, plugins.HookMail, plugins.HookRcpt, plugins.HookData} {
-			for _, r := range []plugins.Result{plugins.OK(), plugins.Next()} {
+			for _, r := range []plugins.Result{plugins.OK(), plugins.NoOpinion()} {
 				if rep := plugins.ReplyFor(h, r); !rep.IsZero() {
 					t.Errorf("%s at %s: reply %#v, want the zero Reply", r.Action, h, rep)
 				}

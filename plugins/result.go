@@ -53,8 +53,9 @@ type Result struct {
 
 // Constructors for the common results.
 
-// Next is the no-opinion result.
-func Next() Result { return Result{} }
+// NoOpinion is the result of a hook that leaves the decision to the next
+// plugin (Haraka's next() without arguments).
+func NoOpinion() Result { return Result{} }
 
 // OK accepts with the default reply.
 func OK() Result { return Result{Action: Accept} }

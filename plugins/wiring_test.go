@@ -25,7 +25,7 @@ func (xhello) Unrecognized(_ *plugins.Conn, line string) plugins.Result {
 	if strings.EqualFold(line, "XHELLO") {
 		return plugins.Result{Action: plugins.Accept, Reply: smtpproto.Reply{Code: 250, Enhanced: "2.0.0", Text: "Hello yourself"}}
 	}
-	return plugins.Next()
+	return plugins.NoOpinion()
 }
 
 // TestUnrecognizedHookIsWired starts a server the way main.go does (config,

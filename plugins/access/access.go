@@ -128,7 +128,7 @@ func (p *Access) Connect(c *plugins.Conn) plugins.Result {
 			return denied(c, plugins.HookConnect, rdns, src, deniedConnect)
 		}
 	}
-	return plugins.Next()
+	return plugins.NoOpinion()
 }
 
 // Helo implements plugins.HeloHook.
@@ -159,7 +159,7 @@ func judge(c *plugins.Conn, h plugins.Hook, allow, deny *list, v string) plugins
 	if src, ok := deny.match(v); ok {
 		return denied(c, h, v, src, deniedCommand)
 	}
-	return plugins.Next()
+	return plugins.NoOpinion()
 }
 
 // The refusals are fixed; the entry that matched goes to the results
@@ -174,7 +174,7 @@ var (
 // judge the command. It records a pass naming the entry.
 func allowed(c *plugins.Conn, h plugins.Hook, v, src string) plugins.Result {
 	matched(c, h, plugins.Pass, v, src)
-	return plugins.Next()
+	return plugins.NoOpinion()
 }
 
 // denied records a fail naming the entry and answers r.

@@ -32,7 +32,7 @@ func (*rdnsNoter) Name() string { return "test/rdns" }
 
 func (r *rdnsNoter) Connect(c *plugins.Conn) plugins.Result {
 	c.SetNote("rdns", r.name)
-	return plugins.Next()
+	return plugins.NoOpinion()
 }
 
 func init() {

@@ -183,7 +183,7 @@ func (p *DNSBL) Connect(c *plugins.Conn) plugins.Result {
 	ip := c.RemoteIP.Unmap()
 	if !ip.IsValid() || p.skipPrivate && private(ip) {
 		c.Record(plugins.Finding{Plugin: Name, Outcome: plugins.Skip, Message: "private address"})
-		return plugins.Next()
+		return plugins.NoOpinion()
 	}
 	v, inline := c.Note(inlineKey).(verdict)
 	if inline {
@@ -193,11 +193,11 @@ func (p *DNSBL) Connect(c *plugins.Conn) plugins.Result {
 	}
 	c.Record(v.finding())
 	if v.clean() {
-		return plugins.Next()
+		return plugins.NoOpinion()
 	}
 	c.SetNote(NoteKey, v)
 	if !p.atConnect {
-		return plugins.Next()
+		return plugins.NoOpinion()
 	}
 	return p.answer(plugins.HookConnect, ip, v)
 }
@@ -207,11 +207,11 @@ func (p *DNSBL) Connect(c *plugins.Conn) plugins.Result {
 // tried to send mail from and to. It runs inline.
 func (p *DNSBL) Rcpt(c *plugins.Conn, _ string) plugins.Result {
 	if p.atConnect {
-		return plugins.Next()
+		return plugins.NoOpinion()
 	}
 	v, ok := c.Note(NoteKey).(verdict)
 	if !ok {
-		return plugins.Next()
+		return plugins.NoOpinion()
 	}
 	return p.answer(plugins.HookRcpt, c.RemoteIP.Unmap(), v)
 }
@@ -235,7 +235,7 @@ func (p *DNSBL) answer(h plugins.Hook, ip netip.Addr, v verdict) plugins.Result 
 		}
 		return plugins.DenySoft(code, "4.4.3", "DNSBL lookup failed, try again later")
 	}
-	return plugins.Next()
+	return plugins.NoOpinion()
 }
 
 // check returns the verdict for ip from the cache or from DNS. Only

@@ -73,7 +73,7 @@ func (*EarlyTalker) Name() string { return Name }
 // twice per connection: once to ask for the pause, once after it.
 func (p *EarlyTalker) Connect(c *plugins.Conn) plugins.Result {
 	if p.pause <= 0 {
-		return plugins.Next()
+		return plugins.NoOpinion()
 	}
 	if c.Note(NotePaused) == nil {
 		c.SetNote(NotePaused, p.pause)
@@ -81,7 +81,7 @@ func (p *EarlyTalker) Connect(c *plugins.Conn) plugins.Result {
 	}
 	if !c.EarlyTalker {
 		c.Record(plugins.Finding{Plugin: Name, Outcome: plugins.Pass, Message: "waited " + p.pause.String()})
-		return plugins.Next()
+		return plugins.NoOpinion()
 	}
 	c.SetNote(NoteTalked, true)
 	c.Record(plugins.Finding{Plugin: Name, Outcome: plugins.Fail, Message: "talked before the banner"})
@@ -90,7 +90,7 @@ func (p *EarlyTalker) Connect(c *plugins.Conn) plugins.Result {
 			c.Log.Debug().Str("plugin", Name).Str("conn", c.ID).Str("ip", c.RemoteIP.String()).
 				Msg("client talked before the banner; let through (reject = false)")
 		}
-		return plugins.Next()
+		return plugins.NoOpinion()
 	}
 	return talkedEarly(c.Hostname)
 }

@@ -52,7 +52,7 @@ func (w *watch) Ehlo(c *plugins.Conn, _ string) plugins.Result {
 	w.mu.Lock()
 	w.notes = append(w.notes, n)
 	w.mu.Unlock()
-	return plugins.Next()
+	return plugins.NoOpinion()
 }
 
 func (w *watch) Queue(_ *plugins.Conn, m *plugins.Message) plugins.Result {

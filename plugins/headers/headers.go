@@ -90,7 +90,7 @@ func (h *Headers) DataPost(c *plugins.Conn, m *plugins.Message) plugins.Result {
 			Message: strconv.Itoa(received) + " Received fields over max_received " + strconv.Itoa(h.maxReceived)})
 		return tooMany
 	}
-	return plugins.Next()
+	return plugins.NoOpinion()
 }
 
 // logRefusal gives the figures behind a refusal at debug level; the loop

@@ -182,7 +182,7 @@ func (p *HeloChecks) judge(c *plugins.Conn, name string) plugins.Result {
 	if checked && len(noted) == 0 {
 		c.Record(plugins.Finding{Plugin: Name, Outcome: plugins.Pass, Message: name})
 	}
-	return plugins.Next()
+	return plugins.NoOpinion()
 }
 
 // claimsUs reports whether the name is this server's: its host name

@@ -138,7 +138,7 @@ func (l *Limit) ipKey(a netip.Addr) string {
 // then concurrency per IP.
 func (l *Limit) Connect(c *plugins.Conn) plugins.Result {
 	if l.s.maxConcurrency == 0 && !l.s.connRate.On() {
-		return plugins.Next()
+		return plugins.NoOpinion()
 	}
 	ip := l.ipKey(c.RemoteIP)
 	cc, err := l.store.connect(c, ip, &l.s)
@@ -154,7 +154,7 @@ func (l *Limit) Connect(c *plugins.Conn) plugins.Result {
 		record(c, plugins.Fail, strconv.Itoa(cc.open)+" concurrent connections from "+ip)
 		return plugins.Result{Action: plugins.TempFailDisconnect, Reply: replyConcurrency}
 	}
-	return plugins.Next()
+	return plugins.NoOpinion()
 }
 
 // Disconnect implements plugins.DisconnectHook: the connection stops
@@ -186,14 +186,14 @@ func (l *Limit) Rcpt(c *plugins.Conn, _ string) plugins.Result {
 		return r
 	}
 	if c.Tx == nil {
-		return plugins.Next()
+		return plugins.NoOpinion()
 	}
 	if l.s.maxRcptsPerTx > 0 && len(c.Tx.Rcpts) >= l.s.maxRcptsPerTx {
 		record(c, plugins.Fail, "more than "+strconv.Itoa(l.s.maxRcptsPerTx)+" recipients")
 		return plugins.Result{Action: plugins.TempFail, Reply: replyRcptsPerTx}
 	}
 	if !l.s.senderRate.On() || c.Tx.From == "" {
-		return plugins.Next()
+		return plugins.NoOpinion()
 	}
 	n, err := int64(0), down
 	if err == nil {
@@ -207,7 +207,7 @@ func (l *Limit) Rcpt(c *plugins.Conn, _ string) plugins.Result {
 		record(c, plugins.Fail, strconv.FormatInt(n, 10)+" recipients from the sender within "+l.s.senderRate.Per.String())
 		return plugins.Result{Action: plugins.TempFail, Reply: replySenderRate}
 	}
-	return plugins.Next()
+	return plugins.NoOpinion()
 }
 
 // Unrecognized implements plugins.UnrecognizedHook: the command after
@@ -217,7 +217,7 @@ func (l *Limit) Unrecognized(c *plugins.Conn, _ string) plugins.Result {
 		return r
 	}
 	if l.s.maxUnrecognized == 0 {
-		return plugins.Next()
+		return plugins.NoOpinion()
 	}
 	n, _ := c.Note(unrecognizedNote).(int)
 	n++
@@ -226,7 +226,7 @@ func (l *Limit) Unrecognized(c *plugins.Conn, _ string) plugins.Result {
 		record(c, plugins.Fail, strconv.Itoa(n)+" unrecognized commands")
 		return plugins.Result{Action: plugins.TempFailDisconnect, Reply: replyUnrecognized}
 	}
-	return plugins.Next()
+	return plugins.NoOpinion()
 }
 
 // Denied implements plugins.DenyHook: it counts the connection's
@@ -243,13 +243,13 @@ func (l *Limit) Denied(c *plugins.Conn, h plugins.Hook, _ plugins.Result) {
 // the next command gets 421 4.7.0.
 func (l *Limit) checkErrors(c *plugins.Conn) plugins.Result {
 	if l.s.maxErrors == 0 {
-		return plugins.Next()
+		return plugins.NoOpinion()
 	}
 	if n, _ := c.Note(errorsNote).(int); n >= l.s.maxErrors {
 		record(c, plugins.Fail, strconv.Itoa(n)+" refused commands")
 		return plugins.Result{Action: plugins.TempFailDisconnect, Reply: replyErrors}
 	}
-	return plugins.Next()
+	return plugins.NoOpinion()
 }
 
 // unavailable answers a failed Redis call, one not answered within
@@ -266,7 +266,7 @@ func (l *Limit) unavailable(c *plugins.Conn, h plugins.Hook, err error) plugins.
 	}
 	record(c, plugins.Err, msg)
 	if !l.s.failClosed {
-		return plugins.Next()
+		return plugins.NoOpinion()
 	}
 	if h == plugins.HookConnect {
 		return plugins.Result{Action: plugins.TempFailDisconnect, Reply: replyUnavailable}

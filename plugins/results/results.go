@@ -141,7 +141,7 @@ func (r *Results) Mail(c *plugins.Conn, _ string) plugins.Result {
 	pending := r.take(st)
 	st.mu.Unlock()
 	r.send(c, pending)
-	return plugins.Next()
+	return plugins.NoOpinion()
 }
 
 // Disconnect implements plugins.DisconnectHook: the connection is

@@ -98,7 +98,7 @@ func (t *TooBusy) Connect(c *plugins.Conn) plugins.Result {
 		why = "workpool queue"
 		figures = why + " " + strconv.Itoa(ld.PoolQueued) + " over max_queue " + strconv.Itoa(t.maxQueue)
 	default:
-		return plugins.Next()
+		return plugins.NoOpinion()
 	}
 	c.Record(plugins.Finding{Plugin: Name, Outcome: plugins.Fail, Message: figures})
 	if ok, held := t.refusalLog.Allow(now); ok && c.Log != nil {

@@ -58,7 +58,7 @@ func (*spin) Name() string { return "test/spin" }
 
 func (s *spin) Connect(*plugins.Conn) plugins.Result {
 	if !s.armed.Load() {
-		return plugins.Next()
+		return plugins.NoOpinion()
 	}
 	s.spins.Add(1)
 	select {
@@ -68,7 +68,7 @@ func (s *spin) Connect(*plugins.Conn) plugins.Result {
 	for start := time.Now(); time.Since(start) < s.d; {
 	}
 	s.ended.Store(time.Now().UnixNano())
-	return plugins.Next()
+	return plugins.NoOpinion()
 }
 
 // hold is a blocking MAIL hook that waits on the workpool until release.
@@ -83,7 +83,7 @@ func (h *hold) release()                 { close(h.gate) }
 func (h *hold) Mail(*plugins.Conn, string) plugins.Result {
 	h.entered <- struct{}{}
 	<-h.gate
-	return plugins.Next()
+	return plugins.NoOpinion()
 }
 
 // acceptedAgain dials until the server greets again (the loop's lag is
