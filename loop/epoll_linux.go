@@ -17,8 +17,8 @@ import (
 // whole plain connection.
 type epollConn struct {
 	conn
-	el *eventLoop
-	fd int
+	reactor *eventLoop // the event loop that owns the descriptor
+	fd      int
 
 	events    uint32 // the epoll interest currently set
 	borrowed  bool   // in points into the loop's read buffer
@@ -44,7 +44,7 @@ type hookResult struct {
 }
 
 func newEpollConn(el *eventLoop, fd int, peer netip.AddrPort, l *listener) *epollConn {
-	e := &epollConn{el: el, fd: fd, events: unix.EPOLLIN | unix.EPOLLRDHUP, timerIdx: -1}
+	e := &epollConn{reactor: el, fd: fd, events: unix.EPOLLIN | unix.EPOLLRDHUP, timerIdx: -1}
 	local := l.addr
 	if local.Addr().IsUnspecified() {
 		local = localAddr(fd)
@@ -54,8 +54,8 @@ func newEpollConn(el *eventLoop, fd int, peer netip.AddrPort, l *listener) *epol
 	return e
 }
 
-func (e *epollConn) now() time.Time { return e.el.now }
-func (e *epollConn) draining() bool { return e.el.draining }
+func (e *epollConn) now() time.Time { return e.reactor.now }
+func (e *epollConn) draining() bool { return e.reactor.draining }
 
 func (e *epollConn) onEvent(ev uint32) {
 	if ev&unix.EPOLLOUT != 0 && len(e.out) > 0 {
@@ -70,7 +70,7 @@ func (e *epollConn) onEvent(ev uint32) {
 }
 
 func (e *epollConn) onReadable() {
-	el := e.el
+	el := e.reactor
 	n, errno := rawRead(e.fd, el.rbuf)
 	if errno == unix.EAGAIN || errno == unix.EINTR {
 		return
@@ -141,7 +141,7 @@ func (e *epollConn) write(b []byte) {
 		e.out = append(e.out, b...)
 		return
 	}
-	e.el.wbuf = append(e.el.wbuf, b...)
+	e.reactor.wbuf = append(e.reactor.wbuf, b...)
 }
 
 // flush writes what the connection owes. A short write keeps the rest and
@@ -150,7 +150,7 @@ func (e *epollConn) flush() {
 	if e.handoff {
 		return
 	}
-	el := e.el
+	el := e.reactor
 	if e.closed {
 		el.wbuf = el.wbuf[:0]
 		return
@@ -230,7 +230,7 @@ func (e *epollConn) setEvents(ev uint32) {
 		return
 	}
 	e.events = ev
-	if errno := rawEpollCtl(e.el.epfd, unix.EPOLL_CTL_MOD, e.fd, ev); errno != 0 {
+	if errno := rawEpollCtl(e.reactor.epfd, unix.EPOLL_CTL_MOD, e.fd, ev); errno != 0 {
 		e.srv.log.Error().Str("conn", e.view.ID).Err(errno).Msg("epoll_ctl failed; closing the connection")
 		e.close("epoll error")
 	}
@@ -240,7 +240,7 @@ func (e *epollConn) setEvents(ev uint32) {
 // through the loop's wake-up (hookDone), the timeout through the timer
 // heap (timerFired).
 func (e *epollConn) await(job func() plugins.Result, gen uint32, timeout time.Duration) bool {
-	el := e.el
+	el := e.reactor
 	el.removeIdle(e)
 	el.addTimer(e, timerHook, el.now.Add(timeout))
 	if !e.srv.pool.Submit(func() { el.post(hookResult{c: e, gen: gen, res: job()}) }) {
@@ -253,8 +253,8 @@ func (e *epollConn) await(job func() plugins.Result, gen uint32, timeout time.Du
 
 // pause parks the connection on a timer.
 func (e *epollConn) pause(d time.Duration) {
-	e.el.removeIdle(e)
-	e.el.addTimer(e, timerDelay, e.el.now.Add(d))
+	e.reactor.removeIdle(e)
+	e.reactor.addTimer(e, timerDelay, e.reactor.now.Add(d))
 }
 
 // hookDone runs on the loop when a blocking hook has finished.
@@ -262,7 +262,7 @@ func (e *epollConn) hookDone(r hookResult) {
 	if !e.pending || r.gen != e.gen {
 		return // the hook timed out earlier; its late result is dropped
 	}
-	el := e.el
+	el := e.reactor
 	el.removeTimer(e)
 	if e.closed {
 		e.pending = false
@@ -285,11 +285,11 @@ func (e *epollConn) timerFired() {
 		return
 	case timerHook:
 		if !e.closed {
-			e.el.pushIdle(e)
+			e.reactor.pushIdle(e)
 		}
 		e.hookExpired()
 	default:
-		e.el.pushIdle(e)
+		e.reactor.pushIdle(e)
 		e.pauseOver()
 	}
 	if !e.closed {
@@ -308,7 +308,7 @@ func (e *epollConn) startTLS() {
 // transport that runs the handshake. Input that arrived after the
 // STARTTLS command is dropped: RFC 3207 5 forbids acting on it.
 func (e *epollConn) handOff() {
-	el := e.el
+	el := e.reactor
 	srv := e.srv
 	e.wantTLS = false
 	var early []byte
@@ -353,8 +353,8 @@ func (e *epollConn) handOff() {
 
 // closeWhenFlushed lingers once the replies are written.
 func (e *epollConn) closeWhenFlushed() {
-	e.el.touch(e)
-	if len(e.out) == 0 && len(e.el.wbuf) == 0 {
+	e.reactor.touch(e)
+	if len(e.out) == 0 && len(e.reactor.wbuf) == 0 {
 		e.linger()
 	}
 }
@@ -370,7 +370,7 @@ func (e *epollConn) linger() {
 	rawShutdownWrite(e.fd)
 	e.in = nil
 	e.setEvents(unix.EPOLLIN | unix.EPOLLRDHUP)
-	e.el.touch(e)
+	e.reactor.touch(e)
 }
 
 // closeNow releases the descriptor.
@@ -378,7 +378,7 @@ func (e *epollConn) closeNow() {
 	if e.closed {
 		return
 	}
-	el := e.el
+	el := e.reactor
 	rawClose(e.fd)
 	el.conns[e.fd] = nil
 	el.nconns--
