@@ -22,6 +22,7 @@ import (
 	"testing"
 	"time"
 
+	"loopmx/internal/servertest"
 	"loopmx/internal/testlog"
 )
 
@@ -308,24 +309,12 @@ func (cl *smtpClient) Close() error { return cl.c.Close() }
 // text of its last line.
 func (cl *smtpClient) reply() (int, string, error) {
 	cl.c.SetReadDeadline(time.Now().Add(ioTimeout))
-	for {
-		line, err := cl.r.ReadString('\n')
-		if err != nil {
-			return 0, "", err
-		}
-		line = strings.TrimRight(line, "\r\n")
-		if len(line) < 3 {
-			return 0, "", fmt.Errorf("short reply line %q", line)
-		}
-		code, err := strconv.Atoi(line[:3])
-		if err != nil {
-			return 0, "", fmt.Errorf("bad reply line %q", line)
-		}
-		if len(line) > 3 && line[3] == '-' {
-			continue
-		}
-		return code, strings.TrimSpace(line[3:]), nil
+	r, err := servertest.ReadReply(cl.r)
+	if err != nil {
+		return 0, "", err
 	}
+	last := r.Last()
+	return r.Code, strings.TrimSpace(last[min(3, len(last)):]), nil
 }
 
 // send writes raw bytes.

@@ -147,39 +147,57 @@ func (c *Client) Send(line string) {
 
 var enhancedRe = regexp.MustCompile(`^[245]\.[0-9]{1,3}\.[0-9]{1,3} `)
 
-// Read reads one reply: lines up to the one with a space after the code.
-// Each line must end in CRLF and carry the reply's code; a refusal that
-// Enhanced covers must carry an enhanced status code of its own class.
-func (c *Client) Read() (Reply, error) {
-	var r Reply
+// ReadReply reads one SMTP reply from r: lines up to the one with a space
+// after the code (RFC 5321 4.2.1). Each line must end in CRLF and carry
+// the reply's code. It is the one reply parser of loopmx's tests.
+func ReadReply(r *bufio.Reader) (Reply, error) {
+	var rep Reply
 	for {
-		line, err := c.R.ReadString('\n')
+		line, err := r.ReadString('\n')
 		if err != nil {
 			if line != "" {
-				return r, fmt.Errorf("partial line %q: %w", line, err)
+				return rep, fmt.Errorf("partial line %q: %w", line, err)
 			}
-			return r, err
+			return rep, err
 		}
-		if !strings.HasSuffix(line, "\r\n") || len(line) < 6 {
-			return r, fmt.Errorf("malformed reply line %q", line)
+		if !strings.HasSuffix(line, "\r\n") {
+			return rep, fmt.Errorf("reply line without CRLF: %q", line)
 		}
 		line = strings.TrimSuffix(line, "\r\n")
+		if len(line) < 4 {
+			// loopmx always sends text after the code.
+			return rep, fmt.Errorf("short reply line %q", line)
+		}
 		code, err := strconv.Atoi(line[:3])
-		if err != nil || (r.Code != 0 && code != r.Code) {
-			return r, fmt.Errorf("bad reply code in %q", line)
+		if err != nil || code < 200 || code > 599 {
+			return rep, fmt.Errorf("bad reply code in %q", line)
 		}
-		r.Code = code
-		r.Lines = append(r.Lines, line)
-		if (line[0] == '4' || line[0] == '5') && c.checks() {
-			if !enhancedRe.MatchString(line[4:]) || line[4] != line[0] {
-				c.T.Errorf("refusal %q lacks an enhanced status code of class %c", line, line[0])
-			}
+		if rep.Code != 0 && code != rep.Code {
+			return rep, fmt.Errorf("code changes inside a reply: %q after %v", line, rep)
 		}
+		rep.Code = code
+		rep.Lines = append(rep.Lines, line)
 		if line[3] == ' ' {
-			break
+			return rep, nil
 		}
 		if line[3] != '-' {
-			return r, fmt.Errorf("bad separator in %q", line)
+			return rep, fmt.Errorf("bad separator in %q", line)
+		}
+	}
+}
+
+// Read reads one reply (ReadReply); a refusal that Enhanced covers must
+// carry an enhanced status code of its own class.
+func (c *Client) Read() (Reply, error) {
+	r, err := ReadReply(c.R)
+	if err != nil {
+		return r, err
+	}
+	for _, line := range r.Lines {
+		if (line[0] == '4' || line[0] == '5') && c.checks() {
+			if len(line) < 5 || !enhancedRe.MatchString(line[4:]) || line[4] != line[0] {
+				c.T.Errorf("refusal %q lacks an enhanced status code of class %c", line, line[0])
+			}
 		}
 	}
 	switch {

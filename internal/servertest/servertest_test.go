@@ -105,10 +105,10 @@ func TestEnhancedCodesChecked(t *testing.T) {
 
 func TestReadRejectsMalformedReplies(t *testing.T) {
 	for _, tc := range []struct{ script, want string }{
-		{"250 Ok\n", "malformed"},
-		{"250\r\n", "malformed"},
+		{"250 Ok\n", "without CRLF"},
+		{"250\r\n", "short reply line"},
 		{"2x0 Ok\r\n", "bad reply code"},
-		{"250-one\r\n251 two\r\n", "bad reply code"},
+		{"250-one\r\n251 two\r\n", "code changes inside a reply"},
 		{"250_Ok\r\n", "bad separator"},
 		{"250 O", "partial line"},
 	} {
