@@ -3,6 +3,7 @@ package main
 import (
 	"os"
 	"path/filepath"
+	"strconv"
 	"syscall"
 	"testing"
 	"time"
@@ -72,5 +73,30 @@ func TestE2EReloadSingleProcess(t *testing.T) {
 	defer again.Close()
 	if err := again.startTx(true, "user@added.test"); err != nil {
 		t.Errorf("after a refused reload the reloaded config must still serve: %v", err)
+	}
+}
+
+// TestE2EWatchdogSingleProcess: with nodes = 0 the process answers
+// systemd's watchdog itself, so a unit with WatchdogSec does not kill it.
+func TestE2EWatchdogSingleProcess(t *testing.T) {
+	conf := discardConfig(t)
+	addr := "127.0.0.1:" + strconv.Itoa(freePort(t))
+	n := listenNotifySocket(t, func() {})
+	writeFiles(t, conf, map[string]string{"smtp.ini": "listen = " + addr + "\nnodes = 0\n"})
+	srv, err := launch(t, []string{"env", "NOTIFY_SOCKET=" + n.path, "WATCHDOG_USEC=200000", loopmxBinary(t), "-c", conf}, conf, addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ready := n.waitFor("READY=1", 0, 20*time.Second)
+	if ready < 0 {
+		t.Fatalf("no READY=1: %v", n.all())
+	}
+	if n.waitFor("WATCHDOG=1", ready, 20*time.Second) < 0 {
+		t.Fatalf("no WATCHDOG=1 from a single process: %v", n.all())
+	}
+	for _, m := range n.all() {
+		if m.pid != int32(srv.cmd.Process.Pid) {
+			t.Errorf("%q came from pid %d, not the server's", m.text, m.pid)
+		}
 	}
 }

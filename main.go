@@ -384,6 +384,17 @@ func serveChain(cfg *config.Config, log zerolog.Logger, stderr io.Writer, socks 
 	if socks.worker == 0 {
 		signal.Notify(hups, syscall.SIGHUP)
 	}
+	if socks.worker == 0 {
+		// systemd's watchdog (WatchdogSec) for a single process: the
+		// supervisor pings for its workers, this process for itself.
+		if tick := supervisor.WatchdogTicker(); tick != nil {
+			go func() {
+				for range tick {
+					supervisor.Notify("WATCHDOG=1")
+				}
+			}()
+		}
+	}
 	var mu sync.Mutex // guards *current against the shutdown below
 	go func() {
 		for range hups {

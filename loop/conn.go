@@ -308,7 +308,7 @@ func (c *conn) finish() {
 	if l := c.srv.log.Info(); l.Enabled() {
 		l.Str("conn", c.view.ID).Str("ip", c.view.RemoteIP.String()).Str("helo", c.view.Helo).
 			Int("transactions", c.view.Transactions()).Int("errors", c.sess.Errors()).Str("end", c.endReason).
-			Dur("duration", c.tr.now().Sub(c.view.Started)).Msg("connection")
+			Dur("duration_ms", c.tr.now().Sub(c.view.Started)).Msg("connection")
 	}
 	c.sess = nil
 	if release {

@@ -160,7 +160,7 @@ func newSup(cfg *config.Config, opts Options, sigs <-chan os.Signal) (*sup, erro
 	if s.socks.systemd && cfg.Main.SchedPolicy == "reuseport" {
 		s.log.Warn().Msg("sched_policy = reuseport is not possible with systemd's sockets: every worker shares them")
 	}
-	s.watchdog = watchdogTicker()
+	s.watchdog = WatchdogTicker()
 	return s, nil
 }
 
@@ -268,7 +268,7 @@ func (s *sup) handle(ev event) {
 		}
 		p.ready = true
 		s.log.Info().Int("worker", p.id).Int("worker_pid", p.pid).Int("generation", p.gen).
-			Dur("startup", time.Since(p.started)).Msg("worker ready")
+			Dur("startup_ms", time.Since(p.started)).Msg("worker ready")
 		s.announceFirst()
 	case evExit:
 		s.onExit(p, ev.status, ev.err)
@@ -482,9 +482,9 @@ func reloadingState() string {
 	return "RELOADING=1\nMONOTONIC_USEC=" + strconv.FormatInt(ts.Nano()/1000, 10)
 }
 
-// watchdogTicker ticks at half of systemd's WatchdogSec (WATCHDOG_USEC),
+// WatchdogTicker ticks at half of systemd's WatchdogSec (WATCHDOG_USEC),
 // or returns nil when the watchdog is off or meant for another process.
-func watchdogTicker() <-chan time.Time {
+func WatchdogTicker() <-chan time.Time {
 	usec, err := strconv.ParseInt(os.Getenv("WATCHDOG_USEC"), 10, 64)
 	if err != nil || usec <= 0 {
 		return nil

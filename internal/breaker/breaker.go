@@ -213,7 +213,7 @@ func (c Call) Done(err error) {
 		b.state.Store(int32(Open))
 		if ok, held := b.stillDown.Allow(now); ok && log != nil {
 			log.Warn().Str("dependency", b.name).Str("breaker", Open.String()).Err(err).
-				Dur("backoff", b.backoff).Int("failed_probes", b.probes).Int64("held", held).
+				Dur("backoff_ms", b.backoff).Int("failed_probes", b.probes).Int64("held", held).
 				Msg("circuit still open: the probe failed")
 		}
 	case State(b.state.Load()) != Closed || c.epoch != b.epoch.Load():

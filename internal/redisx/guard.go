@@ -215,7 +215,7 @@ func (c *Client) logBusy(log *zerolog.Logger) {
 	}
 	if ok, held := c.busy.Allow(time.Now()); ok {
 		log.Warn().Str("component", "redis").Int("max_inflight", c.max).Int64("held", held).
-			Dur("slow_call", c.slow).
+			Dur("slow_call_ms", c.slow).
 			Msg("redis calls at max_inflight: hooks answer without redis, as their fail setting says")
 	}
 }

@@ -103,7 +103,7 @@ func (t *TooBusy) Connect(c *plugins.Conn) plugins.Result {
 	c.Record(plugins.Finding{Plugin: Name, Outcome: plugins.Fail, Message: figures})
 	if ok, held := t.refusalLog.Allow(now); ok && c.Log != nil {
 		c.Log.Info().Str("plugin", Name).Str("reason", why).Int64("refused", held+1).
-			Dur("loop_lag", ld.LoopLag).Dur("max_lag_ms", t.maxLag).
+			Dur("loop_lag_ms", ld.LoopLag).Dur("max_lag_ms", t.maxLag).
 			Int("pool_queued", ld.PoolQueued).Int("max_queue", t.maxQueue).
 			Msg("too busy: refusing new connections")
 	}
