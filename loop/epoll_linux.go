@@ -25,10 +25,10 @@ type epollConn struct {
 	lingering bool   // write side shut, reading until EOF
 	wantTLS   bool   // move to the stream transport once the output is written
 
-	// idle list: every open connection without a hook outstanding, least
-	// recently active first
-	inList     bool
-	lastActive time.Time
+	// the loop's list of the phase (conn.ph) it is in, oldest first; not
+	// listed while a hook, a Delay or a PROXY header is awaited
+	listed     bool
+	listedIn   uint8
 	prev, next *epollConn
 
 	timerKind uint8
@@ -67,11 +67,35 @@ func (e *epollConn) onEvent(ev uint32) {
 	if ev&(unix.EPOLLIN|unix.EPOLLHUP|unix.EPOLLERR|unix.EPOLLRDHUP) != 0 {
 		e.onReadable()
 	}
+	e.settle()
+}
+
+// settle puts the connection in the list of its phase after an event. A
+// phase that goes on keeps its start: bytes alone do not move it.
+func (e *epollConn) settle() {
+	if e.closed || e.pending || e.handoff || e.proxyWait {
+		return
+	}
+	now := e.el.now
+	if !e.listed {
+		// Back from a hook or a Delay, or new: its time starts now.
+		e.restart(e.phase(), now)
+	} else if !e.rephase(now) {
+		return
+	}
+	e.el.enter(e, e.ph)
 }
 
 func (e *epollConn) onReadable() {
 	el := e.el
-	n, errno := rawRead(e.fd, el.rbuf)
+	// Read no more than the connection may keep: a client that does not
+	// read its replies holds at most inCap of input.
+	room := e.srv.inCap - len(e.in)
+	if room <= 0 {
+		e.setEvents(e.events &^ unix.EPOLLIN)
+		return
+	}
+	n, errno := rawRead(e.fd, el.rbuf[:min(room, len(el.rbuf))])
 	if errno == unix.EAGAIN || errno == unix.EINTR {
 		return
 	}
@@ -95,7 +119,9 @@ func (e *epollConn) onReadable() {
 		// its ClientHello is not early talk.)
 		e.earlyTalk = true
 	}
-	el.touch(e)
+	if e.ph == phaseBody {
+		e.bodyBytes += int64(n)
+	}
 	if len(e.in) == 0 {
 		e.in = el.rbuf[:n]
 		e.borrowed = true
@@ -105,7 +131,6 @@ func (e *epollConn) onReadable() {
 	if e.proxyWait {
 		if e.parseProxy() {
 			el.removeTimer(e)
-			el.pushIdle(e)
 			e.proxied()
 		}
 	} else {
@@ -128,7 +153,7 @@ func (e *epollConn) retain() {
 		e.in = own
 		e.borrowed = false
 	}
-	if len(e.in) > e.srv.opts.MaxPipelineBuffer {
+	if len(e.in) >= e.srv.inCap {
 		e.setEvents(e.events &^ unix.EPOLLIN)
 	}
 }
@@ -141,7 +166,25 @@ func (e *epollConn) write(b []byte) {
 		e.out = append(e.out, b...)
 		return
 	}
-	e.el.wbuf = append(e.el.wbuf, b...)
+	el := e.el
+	el.wbuf = append(el.wbuf, b...)
+	if len(el.wbuf) >= maxOutPending {
+		e.spill()
+	}
+}
+
+// spill sends what the shared buffer holds, in the middle of an event
+// whose replies outgrew maxOutPending, and keeps the rest as the
+// connection's own; the session then sees its output is full and stops
+// parsing. A write error is left for flush.
+func (e *epollConn) spill() {
+	el := e.el
+	n, _ := rawWrite(e.fd, el.wbuf)
+	if n < len(el.wbuf) {
+		n = max(n, 0)
+		e.out = append(make([]byte, 0, len(el.wbuf)-n), el.wbuf[n:]...)
+	}
+	el.wbuf = el.wbuf[:0]
 }
 
 // flush writes what the connection owes. A short write keeps the rest and
@@ -182,7 +225,7 @@ func (e *epollConn) flush() {
 		el.wbuf = el.wbuf[:0]
 	}
 	want := e.events | unix.EPOLLIN
-	if len(e.in) > e.srv.opts.MaxPipelineBuffer || len(e.out) >= maxOutPending {
+	if len(e.in) >= e.srv.inCap || len(e.out) >= maxOutPending {
 		want &^= unix.EPOLLIN
 	}
 	if len(e.out) > 0 {
@@ -197,9 +240,10 @@ func (e *epollConn) flush() {
 			e.linger()
 			return
 		}
-		if !e.pending && len(e.in) > 0 && e.events&unix.EPOLLIN == 0 {
+		if e.outFull && !e.pending {
 			// The client caught up with its replies: go on with its
 			// pipelined input.
+			e.outFull = false
 			e.setEvents(want)
 			e.process()
 			e.flush()
@@ -227,11 +271,10 @@ func (e *epollConn) setEvents(ev uint32) {
 // heap (timerFired).
 func (e *epollConn) await(job func() plugins.Result, gen uint32, timeout time.Duration) bool {
 	el := e.el
-	el.removeIdle(e)
+	el.unlist(e)
 	el.addTimer(e, timerHook, el.now.Add(timeout))
 	if !e.srv.pool.Submit(func() { el.post(hookResult{c: e, gen: gen, res: job()}) }) {
 		el.removeTimer(e)
-		el.pushIdle(e)
 		return false
 	}
 	return true
@@ -239,7 +282,7 @@ func (e *epollConn) await(job func() plugins.Result, gen uint32, timeout time.Du
 
 // pause parks the connection on a timer.
 func (e *epollConn) pause(d time.Duration) {
-	e.el.removeIdle(e)
+	e.el.unlist(e)
 	e.el.addTimer(e, timerDelay, e.el.now.Add(d))
 }
 
@@ -255,10 +298,10 @@ func (e *epollConn) hookDone(r hookResult) {
 		e.finish()
 		return
 	}
-	el.pushIdle(e)
 	e.hookReturned(r.res)
 	e.process()
 	e.flush()
+	e.settle()
 }
 
 // timerFired runs when the connection's timer is due.
@@ -270,17 +313,14 @@ func (e *epollConn) timerFired() {
 		e.close("no PROXY header in time")
 		return
 	case timerHook:
-		if !e.closed {
-			e.el.pushIdle(e)
-		}
 		e.hookExpired()
 	default:
-		e.el.pushIdle(e)
 		e.pauseOver()
 	}
 	if !e.closed {
 		e.process()
 		e.flush()
+		e.settle()
 	}
 }
 
@@ -310,7 +350,7 @@ func (e *epollConn) handOff() {
 	}
 	el.conns[e.fd] = nil
 	el.nconns--
-	el.removeIdle(e)
+	el.unlist(e)
 	el.removeTimer(e)
 	f := os.NewFile(uintptr(e.fd), "smtp")
 	nc, err := net.FileConn(f) // dups the descriptor into Go's netpoller
@@ -337,9 +377,13 @@ func (e *epollConn) handOff() {
 	el.handoffs = append(el.handoffs, s)
 }
 
-// closeWhenFlushed lingers once the replies are written.
+// closeWhenFlushed lingers once the replies are written; until then the
+// client has lingerTime to read them.
 func (e *epollConn) closeWhenFlushed() {
-	e.el.touch(e)
+	if !e.pending {
+		e.restart(phaseClosing, e.el.now)
+		e.el.enter(e, phaseClosing)
+	}
 	if len(e.out) == 0 && len(e.el.wbuf) == 0 {
 		e.linger()
 	}
@@ -356,7 +400,10 @@ func (e *epollConn) linger() {
 	rawShutdownWrite(e.fd)
 	e.in = nil
 	e.setEvents(unix.EPOLLIN | unix.EPOLLRDHUP)
-	e.el.touch(e)
+	if !e.pending {
+		e.restart(phaseClosing, e.el.now)
+		e.el.enter(e, phaseClosing)
+	}
 }
 
 // closeNow releases the descriptor.
@@ -368,7 +415,7 @@ func (e *epollConn) closeNow() {
 	rawClose(e.fd)
 	el.conns[e.fd] = nil
 	el.nconns--
-	el.removeIdle(e)
+	el.unlist(e)
 	if e.timerKind != timerHook {
 		// Only a blocking hook's deadline outlives the connection (its
 		// result, or the timeout, runs finish); a Delay or a PROXY wait
