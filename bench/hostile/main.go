@@ -293,7 +293,7 @@ func trickleOnce(o options, st *trickleStats, end time.Time, open, maxOpen *atom
 		}
 		payload = ""
 	}
-	progress := time.Now()
+	progress := time.Now() // a message's grace runs from the 354
 	// The reader: the server's 421, or its close.
 	cutReply := make(chan string, 1)
 	go func() {
@@ -329,6 +329,11 @@ func trickleOnce(o options, st *trickleStats, end time.Time, open, maxOpen *atom
 		if _, err := c.Write([]byte{b}); err != nil {
 			st.noteCut(time.Since(progress), "write failed: "+err.Error())
 			return
+		}
+		if i == 1 && o.in != "data" {
+			// A command line's deadline runs from its first byte; the
+			// wait before it is the inactivity timeout's.
+			progress = time.Now()
 		}
 	}
 }
