@@ -205,10 +205,15 @@ func (s *Session) startBody() {
 // connection holds none.
 var bodyPool = sync.Pool{New: func() any { b := make([]byte, 0, 8192); return &b }}
 
+// maxPooledBody is the largest buffer the pool keeps.
+const maxPooledBody = 64 << 10
+
 func getBody() []byte { return (*bodyPool.Get().(*[]byte))[:0] }
 
 func releaseBody(b []byte) {
-	if cap(b) < 4096 || cap(b) > 1<<20 {
+	// Only small buffers come back: whatever session takes one next may
+	// send ten octets and wait, and must not pin a large one.
+	if cap(b) < 4096 || cap(b) > maxPooledBody {
 		return
 	}
 	b = b[:0]
