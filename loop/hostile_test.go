@@ -67,9 +67,7 @@ func TestTricklerIsCutMidLine(t *testing.T) {
 	if n := len(rec.messages()); n != 1 {
 		t.Fatalf("%d messages queued, want the honest one", n)
 	}
-	if !strings.Contains(ts.log.String(), `"end":"command timeout"`) {
-		t.Errorf("no connection log line ends with the command timeout:\n%s", ts.log.String())
-	}
+	waitLog(t, ts, `"end":"command timeout"`)
 }
 
 // A message trickled a byte every 200 ms (5 bytes/s) against a minimum

@@ -60,7 +60,9 @@ func (s *stream) flush() {
 		c.out = c.out[:0]
 		return
 	}
-	s.raw.SetWriteDeadline(time.Now().Add(c.srv.limitsNow().idle))
+	// A client that does not read its replies gets command_timeout, as on
+	// an event loop.
+	s.raw.SetWriteDeadline(time.Now().Add(c.srv.limitsNow().line))
 	_, err := s.nc.Write(c.out)
 	c.out = c.out[:0]
 	if err != nil {
