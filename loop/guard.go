@@ -116,7 +116,7 @@ func (s *Server) limitsNow() *limits {
 			if !g.stressed.Load() && g.stressed.CompareAndSwap(false, true) {
 				if ok, held := g.stressLog.Allow(time.Now()); ok {
 					s.log.Warn().Int64("connections", n).Int("max_connections", s.opts.MaxConnections).
-						Dur("timeout", s.opts.StressTimeout).Int64("suppressed", held).
+						Dur("stress_timeout_ms", s.opts.StressTimeout).Int64("suppressed", held).
 						Msg("server under stress: connections near max_connections; timeouts shortened")
 				}
 			}
