@@ -48,7 +48,7 @@ func TestAgainstLoopmx(t *testing.T) {
 	if err := os.Mkdir(cfg, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	ini := fmt.Sprintf("[main]\nlisten = %s\nmax_connections = 0\n[log]\nlevel = warn\n", addr)
+	ini := fmt.Sprintf("[main]\nlisten = %s\nmax_connections = 0\nmax_connections_per_ip = 0\n[log]\nlevel = warn\n", addr)
 	if err := os.WriteFile(filepath.Join(cfg, "smtp.ini"), []byte(ini), 0o644); err != nil {
 		t.Fatal(err)
 	}

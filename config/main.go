@@ -19,6 +19,10 @@ type Main struct {
 	ThreadpoolSize      int            // threadpool_size: workpool workers; UV_THREADPOOL_SIZE overrides
 	Hostname            string         // me: host name for the banner, EHLO and Received (the key keeps Haraka's name)
 	InactivityTimeout   time.Duration  // inactivity_timeout: idle time before a client is dropped
+	CommandTimeout      time.Duration  // command_timeout: a command line, once begun, must end within it; the grace of a message too
+	DataMinRate         int64          // data_min_rate: bytes/s a message must average after its grace
+	StressThreshold     int            // stress_threshold: percent of max_connections open that turns on stress mode; 0 = never
+	StressTimeout       time.Duration  // stress_timeout: every timeout above is at most this under stress
 	MaxMessageSize      int64          // max_message_size: bytes, advertised as SIZE
 	MaxRecipients       int            // max_recipients: RCPT TO per transaction
 	MaxLineLength       int            // max_line_length: command line bytes incl. CRLF
@@ -30,9 +34,11 @@ type Main struct {
 	AllowBangPath       bool           // allow_bang_path: RCPT takes a '!' in the local part (else 550 5.7.1)
 	MaxConnections      int            // max_connections: per process; 0 = unlimited
 	MaxConnectionsPerIP int            // max_connections_per_ip: 0 = unlimited
+	PerIPPrefixV4       int            // per_ip_v4_prefix: IPv4 addresses in one prefix of this length count as one
+	PerIPPrefixV6       int            // per_ip_v6_prefix: IPv6 addresses in one prefix of this length count as one
 	MaxErrors           int            // max_errors: protocol errors before the connection is closed
 	GracefulTimeout     time.Duration  // graceful_timeout: how long a drain waits for open sessions
-	MaxPipelineBuffer   int            // max_pipeline_buffer: unprocessed input kept while a hook runs
+	MaxPipelineBuffer   int            // max_pipeline_buffer: unprocessed input kept per connection, and the most read at once
 	WorkQueueSize       int            // work_queue_size: workpool queue length
 	User                string         // user: run workers as this user when started as root ("" = do not change)
 	Group               string         // group: run workers with this group ("" = the user's primary group)
@@ -134,6 +140,26 @@ func durationSetting(key, def string, lo time.Duration, field func(*Main) *time.
 	}
 }
 
+// sizeSetting declares a size key (bytes, or k, m, g) of at least lo.
+func sizeSetting(key, def string, lo int64, field func(*Main) *int64) setting {
+	return setting{
+		key: key,
+		def: def,
+		parse: func(c *Config, v string) error {
+			n, err := parseSize(v)
+			if err != nil {
+				return err
+			}
+			if n < lo {
+				return &valueError{v, fmt.Sprintf("is out of range (minimum %d)", lo), nil}
+			}
+			*field(&c.Main) = n
+			return nil
+		},
+		show: func(c *Config) string { return formatSize(*field(&c.Main)) },
+	}
+}
+
 // boolSetting declares a boolean key of [main].
 func boolSetting(key, def string, field func(*Main) *bool) setting {
 	return setting{
@@ -226,22 +252,12 @@ var mainSettings = []setting{
 	},
 	// RFC 5321 4.5.3.2.7: at least 5 minutes.
 	durationSetting("inactivity_timeout", "300s", time.Second, func(m *Main) *time.Duration { return &m.InactivityTimeout }),
-	{
-		key: "max_message_size",
-		def: "25m",
-		parse: func(c *Config, v string) error {
-			n, err := parseSize(v)
-			if err != nil {
-				return err
-			}
-			if n < 1 {
-				return &valueError{v, "is out of range (minimum 1)", nil}
-			}
-			c.Main.MaxMessageSize = n
-			return nil
-		},
-		show: func(c *Config) string { return formatSize(c.Main.MaxMessageSize) },
-	},
+	// docs/protocol.md (Timeouts) says why these values.
+	durationSetting("command_timeout", "60s", time.Second, func(m *Main) *time.Duration { return &m.CommandTimeout }),
+	sizeSetting("data_min_rate", "1k", 1, func(m *Main) *int64 { return &m.DataMinRate }),
+	intSetting("stress_threshold", "80", 0, 100, func(m *Main) *int { return &m.StressThreshold }),
+	durationSetting("stress_timeout", "10s", time.Second, func(m *Main) *time.Duration { return &m.StressTimeout }),
+	sizeSetting("max_message_size", "25m", 1, func(m *Main) *int64 { return &m.MaxMessageSize }),
 	// RFC 5321 4.5.3.1.8: at least 100 recipients must be accepted.
 	intSetting("max_recipients", "100", 1, noMax, func(m *Main) *int { return &m.MaxRecipients }),
 	intSetting("max_line_length", "512", minLineLength, maxLineLength, func(m *Main) *int { return &m.MaxLineLength }),
@@ -267,10 +283,12 @@ var mainSettings = []setting{
 	boolSetting("allow_percent_hack", "false", func(m *Main) *bool { return &m.AllowPercentHack }),
 	boolSetting("allow_bang_path", "false", func(m *Main) *bool { return &m.AllowBangPath }),
 	intSetting("max_connections", "10000", 0, noMax, func(m *Main) *int { return &m.MaxConnections }),
-	intSetting("max_connections_per_ip", "0", 0, noMax, func(m *Main) *int { return &m.MaxConnectionsPerIP }),
+	intSetting("max_connections_per_ip", "20", 0, noMax, func(m *Main) *int { return &m.MaxConnectionsPerIP }),
+	intSetting("per_ip_v4_prefix", "32", 8, 32, func(m *Main) *int { return &m.PerIPPrefixV4 }),
+	intSetting("per_ip_v6_prefix", "64", 16, 128, func(m *Main) *int { return &m.PerIPPrefixV6 }),
 	intSetting("max_errors", "10", 1, noMax, func(m *Main) *int { return &m.MaxErrors }),
 	durationSetting("graceful_timeout", "30s", 0, func(m *Main) *time.Duration { return &m.GracefulTimeout }),
-	intSetting("max_pipeline_buffer", "65536", minPipelineBuffer, noMax, func(m *Main) *int { return &m.MaxPipelineBuffer }),
+	intSetting("max_pipeline_buffer", "16384", minPipelineBuffer, noMax, func(m *Main) *int { return &m.MaxPipelineBuffer }),
 	intSetting("work_queue_size", "1024", 1, noMax, func(m *Main) *int { return &m.WorkQueueSize }),
 	{
 		key: "user",

@@ -11,8 +11,10 @@ import (
 )
 
 // maxOutPending caps the replies kept for a client that does not read
-// them; past it the connection stops parsing its input.
-const maxOutPending = 256 << 10
+// them; past it the connection stops parsing its input. It holds a few
+// hundred pipelined replies, far more than a client that reads them
+// ever leaves unread, and keeps a client that does not read at a few KiB.
+const maxOutPending = 8 << 10
 
 // conn is one client's SMTP session: the protocol state, what plugins see
 // of it, and the hook in progress. Its transport moves the bytes; only
@@ -43,6 +45,14 @@ type conn struct {
 	outFull    bool // parsing stopped with input left because the replies hit maxOutPending
 	endReason  string
 	tlsRefusal []byte // implicit TLS refused at connect: sent after the handshake
+
+	// deadlines (guard.go): the phase, when it started and the message
+	// octets read in it; moved says a command completed since the phase
+	// was last noted
+	ph        uint8
+	moved     bool
+	since     time.Time
+	bodyBytes int64
 
 	call    plugins.Call // the hook in progress
 	callIdx int          // the position of its plugin in the chain
@@ -148,6 +158,9 @@ func (c *conn) process() {
 		}
 		n, ev := c.sess.Next(c.in)
 		c.in = c.in[n:]
+		if ev.Kind != smtpproto.KindNeedMore {
+			c.moved = true // progress: the deadline starts again
+		}
 		if len(ev.Reply) > 0 {
 			c.tr.write(ev.Reply)
 		}
@@ -197,6 +210,38 @@ func (c *conn) process() {
 	// more input arrives.
 	c.outFull = len(c.out) >= maxOutPending && len(c.in) > 0
 	c.tr.retain()
+}
+
+// phase tells which deadline applies to the connection now (guard.go).
+func (c *conn) phase() uint8 {
+	switch {
+	case c.closing:
+		return phaseClosing
+	case c.sess.InBody():
+		return phaseBody
+	case len(c.in) > 0:
+		// A command has begun, or complete ones wait behind replies the
+		// client does not read.
+		return phaseLine
+	}
+	return phaseIdle
+}
+
+// rephase notes the phase after an event and reports whether a new
+// deadline starts: the phase changed or a command completed. Octets
+// alone never start one.
+func (c *conn) rephase(now time.Time) bool {
+	p := c.phase()
+	if p == c.ph && !c.moved {
+		return false
+	}
+	c.restart(p, now)
+	return true
+}
+
+// restart starts phase p at now.
+func (c *conn) restart(p uint8, now time.Time) {
+	c.ph, c.moved, c.since, c.bodyBytes = p, false, now, 0
 }
 
 // endTx tells the tx_end hooks, writes the transaction's log line and

@@ -25,10 +25,10 @@ type epollConn struct {
 	lingering bool   // write side shut, reading until EOF
 	wantTLS   bool   // move to the stream transport once the output is written
 
-	// idle list: every open connection without a hook outstanding, least
-	// recently active first
-	inList     bool
-	lastActive time.Time
+	// the loop's list of the phase (conn.ph) it is in, oldest first; not
+	// listed while a hook, a Delay or a PROXY header is awaited
+	listed     bool
+	listedIn   uint8
 	prev, next *epollConn
 
 	timerKind uint8
@@ -67,11 +67,35 @@ func (e *epollConn) onEvent(ev uint32) {
 	if ev&(unix.EPOLLIN|unix.EPOLLHUP|unix.EPOLLERR|unix.EPOLLRDHUP) != 0 {
 		e.onReadable()
 	}
+	e.settle()
+}
+
+// settle puts the connection in the list of its phase after an event. A
+// phase that goes on keeps its start: bytes alone do not move it.
+func (e *epollConn) settle() {
+	if e.closed || e.pending || e.handoff || e.proxyWait {
+		return
+	}
+	now := e.reactor.now
+	if !e.listed {
+		// Back from a hook or a Delay, or new: its time starts now.
+		e.restart(e.phase(), now)
+	} else if !e.rephase(now) {
+		return
+	}
+	e.reactor.enter(e, e.ph)
 }
 
 func (e *epollConn) onReadable() {
 	el := e.reactor
-	n, errno := rawRead(e.fd, el.rbuf)
+	// Read no more than the connection may keep: a client that does not
+	// read its replies holds at most inCap of input.
+	room := e.srv.inCap - len(e.in)
+	if room <= 0 {
+		e.setEvents(e.events &^ unix.EPOLLIN)
+		return
+	}
+	n, errno := rawRead(e.fd, el.rbuf[:min(room, len(el.rbuf))])
 	if errno == unix.EAGAIN || errno == unix.EINTR {
 		return
 	}
@@ -95,7 +119,9 @@ func (e *epollConn) onReadable() {
 		// its ClientHello is not early talk.)
 		e.earlyTalk = true
 	}
-	el.touch(e)
+	if e.ph == phaseBody {
+		e.bodyBytes += int64(n)
+	}
 	if len(e.in) == 0 {
 		e.in = el.rbuf[:n]
 		e.borrowed = true
@@ -105,7 +131,6 @@ func (e *epollConn) onReadable() {
 	if e.proxyWait {
 		if e.parseProxy() {
 			el.removeTimer(e)
-			el.pushIdle(e)
 			e.proxied()
 		}
 	} else {
@@ -128,7 +153,7 @@ func (e *epollConn) retain() {
 		e.in = own
 		e.borrowed = false
 	}
-	if len(e.in) > e.srv.opts.MaxPipelineBuffer {
+	if len(e.in) >= e.srv.inCap {
 		e.setEvents(e.events &^ unix.EPOLLIN)
 	}
 }
@@ -141,7 +166,25 @@ func (e *epollConn) write(b []byte) {
 		e.out = append(e.out, b...)
 		return
 	}
-	e.reactor.wbuf = append(e.reactor.wbuf, b...)
+	el := e.reactor
+	el.wbuf = append(el.wbuf, b...)
+	if len(el.wbuf) >= maxOutPending {
+		e.spill()
+	}
+}
+
+// spill sends what the shared buffer holds, in the middle of an event
+// whose replies outgrew maxOutPending, and keeps the rest as the
+// connection's own; the session then sees its output is full and stops
+// parsing. A write error is left for flush.
+func (e *epollConn) spill() {
+	el := e.reactor
+	n, _ := rawWrite(e.fd, el.wbuf)
+	if n < len(el.wbuf) {
+		n = max(n, 0)
+		e.out = append(make([]byte, 0, len(el.wbuf)-n), el.wbuf[n:]...)
+	}
+	el.wbuf = el.wbuf[:0]
 }
 
 // flush writes what the connection owes. A short write keeps the rest and
@@ -164,11 +207,6 @@ func (e *epollConn) flush() {
 		if n < 0 {
 			n = 0
 		}
-		if n > 0 && e.out != nil {
-			// A backlog of replies moved: the client is reading, which
-			// is activity as much as sending is.
-			el.touch(e)
-		}
 		switch {
 		case n == len(buf):
 			e.out = nil
@@ -187,10 +225,10 @@ func (e *epollConn) flush() {
 		el.wbuf = el.wbuf[:0]
 	}
 	want := e.events | unix.EPOLLIN
-	if len(e.in) > e.srv.opts.MaxPipelineBuffer || len(e.out) >= maxOutPending {
+	if len(e.in) >= e.srv.inCap || len(e.out) >= maxOutPending {
 		want &^= unix.EPOLLIN
 	}
-	if e.outFull && !e.pending && len(e.out) < maxOutPending {
+	if e.outFull && !e.pending && !e.wantTLS && !e.closing && len(e.out) < maxOutPending {
 		// The client read enough of its replies: parse the pipelined
 		// commands that are already here. Waiting for EPOLLIN would
 		// stall, since a client that sent everything sends no more.
@@ -209,14 +247,6 @@ func (e *epollConn) flush() {
 		}
 		if e.closing && !e.lingering {
 			e.linger()
-			return
-		}
-		if !e.pending && len(e.in) > 0 && e.events&unix.EPOLLIN == 0 {
-			// The client caught up with its replies: go on with its
-			// pipelined input.
-			e.setEvents(want)
-			e.process()
-			e.flush()
 			return
 		}
 	}
@@ -241,11 +271,10 @@ func (e *epollConn) setEvents(ev uint32) {
 // heap (timerFired).
 func (e *epollConn) await(job func() plugins.Result, gen uint32, timeout time.Duration) bool {
 	el := e.reactor
-	el.removeIdle(e)
+	el.unlist(e)
 	el.addTimer(e, timerHook, el.now.Add(timeout))
 	if !e.srv.pool.Submit(func() { el.post(hookResult{c: e, gen: gen, res: job()}) }) {
 		el.removeTimer(e)
-		el.pushIdle(e)
 		return false
 	}
 	return true
@@ -253,7 +282,7 @@ func (e *epollConn) await(job func() plugins.Result, gen uint32, timeout time.Du
 
 // pause parks the connection on a timer.
 func (e *epollConn) pause(d time.Duration) {
-	e.reactor.removeIdle(e)
+	e.reactor.unlist(e)
 	e.reactor.addTimer(e, timerDelay, e.reactor.now.Add(d))
 }
 
@@ -269,10 +298,10 @@ func (e *epollConn) hookDone(r hookResult) {
 		e.finish()
 		return
 	}
-	el.pushIdle(e)
 	e.hookReturned(r.res)
 	e.process()
 	e.flush()
+	e.settle()
 }
 
 // timerFired runs when the connection's timer is due.
@@ -284,17 +313,14 @@ func (e *epollConn) timerFired() {
 		e.close("no PROXY header in time")
 		return
 	case timerHook:
-		if !e.closed {
-			e.reactor.pushIdle(e)
-		}
 		e.hookExpired()
 	default:
-		e.reactor.pushIdle(e)
 		e.pauseOver()
 	}
 	if !e.closed {
 		e.process()
 		e.flush()
+		e.settle()
 	}
 }
 
@@ -324,7 +350,7 @@ func (e *epollConn) handOff() {
 	}
 	el.conns[e.fd] = nil
 	el.nconns--
-	el.removeIdle(e)
+	el.unlist(e)
 	el.removeTimer(e)
 	f := os.NewFile(uintptr(e.fd), "smtp")
 	nc, err := net.FileConn(f) // dups the descriptor into Go's netpoller
@@ -351,9 +377,13 @@ func (e *epollConn) handOff() {
 	el.handoffs = append(el.handoffs, s)
 }
 
-// closeWhenFlushed lingers once the replies are written.
+// closeWhenFlushed lingers once the replies are written; until then the
+// client has lingerTime to read them.
 func (e *epollConn) closeWhenFlushed() {
-	e.reactor.touch(e)
+	if !e.pending {
+		e.restart(phaseClosing, e.reactor.now)
+		e.reactor.enter(e, phaseClosing)
+	}
 	if len(e.out) == 0 && len(e.reactor.wbuf) == 0 {
 		e.linger()
 	}
@@ -370,7 +400,10 @@ func (e *epollConn) linger() {
 	rawShutdownWrite(e.fd)
 	e.in = nil
 	e.setEvents(unix.EPOLLIN | unix.EPOLLRDHUP)
-	e.reactor.touch(e)
+	if !e.pending {
+		e.restart(phaseClosing, e.reactor.now)
+		e.reactor.enter(e, phaseClosing)
+	}
 }
 
 // closeNow releases the descriptor.
@@ -382,7 +415,7 @@ func (e *epollConn) closeNow() {
 	rawClose(e.fd)
 	el.conns[e.fd] = nil
 	el.nconns--
-	el.removeIdle(e)
+	el.unlist(e)
 	if e.timerKind != timerHook {
 		// Only a blocking hook's deadline outlives the connection (its
 		// result, or the timeout, runs finish); a Delay or a PROXY wait

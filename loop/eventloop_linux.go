@@ -14,7 +14,6 @@ import (
 
 const (
 	readBufSize = 64 << 10
-	lingerTime  = 2 * time.Second
 	tickEvery   = 500 * time.Millisecond
 	acceptBatch = 64
 )
@@ -41,8 +40,10 @@ type eventLoop struct {
 	served uint64 // connections accepted by this loop
 	now    time.Time
 
-	// idle list: every open, non-pending connection, least recently active first
-	head, tail *epollConn
+	// one list per phase (guard.go) of the open connections that wait for
+	// their client, in the order their phase started; a list's deadlines
+	// come in that order, so the tick stops at the first young one
+	lists [phaseClosing + 1]connList
 
 	acceptOff    bool
 	acceptResume time.Time
@@ -317,14 +318,13 @@ func (el *eventLoop) open(fd int, peer netip.AddrPort, l *listener) {
 	c.ipHeld = !kind.Proxy
 	el.conns[fd] = c
 	el.nconns++
-	el.pushIdle(c)
 	if kind.Proxy {
 		c.proxyWait = true
-		el.removeIdle(c)
 		el.addTimer(c, timerProxy, el.now.Add(s.opts.ProxyTimeout))
 		return
 	}
 	c.start()
+	c.settle()
 }
 
 // Load implements plugins.LoadReporter for the connections of this loop.
@@ -358,30 +358,37 @@ func (el *eventLoop) tick() {
 			el.srv.logAcceptError(err)
 		}
 	}
-	timeout := el.srv.opts.InactivityTimeout
-	young := lingerTime
-	if timeout < young {
-		young = timeout
-	}
-	for c := el.head; c != nil; {
-		next := c.next
-		age := el.now.Sub(c.lastActive)
-		if age < young {
-			break
+	lim := el.srv.limitsNow()
+	for ph := range el.lists {
+		l := &el.lists[ph]
+		for c := l.head; c != nil; {
+			next := c.next
+			if el.now.Before(lim.deadline(c.ph, c.since, 0)) {
+				break // the rest of the list started later
+			}
+			if el.now.Before(lim.deadline(c.ph, c.since, c.bodyBytes)) {
+				c = next // a message that earned more time at data_min_rate
+				continue
+			}
+			el.cut(c)
+			c = next
 		}
-		switch {
-		case c.closing && age >= lingerTime:
-			// Lingering for the client's FIN, or closing with replies
-			// the client does not read: give up on it.
-			c.close("closed")
-		case c.closing:
-		case age >= timeout:
-			c.write(el.srv.replyTimeout)
-			c.flush()
-			c.shutdown("timeout")
-		}
-		c = next
 	}
+}
+
+// cut ends a connection whose deadline passed: a 421 4.4.2 that says
+// which one, or, for one already closing, the end of its wait.
+func (el *eventLoop) cut(c *epollConn) {
+	if c.ph == phaseClosing {
+		// Lingering for the client's FIN, or closing with replies the
+		// client does not read: give up on it.
+		c.close("closed")
+		return
+	}
+	reply, why := el.srv.timeoutReply(c.ph)
+	c.write(reply)
+	c.shutdown(why) // before the flush, which must not parse on
+	c.flush()
 }
 
 // drain stops accepting and closes every connection that is not inside a
@@ -411,45 +418,41 @@ func (el *eventLoop) forceClose() {
 	}
 }
 
-// Idle list: a doubly linked list in order of last activity, so the
-// timeout scan stops at the first young connection.
+// connList is a doubly linked list of connections in the order their
+// phase started.
+type connList struct{ head, tail *epollConn }
 
-func (el *eventLoop) pushIdle(c *epollConn) {
-	c.lastActive = el.now
-	c.prev = el.tail
+// enter puts c at the end of the list of phase ph (its phase started now).
+func (el *eventLoop) enter(c *epollConn, ph uint8) {
+	el.unlist(c)
+	l := &el.lists[ph]
+	c.prev = l.tail
 	c.next = nil
-	if el.tail != nil {
-		el.tail.next = c
+	if l.tail != nil {
+		l.tail.next = c
 	} else {
-		el.head = c
+		l.head = c
 	}
-	el.tail = c
-	c.inList = true
+	l.tail = c
+	c.listed, c.listedIn = true, ph
 }
 
-func (el *eventLoop) removeIdle(c *epollConn) {
-	if !c.inList {
+// unlist takes c out of its list.
+func (el *eventLoop) unlist(c *epollConn) {
+	if !c.listed {
 		return
 	}
+	l := &el.lists[c.listedIn]
 	if c.prev != nil {
 		c.prev.next = c.next
 	} else {
-		el.head = c.next
+		l.head = c.next
 	}
 	if c.next != nil {
 		c.next.prev = c.prev
 	} else {
-		el.tail = c.prev
+		l.tail = c.prev
 	}
 	c.prev, c.next = nil, nil
-	c.inList = false
-}
-
-func (el *eventLoop) touch(c *epollConn) {
-	if c.inList && el.tail != c {
-		el.removeIdle(c)
-		el.pushIdle(c)
-	} else {
-		c.lastActive = el.now
-	}
+	c.listed = false
 }

@@ -343,7 +343,7 @@ func TestProxyPerIPLimitUsesHeaderAddress(t *testing.T) {
 
 	again := dial(t, addr)
 	again.write(from("192.0.2.7"))
-	again.expectLine("421 4.7.0 mx.test Too many connections from your address")
+	again.expectLine("421 4.7.0 mx.test Too many connections from your address (limit 1), try again later")
 	again.expectEOF()
 
 	first.cmd("QUIT", "221 2.0.0")

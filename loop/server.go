@@ -63,12 +63,26 @@ type Options struct {
 	Proto *smtpproto.Config
 	// InactivityTimeout closes a silent connection with 421 4.4.2.
 	InactivityTimeout time.Duration
+	// CommandTimeout bounds a command line from its first byte, and is
+	// the grace of a message, which must then arrive at DataMinRate
+	// bytes a second on average (docs/protocol.md, Timeouts).
+	CommandTimeout time.Duration
+	DataMinRate    int64
+	// StressThreshold is the percentage of MaxConnections open at which
+	// every timeout shortens to StressTimeout (0: never).
+	StressThreshold int
+	StressTimeout   time.Duration
 	// MaxConnections and MaxConnectionsPerIP refuse new connections with
-	// 421 4.7.0 beyond them (0 means no limit).
+	// 421 4.7.0 beyond them (0 means no limit). PerIPPrefixV4 and
+	// PerIPPrefixV6 are the prefix lengths under which addresses count as
+	// one client (32 and 64: one IPv4 address, one IPv6 /64).
 	MaxConnections      int
 	MaxConnectionsPerIP int
-	// MaxPipelineBuffer caps unprocessed input kept per connection; past
-	// it the loop stops reading that connection until it catches up.
+	PerIPPrefixV4       int
+	PerIPPrefixV6       int
+	// MaxPipelineBuffer caps unprocessed input kept per connection, and
+	// what one read takes; a connection holding that much is not read
+	// until it catches up.
 	MaxPipelineBuffer int
 	// GracefulTimeout bounds how long Shutdown lets transactions finish.
 	GracefulTimeout time.Duration
@@ -102,8 +116,14 @@ func OptionsFrom(cfg *config.Config, log zerolog.Logger) Options {
 			AllowBangPath:       m.AllowBangPath,
 		},
 		InactivityTimeout:   m.InactivityTimeout,
+		CommandTimeout:      m.CommandTimeout,
+		DataMinRate:         m.DataMinRate,
+		StressThreshold:     m.StressThreshold,
+		StressTimeout:       m.StressTimeout,
 		MaxConnections:      m.MaxConnections,
 		MaxConnectionsPerIP: m.MaxConnectionsPerIP,
+		PerIPPrefixV4:       m.PerIPPrefixV4,
+		PerIPPrefixV6:       m.PerIPPrefixV6,
 		MaxPipelineBuffer:   m.MaxPipelineBuffer,
 		GracefulTimeout:     m.GracefulTimeout,
 		Backlog:             m.Backlog,
@@ -148,8 +168,7 @@ type Server struct {
 	engine   engine // the platform's way to accept and serve
 
 	conns    atomic.Int64
-	ipMu     sync.Mutex
-	perIP    map[netip.Addr]int32
+	guard    // deadlines, stress mode and the per-address limit (guard.go)
 	idPrefix string
 	connSeq  atomic.Uint64
 
@@ -175,8 +194,10 @@ func New(opts Options, chain *plugins.Chain, pool *workpool.Pool) (*Server, erro
 		return nil, fmt.Errorf("loop: %d event loops; want at least 1", opts.Loops)
 	case opts.Proto == nil:
 		return nil, errors.New("loop: no protocol settings (Options.Proto)")
-	case opts.InactivityTimeout <= 0 || opts.MaxPipelineBuffer <= 0:
-		return nil, errors.New("loop: inactivity timeout and pipeline buffer must be set (use OptionsFrom)")
+	case opts.InactivityTimeout <= 0 || opts.CommandTimeout <= 0 || opts.StressTimeout <= 0 || opts.DataMinRate <= 0 || opts.MaxPipelineBuffer <= 0:
+		return nil, errors.New("loop: timeouts, data rate and pipeline buffer must be set (use OptionsFrom)")
+	case opts.MaxConnectionsPerIP > 0 && (opts.PerIPPrefixV4 < 1 || opts.PerIPPrefixV4 > 32 || opts.PerIPPrefixV6 < 1 || opts.PerIPPrefixV6 > 128):
+		return nil, fmt.Errorf("loop: per-address prefixes /%d and /%d out of range (use OptionsFrom)", opts.PerIPPrefixV4, opts.PerIPPrefixV6)
 	}
 	if len(opts.Specs) == 0 {
 		for _, a := range opts.Listen {
@@ -196,18 +217,17 @@ func New(opts Options, chain *plugins.Chain, pool *workpool.Pool) (*Server, erro
 	}
 	host := opts.Proto.Hostname
 	s := &Server{
-		opts:           opts,
-		pool:           pool,
-		log:            opts.Log,
-		perIP:          map[netip.Addr]int32{},
-		streams:        map[*stream]struct{}{},
-		idPrefix:       strconv.FormatInt(time.Now().UnixNano()/1e6%(1<<40)^int64(os.Getpid())<<40, 36),
-		replyTooMany:   []byte("421 4.7.0 " + host + " Too many connections, try again later\r\n"),
-		replyTooManyIP: []byte("421 4.7.0 " + host + " Too many connections from your address\r\n"),
-		replyShutdown:  []byte("421 4.3.2 " + host + " Service shutting down, try again later\r\n"),
-		replyTimeout:   []byte("421 4.4.2 " + host + " Error: timeout exceeded\r\n"),
-		acceptLog:      throttle.Throttle{Every: time.Second},
+		opts:          opts,
+		pool:          pool,
+		log:           opts.Log,
+		streams:       map[*stream]struct{}{},
+		idPrefix:      strconv.FormatInt(time.Now().UnixNano()/1e6%(1<<40)^int64(os.Getpid())<<40, 36),
+		replyTooMany:  []byte("421 4.7.0 " + host + " Too many connections, try again later\r\n"),
+		replyShutdown: []byte("421 4.3.2 " + host + " Service shutting down, try again later\r\n"),
+		replyTimeout:  []byte("421 4.4.2 " + host + " Error: timeout exceeded\r\n"),
+		acceptLog:     throttle.Throttle{Every: time.Second},
 	}
+	s.initGuard()
 	s.gen.Store(&generation{chain: chain, proto: opts.Proto})
 	// Other loops, or other processes that were handed the same sockets,
 	// compete for connections.
@@ -317,33 +337,6 @@ func (s *Server) proxyTrusted(ip netip.Addr) bool {
 		}
 	}
 	return false
-}
-
-func (s *Server) acquireIP(ip netip.Addr) bool {
-	if s.opts.MaxConnectionsPerIP <= 0 {
-		return true
-	}
-	s.ipMu.Lock()
-	defer s.ipMu.Unlock()
-	n := s.perIP[ip]
-	if int(n) >= s.opts.MaxConnectionsPerIP {
-		return false
-	}
-	s.perIP[ip] = n + 1
-	return true
-}
-
-func (s *Server) releaseIP(ip netip.Addr) {
-	if s.opts.MaxConnectionsPerIP <= 0 {
-		return
-	}
-	s.ipMu.Lock()
-	if n := s.perIP[ip]; n <= 1 {
-		delete(s.perIP, ip)
-	} else {
-		s.perIP[ip] = n - 1
-	}
-	s.ipMu.Unlock()
 }
 
 // logAcceptError logs accept failures at most once a second.

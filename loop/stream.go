@@ -60,11 +60,25 @@ func (s *stream) flush() {
 		c.out = c.out[:0]
 		return
 	}
-	s.raw.SetWriteDeadline(time.Now().Add(c.srv.opts.InactivityTimeout))
+	// A client that does not read its replies gets command_timeout, as on
+	// an event loop.
+	s.raw.SetWriteDeadline(time.Now().Add(c.srv.limitsNow().line))
 	_, err := s.nc.Write(c.out)
 	c.out = c.out[:0]
 	if err != nil {
 		c.close("write error")
+	}
+}
+
+// flushAll writes the replies and, while the session stopped for
+// replies not yet written (maxOutPending), parses on and writes again.
+func (s *stream) flushAll() {
+	c := s.c
+	s.flush()
+	for c.outFull && !c.closed && !c.handoff {
+		c.outFull = false
+		c.process()
+		s.flush()
 	}
 }
 
@@ -161,6 +175,7 @@ func (s *stream) handshake() bool {
 		return false
 	}
 	s.raw.SetDeadline(time.Time{})
+	c.restart(phaseIdle, time.Now()) // the handshake's time is not the client's
 	s.nc = tc
 	st := tc.ConnectionState()
 	c.secure = true
@@ -188,6 +203,7 @@ func (s *stream) run(fresh bool) {
 	c := s.c
 	srv := c.srv
 	c.handoff = false
+	c.restart(phaseIdle, time.Now())
 	defer srv.trackStream(s, false)
 	if fresh && !c.proxyWait {
 		c.start()
@@ -215,13 +231,22 @@ func (s *stream) run(fresh bool) {
 			c.drainCheck()
 			continue
 		}
-		wait := srv.opts.InactivityTimeout
+		// The same deadlines as on an event loop (guard.go): a phase
+		// starts again on progress, never on bytes alone.
+		now := time.Now()
+		var deadline time.Time
 		if c.proxyWait {
-			wait = srv.opts.ProxyTimeout
+			deadline = now.Add(srv.opts.ProxyTimeout)
+		} else {
+			c.rephase(now)
+			deadline = srv.limitsNow().deadline(c.ph, c.since, c.bodyBytes)
 		}
-		s.raw.SetReadDeadline(time.Now().Add(wait))
+		s.raw.SetReadDeadline(deadline)
 		n, err := s.nc.Read(s.readBuf())
 		if n > 0 {
+			if c.ph == phaseBody {
+				c.bodyBytes += int64(n)
+			}
 			c.in = append(c.in, s.buf[:n]...)
 			if c.proxyWait {
 				if c.parseProxy() {
@@ -230,11 +255,7 @@ func (s *stream) run(fresh bool) {
 			} else {
 				c.process()
 			}
-			s.flush()
-			for c.outFull && !c.closed && !c.closing {
-				c.process() // the replies are written: parse what waits
-				s.flush()
-			}
+			s.flushAll()
 		}
 		if err == nil {
 			continue
@@ -247,14 +268,15 @@ func (s *stream) run(fresh bool) {
 		case timeout && c.proxyWait:
 			c.close("no PROXY header in time")
 		case timeout:
-			s.write(srv.replyTimeout)
+			reply, why := srv.timeoutReply(c.ph)
+			s.write(reply)
 			s.flush()
-			c.close("timeout")
+			c.close(why)
 		case len(c.in) > 0:
 			// Half-close after pipelined commands: answer them, then close.
 			c.eof = true
 			c.process()
-			s.flush()
+			s.flushAll()
 			c.close("client closed")
 		default:
 			c.close("client closed")

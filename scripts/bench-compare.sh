@@ -84,7 +84,7 @@ skipped=()
 
 start_loopmx() {
 	mkdir -p "$tmp/loopmx"
-	printf '[main]\nlisten = 127.0.0.1:%s\nmax_connections = 0\n[log]\nlevel = warn\n' "$1" > "$tmp/loopmx/smtp.ini"
+	printf '[main]\nlisten = 127.0.0.1:%s\nmax_connections = 0\nmax_connections_per_ip = 0\n[log]\nlevel = warn\n' "$1" > "$tmp/loopmx/smtp.ini"
 	echo "queue/discard" > "$tmp/loopmx/plugins"
 	$pin bin/loopmx -c "$tmp/loopmx" 2>>"$tmp/loopmx.log" &
 	pid=$!

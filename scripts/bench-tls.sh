@@ -67,7 +67,7 @@ printf 'rcpt_to.in_host_list\nqueue/discard\n' > "$tmp/loopmx/plugins"
 echo example.com > "$tmp/loopmx/host_list"
 
 start_loopmx() {
-	printf '[main]\nlisten = 127.0.0.1:%s\nloops = 1\nme = mx.test\nmax_connections = 0\n[log]\nlevel = warn\n' "$1" > "$tmp/loopmx/smtp.ini"
+	printf '[main]\nlisten = 127.0.0.1:%s\nloops = 1\nme = mx.test\nmax_connections = 0\nmax_connections_per_ip = 0\n[log]\nlevel = warn\n' "$1" > "$tmp/loopmx/smtp.ini"
 	taskset -c "$SERVER_CORE" bin/loopmx -c "$tmp/loopmx" 2>>"$tmp/loopmx.log" &
 	pid=$!
 }

@@ -7,7 +7,8 @@
 # another way.
 #
 # Without BENCH_CONFIG the server runs on a bench config: queue/discard,
-# no connection limit, log level warn. That measures loopmx itself.
+# no connection limit (total or per address), log level warn. That
+# measures loopmx itself.
 #
 # With BENCH_CONFIG=DIR (`make bench CONFIG=/etc/loopmx`) it runs on a copy
 # of that config directory instead, so the figure is the operator's: their
@@ -110,6 +111,7 @@ if [ -z "${BENCH_CONFIG:-}" ]; then
 		[main]
 		listen = 127.0.0.1:$port
 		max_connections = 0
+		max_connections_per_ip = 0
 		[log]
 		level = warn
 	EOF

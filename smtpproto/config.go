@@ -2,6 +2,7 @@ package smtpproto
 
 import (
 	"fmt"
+	"math"
 	"strconv"
 )
 
@@ -49,6 +50,7 @@ type Config struct {
 	// KindUnknown events instead of answering them at once.
 	UnknownToHost bool
 
+	dataLineMax  int // the longest DATA line without its CRLF; MaxInt for no limit
 	keywords     []string
 	keywordsTLS  []string
 	ehloReplyTLS []byte
@@ -78,6 +80,10 @@ func (c *Config) Prepare() error {
 		return fmt.Errorf("smtpproto: Config.MaxRecipients %d is under 1", c.MaxRecipients)
 	case c.MaxErrors < 1:
 		return fmt.Errorf("smtpproto: Config.MaxErrors %d is under 1", c.MaxErrors)
+	}
+	c.dataLineMax = math.MaxInt
+	if c.MaxDataLineLength > 0 {
+		c.dataLineMax = c.MaxDataLineLength - 2
 	}
 	c.banner = []byte("220 " + c.Hostname + " ESMTP loopmx\r\n")
 	c.heloReply = []byte("250 " + c.Hostname + "\r\n")

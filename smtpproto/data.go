@@ -33,6 +33,9 @@ func (s *Session) data(in []byte) (int, bool) {
 			}
 			if j > i {
 				s.lineLen += j - i
+				if s.lineLen > s.cfg.dataLineMax {
+					s.overlong() // known before the line ends
+				}
 				s.put(in[i:j])
 				i = j
 				continue
@@ -40,7 +43,7 @@ func (s *Session) data(in []byte) (int, bool) {
 			if c == '\r' {
 				s.dotState = dsCR
 			} else { // bare LF: kept under KeepBareLineEndings, ends a line
-				s.bareEOL = true
+				s.sawBareEOL()
 				s.put(in[i : i+1])
 				s.checkLine()
 			}
@@ -52,7 +55,7 @@ func (s *Session) data(in []byte) (int, bool) {
 			case '\r':
 				s.dotState = dsCR
 			case '\n':
-				s.bareEOL = true
+				s.sawBareEOL()
 				s.put(in[i : i+1])
 				s.checkLine()
 				s.dotState = dsMid
@@ -79,7 +82,7 @@ func (s *Session) data(in []byte) (int, bool) {
 				return i + 1, true
 			}
 			// "." CR not followed by LF: a bare CR inside the line.
-			s.bareEOL = true
+			s.sawBareEOL()
 			s.lineLen++
 			s.put(crByte)
 			s.dotState = dsMid
@@ -96,7 +99,7 @@ func (s *Session) data(in []byte) (int, bool) {
 				continue
 			}
 			// A CR not followed by LF is a bare CR; keep it and go on.
-			s.bareEOL = true
+			s.sawBareEOL()
 			s.lineLen++
 			s.put(crByte)
 			s.dotState = dsMid
@@ -117,39 +120,82 @@ var (
 // checkLine notes a line over the DATA line limit and starts a new line.
 // RFC 5321 4.5.3.1.6: 1000 octets including CRLF.
 func (s *Session) checkLine() {
-	if max := s.cfg.MaxDataLineLength; max > 0 && s.lineLen > max-2 {
-		s.longLine = true
+	if s.lineLen > s.cfg.dataLineMax {
+		s.overlong()
 	}
 	s.lineLen = 0
 }
 
-// put appends message bytes unless the message is already over the size
-// limit, in which case the rest is drained and dropped.
-func (s *Session) put(b []byte) {
-	if s.tooBig {
-		return
+// overlong notes a line over the limit. Under long_lines = reject the
+// message is then certain to be refused: its octets are no longer kept.
+func (s *Session) overlong() {
+	s.longLine = true
+	if !s.cfg.KeepLongLines {
+		s.discard()
 	}
-	if s.bodySize+int64(len(b)) > s.cfg.MaxMessageSize {
-		s.tooBig = true
+}
+
+// sawBareEOL notes a bare CR or LF; under bare_line_endings = reject the
+// message is then certain to be refused and its octets are no longer
+// kept.
+func (s *Session) sawBareEOL() {
+	s.bareEOL = true
+	if !s.cfg.KeepBareLineEndings {
+		s.discard()
+	}
+}
+
+// discard stops keeping the message, which is certain to be refused at
+// its end; the rest is read, counted and dropped.
+func (s *Session) discard() {
+	if !s.dropping {
+		s.dropping = true
 		releaseBody(s.body)
 		s.body = nil
+	}
+}
+
+// put appends message octets, unless the message is certain to be
+// refused (over the size limit, or a line or line ending the policy
+// refuses); the size is counted either way, since it decides the reply
+// first.
+func (s *Session) put(b []byte) {
+	s.bodySize += int64(len(b))
+	if s.bodySize > s.cfg.MaxMessageSize && !s.tooBig {
+		s.tooBig = true
+		s.discard()
+	}
+	if s.dropping {
 		return
 	}
-	s.bodySize += int64(len(b))
+	if len(s.body)+len(b) > cap(s.body) {
+		s.grow(len(b))
+	}
 	s.body = append(s.body, b...)
 }
 
-func (s *Session) startBody() {
-	if s.body == nil {
-		s.body = getBody()
+// grow makes room for n more octets by doubling the buffer. Memory
+// follows what arrived: a client that declared a large SIZE but sends
+// little gets no more than the first buffer. The declared SIZE
+// (RFC 1870) only trims the last doubling, so that a message of the
+// declared size does not leave half its buffer unused.
+func (s *Session) grow(n int) {
+	need := len(s.body) + n
+	c := max(2*cap(s.body), need, 4096)
+	if d := s.tx.DeclaredSize + 1024; d >= int64(need) && d < int64(c) {
+		c = int(d)
 	}
-	// RFC 1870: a client that declared SIZE tells how much is coming; one
-	// allocation instead of a dozen doublings. Capped, so that a client
-	// declaring a large SIZE and sending little cannot make us reserve it.
-	const maxPrealloc = 4 << 20
-	if want := s.tx.DeclaredSize + 1024; s.tx.DeclaredSize > int64(cap(s.body)) && want <= maxPrealloc {
-		releaseBody(s.body)
-		s.body = make([]byte, 0, want)
+	b := make([]byte, len(s.body), c)
+	copy(b, s.body)
+	releaseBody(s.body)
+	s.body = b
+}
+
+// startBody readies the message buffer: a small one, whatever SIZE the
+// client declared.
+func (s *Session) startBody() {
+	if s.body == nil && !s.dropping {
+		s.body = getBody()
 	}
 	s.lineLen = 0
 	s.dotState = dsMid // BDAT's line scanner; DATA starts at dsLineStart
@@ -159,10 +205,15 @@ func (s *Session) startBody() {
 // connection holds none.
 var bodyPool = sync.Pool{New: func() any { b := make([]byte, 0, 8192); return &b }}
 
+// maxPooledBody is the largest buffer the pool keeps.
+const maxPooledBody = 64 << 10
+
 func getBody() []byte { return (*bodyPool.Get().(*[]byte))[:0] }
 
 func releaseBody(b []byte) {
-	if cap(b) < 4096 || cap(b) > 1<<20 {
+	// Only small buffers come back: whatever session takes one next may
+	// send ten octets and wait, and must not pin a large one.
+	if cap(b) < 4096 || cap(b) > maxPooledBody {
 		return
 	}
 	b = b[:0]
@@ -247,6 +298,9 @@ func (s *Session) bdatChunk(in []byte) (int, Event) {
 	}
 	if !s.bdatDiscard {
 		s.scanChunk(in[:take])
+		if s.lineLen > s.cfg.dataLineMax {
+			s.overlong() // known before the line ends
+		}
 		s.put(in[:take])
 	}
 	s.bdatLeft -= int64(take)
@@ -271,7 +325,7 @@ func (s *Session) bdatChunk(in []byte) (int, Event) {
 		return take, reply(replyChunkOK)
 	}
 	if s.dotState == dsCR {
-		s.bareEOL = true // the message ends in a lone CR
+		s.sawBareEOL() // the message ends in a lone CR
 	}
 	s.checkLine()
 	// The same body policies as DATA: a message taken by BDAT may later be
@@ -295,7 +349,7 @@ func (s *Session) scanChunk(b []byte) {
 			s.dotState = dsMid
 			continue
 		case s.dotState == dsCR:
-			s.bareEOL = true
+			s.sawBareEOL()
 			s.lineLen++
 		}
 		s.dotState = dsMid
@@ -303,7 +357,7 @@ func (s *Session) scanChunk(b []byte) {
 		case '\r':
 			s.dotState = dsCR
 		case '\n':
-			s.bareEOL = true
+			s.sawBareEOL()
 			s.checkLine()
 		default:
 			s.lineLen++

@@ -226,3 +226,97 @@ func TestLongDataLines(t *testing.T) {
 		},
 	})
 }
+
+// openData drives cfg's session to the 354 of one transaction, with
+// mailParams after MAIL FROM.
+func openData(t *testing.T, cfg *Config, mailParams string) *Session {
+	t.Helper()
+	s := NewSession(cfg)
+	for _, w := range []string{"EHLO client.test\r\n", "MAIL FROM:<a@b.example>" + mailParams + "\r\n", "RCPT TO:<c@d.example>\r\n", "DATA\r\n"} {
+		in := []byte(w)
+		for len(in) > 0 {
+			n, ev := s.Next(in)
+			in = in[n:]
+			if ev.Kind != KindNeedMore && ev.Kind != KindReply {
+				s.Resolve(Reply{})
+			}
+		}
+	}
+	if !s.InBody() {
+		t.Fatal("the session is not reading a message after DATA")
+	}
+	return s
+}
+
+// feed gives the session message octets and returns the event that ends
+// them, if any.
+func feed(s *Session, in string) Event {
+	b := []byte(in)
+	for len(b) > 0 {
+		n, ev := s.Next(b)
+		b = b[n:]
+		if ev.Kind != KindNeedMore {
+			return ev
+		}
+	}
+	return Event{}
+}
+
+// Once a message is certain to be refused, its octets are no longer kept;
+// the refusal still comes after the final dot, and size comes first.
+func TestDoomedMessageIsNotKept(t *testing.T) {
+	cases := []struct {
+		name, start, want string
+		edit              func(*Config)
+	}{
+		{"long line, mid-line", "Subject: " + strings.Repeat("h", 5000), rLongLine, nil},
+		{"bare LF", "Subject: x\nmore\r\n", rBareEOL, nil},
+		{"oversize", strings.Repeat("o", 200) + "\r\n", "552 5.3.4 Message size exceeds fixed limit\r\n", func(c *Config) { c.MaxMessageSize = 100 }},
+		{"bare LF, then oversize", "x\n" + strings.Repeat("o", 200) + "\r\n", "552 5.3.4 Message size exceeds fixed limit\r\n", func(c *Config) { c.MaxMessageSize = 100 }},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := newConfig(func(c *Config) {
+				c.MaxMessageSize = 1 << 20
+				if tc.edit != nil {
+					tc.edit(c)
+				}
+			})
+			s := openData(t, cfg, "")
+			feed(s, tc.start)
+			for range 100 {
+				feed(s, strings.Repeat("z", 98)+"\r\n")
+			}
+			if cap(s.Body()) != 0 {
+				t.Errorf("a message certain to be refused keeps a buffer of %d octets", cap(s.Body()))
+			}
+			if ev := feed(s, ".\r\n"); string(ev.Reply) != tc.want || !ev.EndTx {
+				t.Errorf("end of data: %q, want %q", ev.Reply, tc.want)
+			}
+		})
+	}
+	// Kept under long_lines = keep.
+	s := openData(t, newConfig(func(c *Config) { c.MaxMessageSize = 1 << 20; c.KeepLongLines = true }), "")
+	feed(s, strings.Repeat("h", 5000)+"\r\n")
+	if ev := feed(s, ".\r\n"); ev.Kind != KindMessage || len(s.Body()) != 5002 {
+		t.Errorf("long_lines = keep: event %v with a body of %d octets, want the message of 5002", ev.Kind, len(s.Body()))
+	}
+}
+
+// A declared SIZE reserves no more than a first buffer; the buffer grows
+// with what arrives.
+func TestDeclaredSizeReservesNothing(t *testing.T) {
+	cfg := newConfig(func(c *Config) { c.MaxMessageSize = 25 << 20 })
+	s := openData(t, cfg, " SIZE=20000000")
+	feed(s, "Subject: small\r\n")
+	if c := cap(s.Body()); c > 64<<10 {
+		t.Fatalf("SIZE=20000000 and 16 octets sent: a buffer of %d octets", c)
+	}
+	chunk := strings.Repeat("q", 1022) + "\r\n"
+	for range 1024 {
+		feed(s, chunk)
+	}
+	if n, c := len(s.Body()), cap(s.Body()); c > 2*n {
+		t.Fatalf("a body of %d octets in a buffer of %d", n, c)
+	}
+}

@@ -107,6 +107,7 @@ type Session struct {
 	tooBig   bool
 	longLine bool
 	bareEOL  bool
+	dropping bool // the message is certain to be refused: its octets are not kept
 	usedData bool // the transaction used DATA (so BDAT is refused)
 	usedBdat bool
 
@@ -161,6 +162,10 @@ func (s *Session) Errors() int { return s.errors }
 // Pending reports whether an event waits for Resolve.
 func (s *Session) Pending() bool { return s.st == stPending }
 
+// InBody reports whether the session is reading message octets: a DATA
+// body after 354, or a BDAT chunk.
+func (s *Session) InBody() bool { return s.st == stData || s.st == stBdat }
+
 // Closed reports whether the session has ended (QUIT or too many errors):
 // after its last reply is written the host closes the connection.
 func (s *Session) Closed() bool { return s.st == stClosed }
@@ -188,7 +193,7 @@ func (s *Session) resetTx() {
 	releaseBody(s.body)
 	s.body = nil
 	s.bodySize = 0
-	s.tooBig, s.longLine, s.bareEOL = false, false, false
+	s.tooBig, s.longLine, s.bareEOL, s.dropping = false, false, false, false
 	s.usedData, s.usedBdat = false, false
 	s.lineLen = 0
 }

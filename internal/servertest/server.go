@@ -35,6 +35,11 @@ const Host = "mx.test"
 // none: one event loop, an ephemeral port, and the name Host.
 const SMTPINI = "[main]\nlisten = 127.0.0.1:0\nloops = 1\nme = " + Host + "\n"
 
+// unlimitedPerIP lifts the per-address connection limit: every test
+// client comes from 127.0.0.1, and a suite may hold more than its default
+// share open. A test of the limit sets max_connections_per_ip itself.
+const unlimitedPerIP = "max_connections_per_ip = 0\n"
+
 // IOTimeout bounds every read and write of a Client and every wait, so
 // that a hung server fails the test instead of the whole run.
 const IOTimeout = 20 * time.Second
@@ -46,9 +51,16 @@ func WriteDir(t testing.TB, files map[string]string) string {
 	t.Helper()
 	dir := t.TempDir()
 	if _, ok := files["smtp.ini"]; !ok {
-		Write(t, dir, "smtp.ini", SMTPINI)
+		Write(t, dir, "smtp.ini", SMTPINI+unlimitedPerIP)
 	}
 	for name, content := range files {
+		if name == "smtp.ini" && !strings.Contains(content, "max_connections_per_ip") {
+			if rest, ok := strings.CutPrefix(content, "[main]\n"); ok {
+				content = "[main]\n" + unlimitedPerIP + rest
+			} else {
+				content = unlimitedPerIP + content
+			}
+		}
 		Write(t, dir, name, content)
 	}
 	return dir
