@@ -62,7 +62,7 @@ func TestE2EOutOfDescriptors(t *testing.T) {
 		wrap = []string{"sh", "-c", `ulimit -n 64 && exec "$0" "$@"`}
 	}
 	started := time.Now()
-	srv := startServer(t, conf, "", wrap...)
+	srv := startServer(t, conf, "max_connections_per_ip = 0\n", wrap...) // every test client is 127.0.0.1
 
 	const n = 100
 	conns := make([]net.Conn, n)

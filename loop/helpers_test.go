@@ -14,7 +14,6 @@ import (
 	"net"
 	"regexp"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -25,6 +24,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"loopmx/config"
+	"loopmx/internal/servertest"
 	"loopmx/loop"
 	"loopmx/loop/workpool"
 	"loopmx/plugins"
@@ -329,40 +329,10 @@ func enhancedProblem(r reply) string {
 	return ""
 }
 
-// readReply reads one reply: lines until one with a space after the code.
+// readReply reads one reply with the tests' one parser (servertest.ReadReply).
 func readReply(r *bufio.Reader) (reply, error) {
-	var rep reply
-	for {
-		line, err := r.ReadString('\n')
-		if err != nil {
-			if line != "" {
-				return rep, fmt.Errorf("partial line %q: %w", line, err)
-			}
-			return rep, err
-		}
-		if !strings.HasSuffix(line, "\r\n") {
-			return rep, fmt.Errorf("reply line without CRLF: %q", line)
-		}
-		line = strings.TrimSuffix(line, "\r\n")
-		if len(line) < 3 {
-			return rep, fmt.Errorf("short reply line %q", line)
-		}
-		code, err := strconv.Atoi(line[:3])
-		if err != nil || code < 200 || code > 599 {
-			return rep, fmt.Errorf("bad reply code in %q", line)
-		}
-		if rep.Code != 0 && code != rep.Code {
-			return rep, fmt.Errorf("code changes inside a reply: %q after %v", line, rep)
-		}
-		rep.Code = code
-		rep.Lines = append(rep.Lines, line)
-		if len(line) == 3 || line[3] == ' ' {
-			return rep, nil
-		}
-		if line[3] != '-' {
-			return rep, fmt.Errorf("bad separator in %q", line)
-		}
-	}
+	rep, err := servertest.ReadReply(r)
+	return reply{Code: rep.Code, Lines: rep.Lines}, err
 }
 
 // checkTranscript parses raw server output and requires an enhanced code in
