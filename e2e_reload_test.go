@@ -7,6 +7,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"loopmx/internal/testnotify"
 )
 
 // TestE2EReloadSingleProcess: with nodes = 0, HUP re-reads the config
@@ -81,22 +83,22 @@ func TestE2EReloadSingleProcess(t *testing.T) {
 func TestE2EWatchdogSingleProcess(t *testing.T) {
 	conf := discardConfig(t)
 	addr := "127.0.0.1:" + strconv.Itoa(freePort(t))
-	n := listenNotifySocket(t, func() {})
+	n := testnotify.Listen(t, func() {})
 	writeFiles(t, conf, map[string]string{"smtp.ini": "listen = " + addr + "\nnodes = 0\n"})
-	srv, err := launch(t, []string{"env", "NOTIFY_SOCKET=" + n.path, "WATCHDOG_USEC=200000", loopmxBinary(t), "-c", conf}, conf, addr)
+	srv, err := launch(t, []string{"env", "NOTIFY_SOCKET=" + n.Path, "WATCHDOG_USEC=200000", loopmxBinary(t), "-c", conf}, conf, addr)
 	if err != nil {
 		t.Fatal(err)
 	}
-	ready := n.waitFor("READY=1", 0, 20*time.Second)
+	ready := n.WaitFor("READY=1", 0, 20*time.Second)
 	if ready < 0 {
-		t.Fatalf("no READY=1: %v", n.all())
+		t.Fatalf("no READY=1: %v", n.All())
 	}
-	if n.waitFor("WATCHDOG=1", ready, 20*time.Second) < 0 {
-		t.Fatalf("no WATCHDOG=1 from a single process: %v", n.all())
+	if n.WaitFor("WATCHDOG=1", ready, 20*time.Second) < 0 {
+		t.Fatalf("no WATCHDOG=1 from a single process: %v", n.All())
 	}
-	for _, m := range n.all() {
-		if m.pid != int32(srv.cmd.Process.Pid) {
-			t.Errorf("%q came from pid %d, not the server's", m.text, m.pid)
+	for _, m := range n.All() {
+		if m.Pid != int32(srv.cmd.Process.Pid) {
+			t.Errorf("%q came from pid %d, not the server's", m.Text, m.Pid)
 		}
 	}
 }

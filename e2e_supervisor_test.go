@@ -20,6 +20,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"loopmx/internal/testnotify"
 )
 
 // children returns the child processes of pid that are alive (not
@@ -408,91 +410,6 @@ func TestE2ESupervisorReload(t *testing.T) {
 	}
 }
 
-// notifySocket is a unixgram socket standing in for systemd's
-// NOTIFY_SOCKET. It records each message with the sender's pid
-// (SO_PASSCRED), as systemd checks it for NotifyAccess=main.
-type notifySocket struct {
-	path    string
-	mu      sync.Mutex
-	msgs    []notifyMsg
-	onReady func()
-}
-
-type notifyMsg struct {
-	text string
-	pid  int32
-	at   time.Time
-}
-
-func listenNotifySocket(t *testing.T, onReady func()) *notifySocket {
-	t.Helper()
-	n := &notifySocket{path: filepath.Join(t.TempDir(), "notify"), onReady: onReady}
-	c, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: n.path, Net: "unixgram"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	rc, err := c.SyscallConn()
-	if err != nil {
-		t.Fatal(err)
-	}
-	rc.Control(func(fd uintptr) { syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_PASSCRED, 1) })
-	go func() {
-		buf, oob := make([]byte, 4096), make([]byte, 1024)
-		readyDone := false
-		for {
-			k, oobn, _, _, err := c.ReadMsgUnix(buf, oob)
-			if err != nil {
-				return
-			}
-			m := notifyMsg{text: string(buf[:k]), at: time.Now()}
-			if cms, err := syscall.ParseSocketControlMessage(oob[:oobn]); err == nil {
-				for _, cm := range cms {
-					if cred, err := syscall.ParseUnixCredentials(&cm); err == nil {
-						m.pid = cred.Pid
-					}
-				}
-			}
-			if !readyDone && strings.HasPrefix(m.text, "READY=1") && n.onReady != nil {
-				readyDone = true
-				n.onReady()
-			}
-			n.mu.Lock()
-			n.msgs = append(n.msgs, m)
-			n.mu.Unlock()
-		}
-	}()
-	return n
-}
-
-func (n *notifySocket) all() []notifyMsg {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	return slices.Clone(n.msgs)
-}
-
-// index returns the index of the first message at or after from that
-// starts with prefix, or -1.
-func (n *notifySocket) index(prefix string, from int) int {
-	msgs := n.all()
-	for i := from; i < len(msgs); i++ {
-		if strings.HasPrefix(msgs[i].text, prefix) {
-			return i
-		}
-	}
-	return -1
-}
-
-func (n *notifySocket) waitFor(prefix string, from int, d time.Duration) int {
-	deadline := time.Now().Add(d)
-	for {
-		if i := n.index(prefix, from); i >= 0 || time.Now().After(deadline) {
-			return i
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
 // TestE2ESupervisorNotify: with NOTIFY_SOCKET set, READY=1 arrives once the
 // port accepts (a connection made the moment READY=1 arrives gets its
 // banner), WATCHDOG=1 comes at half of WATCHDOG_USEC, HUP gives
@@ -503,18 +420,18 @@ func TestE2ESupervisorNotify(t *testing.T) {
 	conf := discardConfig(t)
 	addr := "127.0.0.1:" + strconv.Itoa(freePort(t))
 	atReady := make(chan error, 1)
-	n := listenNotifySocket(t, func() {
+	n := testnotify.Listen(t, func() {
 		_, err := bannerText(addr)
 		atReady <- err
 	})
 	writeFiles(t, conf, map[string]string{"smtp.ini": "listen = " + addr + "\nnodes = 2\n"})
-	srv, err := launch(t, []string{"env", "NOTIFY_SOCKET=" + n.path, "WATCHDOG_USEC=200000", loopmxBinary(t), "-c", conf}, conf, addr)
+	srv, err := launch(t, []string{"env", "NOTIFY_SOCKET=" + n.Path, "WATCHDOG_USEC=200000", loopmxBinary(t), "-c", conf}, conf, addr)
 	if err != nil {
 		t.Fatal(err)
 	}
 	sup := int32(srv.cmd.Process.Pid)
-	if n.waitFor("READY=1", 0, 20*time.Second) < 0 {
-		t.Fatalf("no READY=1 in 20s: %v", n.all())
+	if n.WaitFor("READY=1", 0, 20*time.Second) < 0 {
+		t.Fatalf("no READY=1 in 20s: %v", n.All())
 	}
 	select {
 	case err := <-atReady:
@@ -525,10 +442,10 @@ func TestE2ESupervisorNotify(t *testing.T) {
 		t.Fatal("the connection at READY=1 never finished")
 	}
 	// Watchdog pings may come first; nothing else may.
-	for _, m := range n.all() {
-		if m.text != "WATCHDOG=1" {
-			if !strings.HasPrefix(m.text, "READY=1") {
-				t.Errorf("first message %q, want READY=1", m.text)
+	for _, m := range n.All() {
+		if m.Text != "WATCHDOG=1" {
+			if !strings.HasPrefix(m.Text, "READY=1") {
+				t.Errorf("first message %q, want READY=1", m.Text)
 			}
 			break
 		}
@@ -542,8 +459,8 @@ func TestE2ESupervisorNotify(t *testing.T) {
 		t.Errorf("watchdog pings in the log")
 	}
 	dogs := 0
-	for _, m := range n.all() {
-		if m.text == "WATCHDOG=1" {
+	for _, m := range n.All() {
+		if m.Text == "WATCHDOG=1" {
 			dogs++
 		}
 	}
@@ -551,14 +468,14 @@ func TestE2ESupervisorNotify(t *testing.T) {
 		t.Errorf("%d WATCHDOG=1 in 0.5s with WATCHDOG_USEC=200000, want >= 2", dogs)
 	}
 
-	mark := len(n.all())
+	mark := len(n.All())
 	srv.signal(syscall.SIGHUP)
-	r := n.waitFor("RELOADING=1\nMONOTONIC_USEC=", mark, 10*time.Second)
-	if r < 0 || n.waitFor("READY=1", r, 30*time.Second) < 0 {
-		t.Errorf("after HUP: %v, want RELOADING=1 with MONOTONIC_USEC, then READY=1", n.all()[mark:])
+	r := n.WaitFor("RELOADING=1\nMONOTONIC_USEC=", mark, 10*time.Second)
+	if r < 0 || n.WaitFor("READY=1", r, 30*time.Second) < 0 {
+		t.Errorf("after HUP: %v, want RELOADING=1 with MONOTONIC_USEC, then READY=1", n.All()[mark:])
 	}
 
-	mark = len(n.all())
+	mark = len(n.All())
 	srv.signal(syscall.SIGTERM)
 	if !srv.wait(20 * time.Second) {
 		t.Fatal("still running 20s after TERM")
@@ -566,12 +483,12 @@ func TestE2ESupervisorNotify(t *testing.T) {
 	if srv.exitCode() != 0 {
 		t.Errorf("exit code %d, want 0", srv.exitCode())
 	}
-	if n.waitFor("STOPPING=1", mark, time.Second) < 0 {
-		t.Errorf("no STOPPING=1 after TERM: %v", n.all()[mark:])
+	if n.WaitFor("STOPPING=1", mark, time.Second) < 0 {
+		t.Errorf("no STOPPING=1 after TERM: %v", n.All()[mark:])
 	}
-	for _, m := range n.all() {
-		if m.pid != sup {
-			t.Errorf("%q came from pid %d, not the supervisor %d (NotifyAccess=main would drop it)", m.text, m.pid, sup)
+	for _, m := range n.All() {
+		if m.Pid != sup {
+			t.Errorf("%q came from pid %d, not the supervisor %d (NotifyAccess=main would drop it)", m.Text, m.Pid, sup)
 		}
 	}
 }

@@ -17,12 +17,12 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"loopmx/internal/testlog"
+	"loopmx/internal/testnotify"
 
 	"github.com/rs/zerolog"
 	"golang.org/x/sys/unix"
@@ -261,54 +261,13 @@ func num(m map[string]any, key string) int {
 	return int(f)
 }
 
-// notifyListener is a unixgram socket standing in for systemd's
-// NOTIFY_SOCKET; it collects the datagrams.
-type notifyListener struct {
-	mu   sync.Mutex
-	msgs []string
-}
-
-func listenNotify(t *testing.T) *notifyListener {
+// listenNotify stands a testnotify socket in for systemd's NOTIFY_SOCKET
+// for the rest of the test.
+func listenNotify(t *testing.T) *testnotify.Socket {
 	t.Helper()
-	path := filepath.Join(t.TempDir(), "notify")
-	c, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: path, Net: "unixgram"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	t.Setenv("NOTIFY_SOCKET", path)
-	n := &notifyListener{}
-	go func() {
-		buf := make([]byte, 4096)
-		for {
-			k, err := c.Read(buf)
-			if err != nil {
-				return
-			}
-			n.mu.Lock()
-			n.msgs = append(n.msgs, string(buf[:k]))
-			n.mu.Unlock()
-		}
-	}()
+	n := testnotify.Listen(t, nil)
+	t.Setenv("NOTIFY_SOCKET", n.Path)
 	return n
-}
-
-func (n *notifyListener) all() []string {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	return append([]string(nil), n.msgs...)
-}
-
-// first returns the index of the first message starting with prefix at or
-// after from, or -1.
-func (n *notifyListener) first(prefix string, from int) int {
-	msgs := n.all()
-	for i := from; i < len(msgs); i++ {
-		if strings.HasPrefix(msgs[i], prefix) {
-			return i
-		}
-	}
-	return -1
 }
 
 // logBuf collects the supervisor's JSON log lines (the shared

@@ -18,8 +18,8 @@ import (
 func TestSupervisorStartServeStop(t *testing.T) {
 	n := listenNotify(t)
 	h := newHarness(t, "nodes = 2\n", nil)
-	if !waitFor(10*time.Second, func() bool { return n.first("READY=1", 0) >= 0 }) {
-		t.Fatalf("no READY=1; got %q", n.all())
+	if !waitFor(10*time.Second, func() bool { return n.Index("READY=1", 0) >= 0 }) {
+		t.Fatalf("no READY=1; got %q", n.Texts())
 	}
 	// READY=1 comes after both workers said READY.
 	if got := len(h.log.lines("worker ready")); got != 2 {
@@ -43,8 +43,8 @@ func TestSupervisorStartServeStop(t *testing.T) {
 	if h.code != 0 {
 		t.Errorf("exit code %d, want 0", h.code)
 	}
-	if n.first("STOPPING=1", 0) < 0 {
-		t.Errorf("no STOPPING=1; got %q", n.all())
+	if n.Index("STOPPING=1", 0) < 0 {
+		t.Errorf("no STOPPING=1; got %q", n.Texts())
 	}
 	if len(h.s.procs) != 0 {
 		t.Errorf("%d workers left after the stop", len(h.s.procs))
@@ -178,7 +178,7 @@ func TestSupervisorReloadRolling(t *testing.T) {
 	h.waitLog("all workers ready", 1, 10*time.Second)
 	p := probe(h.addr, 4)
 	time.Sleep(100 * time.Millisecond)
-	mark := len(n.all())
+	mark := len(n.Texts())
 	h.sigs <- syscall.SIGHUP
 	h.waitLog("reload done", 1, 20*time.Second)
 	h.waitLog("worker stopped", 2, 10*time.Second)
@@ -191,9 +191,9 @@ func TestSupervisorReloadRolling(t *testing.T) {
 	if gens["gen=1"] == 0 || gens["gen=2"] == 0 {
 		t.Errorf("banners by generation %v, want both generations", gens)
 	}
-	r := n.first("RELOADING=1\nMONOTONIC_USEC=", mark)
-	if r < 0 || n.first("READY=1", r) < 0 {
-		t.Errorf("notify messages %q: want RELOADING=1 with MONOTONIC_USEC, then READY=1", n.all())
+	r := n.Index("RELOADING=1\nMONOTONIC_USEC=", mark)
+	if r < 0 || n.Index("READY=1", r) < 0 {
+		t.Errorf("notify messages %q: want RELOADING=1 with MONOTONIC_USEC, then READY=1", n.Texts())
 	}
 	got, err := banner(h.addr)
 	if err != nil || !strings.Contains(got, "gen=2") {
@@ -368,14 +368,14 @@ func TestSupervisorWatchdog(t *testing.T) {
 	h.waitLog("all workers ready", 1, 10*time.Second)
 	if !waitFor(5*time.Second, func() bool {
 		c := 0
-		for _, m := range n.all() {
+		for _, m := range n.Texts() {
 			if m == "WATCHDOG=1" {
 				c++
 			}
 		}
 		return c >= 3
 	}) {
-		t.Errorf("fewer than 3 WATCHDOG=1 in 5s: %q", n.all())
+		t.Errorf("fewer than 3 WATCHDOG=1 in 5s: %q", n.Texts())
 	}
 }
 
