@@ -177,12 +177,18 @@ func TestSupervisorReloadRolling(t *testing.T) {
 	h := newHarness(t, "nodes = 2\n", nil)
 	h.waitLog("all workers ready", 1, 10*time.Second)
 	p := probe(h.addr, 4)
-	time.Sleep(100 * time.Millisecond)
+	// The probes are under way before the reload, and go on after it.
+	if !waitFor(10*time.Second, func() bool { return p.count.Load() >= 20 }) {
+		t.Fatal("the probes made no connections")
+	}
 	mark := len(n.Texts())
 	h.sigs <- syscall.SIGHUP
 	h.waitLog("reload done", 1, 20*time.Second)
 	h.waitLog("worker stopped", 2, 10*time.Second)
-	time.Sleep(100 * time.Millisecond)
+	after := p.count.Load()
+	if !waitFor(10*time.Second, func() bool { return p.count.Load() >= after+20 }) {
+		t.Error("no connections after the reload")
+	}
 	p.halt()
 	if len(p.errs) > 0 {
 		t.Errorf("%d of %d connections failed during the reload, first: %v", len(p.errs), p.count.Load(), p.errs[0])
