@@ -90,9 +90,18 @@ func checkAgainst(t *testing.T, fresh func() checker, inputs []string, alphabet 
 	}
 }
 
+// exhaustive is the length up to which the exact tests try every string
+// of their alphabet: 5, or 3 with -short.
+func exhaustive() int {
+	if testing.Short() {
+		return 3
+	}
+	return 5
+}
+
 func TestColonHexExact(t *testing.T) {
 	fresh := func() checker { return &colonHex{} }
-	checkAgainst(t, fresh, allStrings("01f:.", 5), "0:.", 6, validIPv6)
+	checkAgainst(t, fresh, allStrings("01f:.", exhaustive()), "0:.", 6, validIPv6)
 
 	// Longer strings near the limits: up to nine groups, sometimes with
 	// "::" and a dotted tail, cut at a random point, sometimes with one
@@ -101,7 +110,7 @@ func TestColonHexExact(t *testing.T) {
 	octets := []string{"0", "1", "255", "256", "01", ""}
 	r := rand.New(rand.NewPCG(1, 2))
 	var inputs []string
-	for range 6000 {
+	for range shortOr(600, 6000) {
 		var b strings.Builder
 		n := r.IntN(10)
 		for i := range n {
@@ -133,14 +142,14 @@ func TestColonHexExact(t *testing.T) {
 
 func TestDotQuadExact(t *testing.T) {
 	fresh := func() checker { return &dotQuad{} }
-	checkAgainst(t, fresh, allStrings("0129.:", 5), "0.", 8, validIPv4)
+	checkAgainst(t, fresh, allStrings("0129.:", exhaustive()), "0.", 8, validIPv4)
 	checkAgainst(t, fresh, []string{"255.255.255.255", "255.255.255.2555", "1.2.3.4.", "1.2.3.4.5", "256", "0.0.0.00", "192.0.2.1"},
 		"0.", 8, validIPv4)
 }
 
 func TestDecPortExact(t *testing.T) {
 	fresh := func() checker { return &decPort{} }
-	checkAgainst(t, fresh, allStrings("0159a", 5), "0", 2, validPort)
+	checkAgainst(t, fresh, allStrings("0159a", exhaustive()), "0", 2, validPort)
 	checkAgainst(t, fresh, []string{"65535", "65536", "99999", "100000", "6553", "65530", "65539"}, "0", 2, validPort)
 }
 
@@ -182,4 +191,12 @@ func TestColonHexAcceptsAllForms(t *testing.T) {
 			}
 		}
 	}
+}
+
+// shortOr is short with -short, long otherwise.
+func shortOr(short, long int) int {
+	if testing.Short() {
+		return short
+	}
+	return long
 }
