@@ -335,7 +335,7 @@ func TestE2EHelp(t *testing.T) {
 func TestE2EConsoleLogWithoutTerminal(t *testing.T) {
 	t.Parallel()
 	conf := maildirConfig(t, t.TempDir())
-	srv := startServer(t, conf, "[log]\nformat = console\n")
+	srv := startBinary(t, conf, "[log]\nformat = console\n")
 	deliverOne(t, srv.addr, "console")
 	srv.stop()
 	out := srv.stderr.String()

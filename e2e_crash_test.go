@@ -97,7 +97,7 @@ func TestE2EKill9KeepsAcknowledgedMail(t *testing.T) {
 	const rounds, senders = 4, 3
 
 	for round := 1; round <= rounds; round++ {
-		srv := startServer(t, conf, "")
+		srv := startBinary(t, conf, "")
 		found := verifySpool(t, spool, l, fmt.Sprintf("start %d", round))
 		if round > 1 {
 			logRound(t, l, found, round-1)
@@ -152,7 +152,7 @@ func TestE2EKill9KeepsAcknowledgedMail(t *testing.T) {
 	}
 
 	// The last restart: everything is still there and the server works.
-	srv := startServer(t, conf, "")
+	srv := startBinary(t, conf, "")
 	logRound(t, l, verifySpool(t, spool, l, "after the last restart"), rounds)
 	cl, err := dialSMTP(srv.addr)
 	if err != nil {

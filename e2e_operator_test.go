@@ -79,7 +79,7 @@ func TestE2EStopWithRedis(t *testing.T) {
 	rs := redistest.Start(t)
 	t.Run("nodes=0", func(t *testing.T) {
 		conf := redisLimitConfig(t, rs.Addr)
-		srv := startServer(t, conf, "")
+		srv := startBinary(t, conf, "")
 		for i := 0; i < 3; i++ {
 			deliverOne(t, srv.addr, "redis-"+strconv.Itoa(i))
 		}

@@ -62,7 +62,7 @@ func TestE2EOutOfDescriptors(t *testing.T) {
 		wrap = []string{"sh", "-c", `ulimit -n 64 && exec "$0" "$@"`}
 	}
 	started := time.Now()
-	srv := startServer(t, conf, "max_connections_per_ip = 0\n", wrap...) // every test client is 127.0.0.1
+	srv := startBinary(t, conf, "max_connections_per_ip = 0\n", wrap...) // every test client is 127.0.0.1
 
 	const n = 100
 	conns := make([]net.Conn, n)
@@ -138,7 +138,7 @@ func TestE2ESigtermDrain(t *testing.T) {
 	t.Parallel()
 	spool := t.TempDir()
 	conf := maildirConfig(t, spool)
-	srv := startServer(t, conf, "graceful_timeout = 30s\n")
+	srv := startBinary(t, conf, "graceful_timeout = 30s\n")
 
 	idle, err := dialSMTP(srv.addr)
 	if err != nil {
@@ -196,7 +196,7 @@ func TestE2ESecondSigterm(t *testing.T) {
 	t.Parallel()
 	spool := t.TempDir()
 	conf := maildirConfig(t, spool)
-	srv := startServer(t, conf, "graceful_timeout = 30s\n")
+	srv := startBinary(t, conf, "graceful_timeout = 30s\n")
 
 	stuck, err := dialSMTP(srv.addr)
 	if err != nil {
@@ -230,7 +230,7 @@ func TestE2EDrainReleasesClientAfterTransaction(t *testing.T) {
 	t.Parallel()
 	spool := t.TempDir()
 	conf := maildirConfig(t, spool)
-	srv := startServer(t, conf, "graceful_timeout = 30s\n")
+	srv := startBinary(t, conf, "graceful_timeout = 30s\n")
 
 	quiet, err := dialSMTP(srv.addr)
 	if err != nil {

@@ -27,7 +27,7 @@ func TestE2ESwaks(t *testing.T) {
 		t.Skip("swaks is not installed")
 	}
 	spool := t.TempDir()
-	srv := startServer(t, maildirConfig(t, spool), "")
+	srv := startBinary(t, maildirConfig(t, spool), "")
 	help, _ := runPeer(t, swaks, "--help")
 
 	cases := []struct {
@@ -87,7 +87,7 @@ func TestE2ESmtpSource(t *testing.T) {
 		t.Skip("smtp-source (postfix) is not installed")
 	}
 	spool := t.TempDir()
-	srv := startServer(t, maildirConfig(t, spool), "")
+	srv := startBinary(t, maildirConfig(t, spool), "")
 	out, err := runPeer(t, tool, "-s", "10", "-m", "200", "-l", "2048", "-t", "u@example.com", srv.addr)
 	if err != nil {
 		t.Fatalf("smtp-source: %v\n%s", err, out)

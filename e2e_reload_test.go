@@ -19,7 +19,7 @@ import (
 func TestE2EReloadSingleProcess(t *testing.T) {
 	spool := t.TempDir()
 	dir := maildirConfig(t, spool)
-	srv := startServer(t, dir, "nodes = 0\n")
+	srv := startBinary(t, dir, "nodes = 0\n")
 
 	before, err := dialSMTP(srv.addr)
 	if err != nil {

@@ -91,7 +91,7 @@ func waitChildren(t *testing.T, pid, n int, d time.Duration, accept func([]int) 
 // until the supervisor says every worker is ready.
 func startSupervised(t *testing.T, confDir, extraINI string, wrap ...string) *server {
 	t.Helper()
-	srv := startServer(t, confDir, extraINI, wrap...)
+	srv := startBinary(t, confDir, extraINI, wrap...)
 	if !srv.waitLog(`"message":"all workers ready"`, 20*time.Second) {
 		t.Fatalf("workers not ready after 20s")
 	}
@@ -866,7 +866,7 @@ func TestE2ESupervisorFigures(t *testing.T) {
 				conf := discardConfig(t)
 				var srv *server
 				if strings.HasPrefix(ini, "nodes = 0") {
-					srv = startServer(t, conf, ini)
+					srv = startBinary(t, conf, ini)
 				} else {
 					srv = startSupervised(t, conf, ini)
 				}

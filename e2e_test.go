@@ -178,11 +178,11 @@ func launch(t *testing.T, argv []string, workDir, addr string) (*server, error) 
 	}
 }
 
-// startServer writes smtp.ini into confDir (a listen line on a fresh port,
+// startBinary writes smtp.ini into confDir (a listen line on a fresh port,
 // then extraINI) and starts the binary on it, retrying with another port
 // when the chosen one was taken in the meantime. wrap is a command prefix
 // such as prlimit.
-func startServer(t *testing.T, confDir, extraINI string, wrap ...string) *server {
+func startBinary(t *testing.T, confDir, extraINI string, wrap ...string) *server {
 	t.Helper()
 	bin := loopmxBinary(t)
 	for attempt := 0; ; attempt++ {

@@ -185,7 +185,7 @@ func onlyStored(t *testing.T, spool string) spoolFile {
 func TestE2ETLSSwaksStartTLS(t *testing.T) {
 	swaks := needTool(t, "swaks")
 	setup := newTLSSetup(t, "mx.test")
-	s := startServer(t, setup.dir, "me = mx.test\n")
+	s := startBinary(t, setup.dir, "me = mx.test\n")
 	out, err := runTool(t, "", swaksArgs(swaks, s.addr, "--tls")...)
 	if err != nil {
 		t.Fatalf("swaks --tls: %v\n%s", err, out)
@@ -206,7 +206,7 @@ func TestE2ETLSSwaksStartTLS(t *testing.T) {
 func TestE2ETLSOpenSSLShowsCertificate(t *testing.T) {
 	openssl := needTool(t, "openssl")
 	setup := newTLSSetup(t, "mx.test", "mx2.test")
-	s := startServer(t, setup.dir, "me = mx.test\n")
+	s := startBinary(t, setup.dir, "me = mx.test\n")
 	caFile := filepath.Join(t.TempDir(), "ca.pem")
 	if err := os.WriteFile(caFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: setup.ca.cert.Raw}), 0o644); err != nil {
 		t.Fatal(err)
@@ -265,7 +265,7 @@ func startTLSSession(t *testing.T, addr string, conf *tls.Config) (*smtpClient, 
 // across the reload still delivers.
 func TestE2ETLSHUPReloadsCertificate(t *testing.T) {
 	setup := newTLSSetup(t, "mx.test")
-	s := startServer(t, setup.dir, "me = mx.test\n")
+	s := startBinary(t, setup.dir, "me = mx.test\n")
 	conf := &tls.Config{RootCAs: setup.ca.pool, ServerName: "mx.test"}
 
 	open, got := startTLSSession(t, s.addr, conf)
@@ -316,7 +316,7 @@ func TestE2ETLSImplicitListener(t *testing.T) {
 	swaks := needTool(t, "swaks")
 	setup := newTLSSetup(t, "mx.test")
 	smtps := "127.0.0.1:" + strconv.Itoa(freePort(t))
-	s := startServer(t, setup.dir, "me = mx.test\nsmtps_listen = "+smtps+"\n")
+	s := startBinary(t, setup.dir, "me = mx.test\nsmtps_listen = "+smtps+"\n")
 	out, err := runTool(t, "", swaksArgs(swaks, smtps, "--tls-on-connect")...)
 	if err != nil {
 		t.Fatalf("swaks --tls-on-connect: %v\n%s", err, out)
@@ -348,7 +348,7 @@ func TestE2ETLSProxyListener(t *testing.T) {
 	swaks := needTool(t, "swaks")
 	setup := newTLSSetup(t, "mx.test")
 	proxy := "127.0.0.1:" + strconv.Itoa(freePort(t))
-	startServer(t, setup.dir, "me = mx.test\nproxy_listen = "+proxy+"\nproxy_trusted = 127.0.0.1\n")
+	startBinary(t, setup.dir, "me = mx.test\nproxy_listen = "+proxy+"\nproxy_trusted = 127.0.0.1\n")
 	for _, tc := range []struct {
 		name string
 		args []string
