@@ -368,14 +368,9 @@ func serveChain(cfg *config.Config, log zerolog.Logger, stderr io.Writer, socks 
 		log.Error().Err(err).Msg("cannot start event loops")
 		return 1
 	}
-	addrs := make([]string, 0, len(srv.Addrs()))
-	for _, a := range srv.Addrs() {
-		addrs = append(addrs, a.String())
-	}
-	log.Info().Strs("listen", addrs).Int("loops", cfg.Main.Loops).Int("threadpool_size", pool.Workers()).Bool("starttls", tlsConf != nil).
-		Strs("plugins", chain.Names()).Str("config", cfgName(cfg)).Str("version", version).Msg("loopmx ready")
-	socks.ready()
-
+	// Signals are handled from here on, before the server says it is
+	// ready: a HUP or TERM sent the moment it is ready must not find the
+	// default action (exit) in place.
 	// HUP (nodes = 0) reloads the config: new connections get the new
 	// plugin chain and protocol settings, open ones finish on theirs; the
 	// TLS certificates are reloaded in place. Under a supervisor, it does
@@ -416,6 +411,14 @@ func serveChain(cfg *config.Config, log zerolog.Logger, stderr io.Writer, socks 
 	} else {
 		signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
 	}
+	addrs := make([]string, 0, len(srv.Addrs()))
+	for _, a := range srv.Addrs() {
+		addrs = append(addrs, a.String())
+	}
+	log.Info().Strs("listen", addrs).Int("loops", cfg.Main.Loops).Int("threadpool_size", pool.Workers()).Bool("starttls", tlsConf != nil).
+		Strs("plugins", chain.Names()).Str("config", cfgName(cfg)).Str("version", version).Msg("loopmx ready")
+	socks.ready()
+
 	sig := <-sigs
 	log.Info().Str("signal", sig.String()).Dur("graceful_timeout_ms", cfg.Main.GracefulTimeout).
 		Msg("stopping: no new connections, open transactions may finish")
