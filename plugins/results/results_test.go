@@ -350,7 +350,11 @@ func TestPublish(t *testing.T) {
 	servertest.Eventually(t, poll, "the recovery is logged", func() bool {
 		return on.Log.Count(`"plugin":"results"`, "redis available again") > 0
 	})
-	if n := on.Log.Count(`"plugin":"results"`, "redis available again"); n != 1 {
-		t.Errorf("recovery logged %d times, want once", n)
+	// A publication begun during the outage can still fail after the
+	// restart (it finishes on its own goroutine) and flip the state once
+	// more, so a loaded machine may log a second recovery; more would be
+	// a flood.
+	if n := on.Log.Count(`"plugin":"results"`, "redis available again"); n < 1 || n > 2 {
+		t.Errorf("recovery logged %d times, want once (twice at most)", n)
 	}
 }
