@@ -22,8 +22,7 @@ const maxOutPending = 8 << 10
 // on the workpool, that hook touches view and call).
 type conn struct {
 	srv   *Server
-	setup *generation    // the chain and settings the connection started with
-	chain *plugins.Chain // setup.chain
+	setup *generation // the chain and settings the connection started with
 	tr    transport
 	sess  *smtpproto.Session
 	view  *plugins.Conn // what plugins see; the owner of the envelope
@@ -67,7 +66,6 @@ func (c *conn) init(srv *Server, peer, local netip.AddrPort, l *listener, now ti
 	c.srv = srv
 	c.setup = srv.gen.Load()
 	c.setup.acquire()
-	c.chain = c.setup.chain
 	c.sess = smtpproto.NewSession(c.setup.proto)
 	c.kind = l.kind
 	c.view = &plugins.Conn{
@@ -85,7 +83,7 @@ func (c *conn) init(srv *Server, peer, local netip.AddrPort, l *listener, now ti
 
 // start runs the connect hooks, then greets.
 func (c *conn) start() {
-	if c.chain.Has(plugins.HookConnect) {
+	if c.setup.chain.Has(plugins.HookConnect) {
 		c.runHook(plugins.Call{Hook: plugins.HookConnect}, 0)
 	} else {
 		c.greet()
@@ -251,8 +249,8 @@ func (c *conn) endTx(result string, code, size int) {
 	if tx == nil {
 		return
 	}
-	if c.chain.Has(plugins.HookTxEnd) {
-		c.chain.TxEnded(c.view, tx)
+	if c.setup.chain.Has(plugins.HookTxEnd) {
+		c.setup.chain.TxEnded(c.view, tx)
 	}
 	if l := c.srv.log.Info(); l.Enabled() {
 		l.Str("tx", tx.ID).Str("ip", c.view.RemoteIP.String()).Str("helo", c.view.Helo).
@@ -337,7 +335,7 @@ func (c *conn) ended() {
 // finish runs disconnect hooks and writes the connection's log line.
 func (c *conn) finish() {
 	c.endTx("aborted", 0, 0)
-	ch, gen := c.chain, c.setup
+	ch, gen := c.setup.chain, c.setup
 	release := true
 	if ch.Has(plugins.HookDisconnect) {
 		call := plugins.Call{Hook: plugins.HookDisconnect}

@@ -20,7 +20,7 @@ const maxTxRefusals = 8
 // runHook runs call's plugins from position i.
 func (c *conn) runHook(call plugins.Call, i int) {
 	c.view.EarlyTalker = c.earlyTalk
-	res, next, done := c.chain.Step(c.view, &call, i)
+	res, next, done := c.setup.chain.Step(c.view, &call, i)
 	switch {
 	case !done:
 		c.submit(call, next)
@@ -34,7 +34,7 @@ func (c *conn) runHook(call plugins.Call, i int) {
 // submit hands the blocking plugin at position i to the workpool. The
 // connection parses nothing until the result or the plugin's timeout.
 func (c *conn) submit(call plugins.Call, i int) {
-	ch := c.chain
+	ch := c.setup.chain
 	c.pending = true
 	c.gen++
 	c.call, c.callIdx = call, i
@@ -81,7 +81,7 @@ func (c *conn) hookReturned(res plugins.Result) {
 // result is dropped by generation.
 func (c *conn) hookExpired() {
 	c.pending = false
-	name := c.chain.PluginAt(c.call.Hook, c.callIdx)
+	name := c.setup.chain.PluginAt(c.call.Hook, c.callIdx)
 	c.srv.log.Warn().Str("conn", c.view.ID).Str("plugin", name).Str("hook", c.call.Hook.String()).
 		Msg("plugin timed out; answering 451 4.3.0")
 	c.gen++
@@ -103,7 +103,7 @@ func (c *conn) hookExpired() {
 // resolve turns a chain result into the session's reply, and records in
 // the plugin view what the reply accepted.
 func (c *conn) resolve(call plugins.Call, res plugins.Result) {
-	ch := c.chain
+	ch := c.setup.chain
 	rep := plugins.ReplyFor(call.Hook, res)
 	ok := rep.Positive()
 	if !ok {
@@ -185,11 +185,11 @@ func (c *conn) resolve(call plugins.Call, res plugins.Result) {
 
 // inform runs the informational hook h that follows an accept.
 func (c *conn) inform(h plugins.Hook) {
-	if !c.chain.Has(h) {
+	if !c.setup.chain.Has(h) {
 		return
 	}
 	if h == plugins.HookCapabilities {
-		c.sess.SetEHLOKeywords(c.chain.Capabilities(c.view, c.setup.proto.Keywords(c.sess.TLS())))
+		c.sess.SetEHLOKeywords(c.setup.chain.Capabilities(c.view, c.setup.proto.Keywords(c.sess.TLS())))
 	}
 }
 
