@@ -131,9 +131,13 @@ func (s *stream) pause(d time.Duration) {
 	c := s.c
 	until := time.Now().Add(d)
 	for !c.closed && time.Now().Before(until) {
-		if c.kind.TLS && !c.secure || c.srv.forcing.Load() {
-			t := time.NewTimer(time.Until(until))
-			<-t.C
+		if c.srv.forcing.Load() {
+			break // the graceful time is over: run closes the connection
+		}
+		if c.kind.TLS && !c.secure {
+			// Before an implicit-TLS handshake (hosts without epoll)
+			// there is no SMTP to read: the pause is only a wait.
+			time.Sleep(time.Until(until))
 			break
 		}
 		s.raw.SetReadDeadline(until)
