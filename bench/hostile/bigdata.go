@@ -33,11 +33,14 @@ func bigBody(size int) (wire, stored []byte) {
 	return w.Bytes(), s.Bytes()
 }
 
-// runBigData: -n clients each send one message of -size octets at -rate
-// octets a second, all at once, and then stay connected without QUIT.
-// With -pid it reports the server's resident memory: before, its peak
-// (VmHWM) and after the messages, once the clients idle; with -spool it
-// checks that every message is in the Maildir, whole.
+// runBigData: -n clients each send -msgs messages of -size octets at
+// -rate octets a second (0: as fast as they can), all at once, and then
+// stay connected without QUIT. It reports the durable messages a second;
+// with -pid the server's resident memory: before, its peak (VmHWM) and
+// while the clients idle, every 30 s for -settle (the Go runtime gives
+// memory back to the system in the background, and collects garbage at
+// least every two minutes when nothing allocates); with -spool it checks
+// that every message is in the Maildir, whole.
 func runBigData(o options, out io.Writer) int {
 	wire, stored := bigBody(o.size)
 	before := int64(0)
@@ -55,40 +58,51 @@ func runBigData(o options, out io.Writer) int {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			c, err := bigSession(o, i, wire, deadline)
+			c, sent, err := bigSession(o, i, wire, deadline)
 			conns[i] = c
+			ok.Add(int64(sent))
 			if err != nil {
-				failed.Add(1)
+				failed.Add(int64(o.msgs - sent))
 				mu.Lock()
 				errs[err.Error()]++
 				mu.Unlock()
-				return
 			}
-			ok.Add(1)
 		}()
 	}
 	wg.Wait()
 	took := time.Since(start)
-	peak, idle := int64(0), int64(0)
+	peak := int64(0)
+	var idle []int64
 	if o.pid > 0 {
 		peak = procStatus(o.pid, "VmHWM:")
-		idle = settledRSS(o.pid, 30*time.Second)
+		idle = append(idle, procStatus(o.pid, "VmRSS:"))
+		for t := time.Duration(0); t < o.settle; t += 30 * time.Second {
+			time.Sleep(30 * time.Second)
+			idle = append(idle, procStatus(o.pid, "VmRSS:"))
+		}
 	}
 	for _, c := range conns {
 		if c != nil {
 			c.Close()
 		}
 	}
-	fmt.Fprintf(out, "bigdata: %d clients, each one message of %d MiB at %d KiB/s, then idle without QUIT; took %v\n",
-		o.n, o.size>>20, o.rate>>10, took.Round(time.Second))
-	fmt.Fprintf(out, "replies: %d x 250, %d failed\n", ok.Load(), failed.Load())
+	pace := "unpaced"
+	if o.rate > 0 {
+		pace = fmt.Sprintf("at %d KiB/s", o.rate>>10)
+	}
+	fmt.Fprintf(out, "bigdata: %d clients, each %d messages of %d MiB %s, then idle without QUIT; took %v\n",
+		o.n, o.msgs, o.size>>20, pace, took.Round(time.Millisecond))
+	fmt.Fprintf(out, "replies: %d x 250, %d failed; %.2f messages/s acknowledged\n", ok.Load(), failed.Load(), float64(ok.Load())/took.Seconds())
 	for e, k := range errs {
 		fmt.Fprintf(out, "  %d x %s\n", k, e)
 	}
 	pass := failed.Load() == 0
 	if o.pid > 0 {
-		fmt.Fprintf(out, "server memory: VmRSS %d MB before, VmHWM (peak) %d MB, VmRSS %d MB with every client idle after its message\n",
-			before>>20, peak>>20, idle>>20)
+		fmt.Fprintf(out, "server memory: VmRSS %d MB before, VmHWM (peak) %d MB; VmRSS with every client idle after its messages:", before>>20, peak>>20)
+		for i, v := range idle {
+			fmt.Fprintf(out, " %d MB at +%ds", v>>20, 30*i)
+		}
+		fmt.Fprintln(out)
 	}
 	if o.spool != "" {
 		intact, bad := checkMaildir(o.spool, stored)
@@ -105,39 +119,52 @@ func runBigData(o options, out io.Writer) int {
 	return 0
 }
 
-// bigSession sends one paced message and returns the open connection.
-func bigSession(o options, i int, wire []byte, deadline time.Time) (net.Conn, error) {
+// bigSession sends its paced messages and returns the open connection
+// and how many were acknowledged.
+func bigSession(o options, i int, wire []byte, deadline time.Time) (net.Conn, int, error) {
 	c, err := dialFrom(o.addr, fmt.Sprintf("127.0.2.%d", 1+i%o.sources))
 	if err != nil {
-		return nil, fmt.Errorf("dial: %w", err)
+		return nil, 0, fmt.Errorf("dial: %w", err)
 	}
 	c.SetDeadline(deadline)
 	r := bufio.NewReader(c)
 	if b, err := readReply(r); err != nil || !strings.HasPrefix(b, "220") {
-		return c, fmt.Errorf("banner: %q %v", b, err)
+		return c, 0, fmt.Errorf("banner: %q %v", b, err)
 	}
-	for _, step := range [][2]string{{"EHLO big.test", "250"}, {"MAIL FROM:<big@big.test> SIZE=" + strconv.Itoa(len(wire)+64), "250"}, {"RCPT TO:<postmaster>", "250"}, {"DATA", "354"}} {
-		if err := cmd(c, r, step[0], step[1]); err != nil {
-			return c, err
+	if err := cmd(c, r, "EHLO big.test", "250"); err != nil {
+		return c, 0, err
+	}
+	for k := range o.msgs {
+		if err := bigMessage(o, c, r, "big "+strconv.Itoa(i)+"."+strconv.Itoa(k), wire); err != nil {
+			return c, k, err
 		}
 	}
-	if _, err := io.WriteString(c, "Subject: big "+strconv.Itoa(i)+"\r\n\r\n"); err != nil {
-		return c, err
+	return c, o.msgs, nil
+}
+
+// bigMessage sends one message, in chunks every 100 ms at the rate.
+func bigMessage(o options, c net.Conn, r *bufio.Reader, subject string, wire []byte) error {
+	for _, step := range [][2]string{{"MAIL FROM:<big@big.test> SIZE=" + strconv.Itoa(len(wire)+64), "250"}, {"RCPT TO:<postmaster>", "250"}, {"DATA", "354"}} {
+		if err := cmd(c, r, step[0], step[1]); err != nil {
+			return err
+		}
 	}
-	// Chunks every 100 ms at the rate.
-	chunk := max(o.rate/10, 1)
+	if _, err := io.WriteString(c, "Subject: "+subject+"\r\n\r\n"); err != nil {
+		return err
+	}
+	chunk := len(wire)
+	if o.rate > 0 {
+		chunk = max(o.rate/10, 1)
+	}
 	next := time.Now()
 	for off := 0; off < len(wire); off += chunk {
 		time.Sleep(time.Until(next))
 		next = next.Add(100 * time.Millisecond)
 		if _, err := c.Write(wire[off:min(off+chunk, len(wire))]); err != nil {
-			return c, fmt.Errorf("body: %w", err)
+			return fmt.Errorf("body: %w", err)
 		}
 	}
-	if err := cmd(c, r, ".", "250"); err != nil {
-		return c, err
-	}
-	return c, nil
+	return cmd(c, r, ".", "250")
 }
 
 // checkMaildir counts the messages in dir/new whose body (after the
@@ -155,20 +182,4 @@ func checkMaildir(dir string, stored []byte) (intact, bad int) {
 		intact++
 	}
 	return intact, bad
-}
-
-// settledRSS waits until a process's VmRSS stops falling (the runtime
-// gives freed memory back over a few seconds), at most wait.
-func settledRSS(pid int, wait time.Duration) int64 {
-	end := time.Now().Add(wait)
-	last := procStatus(pid, "VmRSS:")
-	for time.Now().Before(end) {
-		time.Sleep(2 * time.Second)
-		now := procStatus(pid, "VmRSS:")
-		if now >= last-1<<20 {
-			return now
-		}
-		last = now
-	}
-	return last
 }

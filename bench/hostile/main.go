@@ -40,10 +40,11 @@ noread   -n clients (spread over -sources addresses from 127.0.1.1) say
          server's resident memory (VmRSS) before and after, and the
          growth per client.
 bigdata  -n clients (from -sources addresses from 127.0.2.1) each send
-         one message of -size octets at -rate octets a second, all at
-         once, then idle without QUIT; with -pid it reports the server's
-         VmRSS before, its peak (VmHWM) and its VmRSS once the clients
-         idle, and with -spool that every acknowledged message is in
+         -msgs messages of -size octets at -rate octets a second, all at
+         once, then idle without QUIT. It reports the acknowledged
+         messages a second; with -pid the server's VmRSS before, its peak
+         (VmHWM) and its VmRSS while the clients idle (every 30 s for
+         -settle), and with -spool that every acknowledged message is in
          that Maildir whole.
 
 Flags:
@@ -68,6 +69,8 @@ type options struct {
 	pid        int
 	size       int
 	rate       int
+	msgs       int
+	settle     time.Duration
 	spool      string
 }
 
@@ -89,7 +92,9 @@ func realMain(args []string, stdout, stderr io.Writer) int {
 	fs.IntVar(&o.sources, "sources", 100, "noread: source addresses 127.0.1.1, 127.0.1.2, ...")
 	fs.IntVar(&o.pid, "pid", 0, "the server's pid, to read its VmRSS")
 	fs.IntVar(&o.size, "size", 10<<20, "bigdata: message size in octets")
-	fs.IntVar(&o.rate, "rate", 640<<10, "bigdata: octets a second each client sends")
+	fs.IntVar(&o.rate, "rate", 640<<10, "bigdata: octets a second each client sends (0: unpaced)")
+	fs.IntVar(&o.msgs, "msgs", 1, "bigdata: messages each client sends")
+	fs.DurationVar(&o.settle, "settle", 150*time.Second, "bigdata: how long to watch the server's memory while the clients idle")
 	fs.StringVar(&o.spool, "spool", "", "bigdata: the server's Maildir, to check every message is stored whole")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
