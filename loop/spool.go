@@ -79,7 +79,10 @@ func (c *conn) spillCheck() {
 	}
 	c.account(cap(b))
 	pressed := srv.maxBodyMem > 0 && c.held > 0 && srv.bodyMem.Load() > srv.maxBodyMem
-	if len(b) >= srv.spoolAfter || (pressed && len(b) > 0) {
+	// Spill one read before spool_after: the next read then still fits,
+	// and the buffer never doubles past spool_after (a 64 KiB buffer also
+	// goes back to the session pool and serves the next message).
+	if len(b) >= max(srv.spoolAfter-srv.inCap, smallBody) || (pressed && len(b) > 0) {
 		c.spill(pressed)
 	}
 }
