@@ -44,6 +44,7 @@ import (
 	_ "loopmx/plugins/queue/smtp_forward"
 	_ "loopmx/plugins/rcpt_to.in_host_list"
 	_ "loopmx/plugins/rcpt_to.valid"
+	_ "loopmx/plugins/rcpt_to.verify"
 	_ "loopmx/plugins/results"
 	_ "loopmx/plugins/toobusy"
 )
