@@ -12,7 +12,6 @@ package greylist
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net/netip"
 	"strconv"
@@ -64,10 +63,9 @@ type Greylist struct {
 	separators            string
 	skip                  []skipRule
 	local                 address.Domains // host_list; nil when it is empty
-	failClosed            bool
+	fail                  redisx.Fallback
 	prefix                string
 	client                *redisx.Client
-	down                  *redisx.DownLogger
 	closed                atomic.Bool
 }
 
@@ -89,7 +87,7 @@ func setup(cfg *config.Config) (plugins.Plugin, error) {
 		v6:         pc.Int("", "ipv6_prefix", DefaultIPv6Prefix),
 		separators: pc.String("", "separator", DefaultSeparator),
 		prefix:     pc.String("", "redis_prefix", DefaultRedisPrefix),
-		down:       redisx.NewDownLogger(Name),
+		fail:       redisx.Fallback{Plugin: Name, Down: redisx.NewDownLogger(Name)},
 	}
 	skip := pc.String("", "skip", DefaultSkip)
 	fail := strings.ToLower(pc.String("", "fail", "open"))
@@ -122,7 +120,7 @@ func setup(cfg *config.Config) (plugins.Plugin, error) {
 	switch fail {
 	case "open":
 	case "closed":
-		g.failClosed = true
+		g.fail.Closed = true
 	default:
 		return nil, bad("fail", "is neither open nor closed")
 	}
@@ -147,10 +145,6 @@ func (*Greylist) Name() string { return Name }
 // Blocks implements plugins.Blocker: the rcpt hook asks Redis.
 func (*Greylist) Blocks(h plugins.Hook) bool { return h == plugins.HookRcpt }
 
-// downNote carries, from BlocksCall to Rcpt, why Rcpt must answer
-// without Redis (redisx.ErrDown or redisx.ErrBusy).
-const downNote = "greylist.redis_down"
-
 // skippedNote marks a transaction whose client an earlier plugin vouched
 // for; its value is the rule that matched, recorded once.
 const skippedNote = "greylist.skipped"
@@ -163,7 +157,7 @@ func (g *Greylist) BlocksCall(c *plugins.Conn, call *plugins.Call) bool {
 		return false
 	}
 	if err := g.client.Ready(c.Log); err != nil {
-		c.SetNote(downNote, err)
+		g.fail.Defer(c, err)
 		return false
 	}
 	return true
@@ -185,22 +179,19 @@ func (g *Greylist) applies(c *plugins.Conn, to string) bool {
 // Rcpt implements plugins.RcptHook: no opinion for a triplet whose delay
 // has passed (or a client allowed as a whole), 451 4.7.1 otherwise.
 func (g *Greylist) Rcpt(c *plugins.Conn, to string) plugins.Result {
-	down, _ := c.Note(downNote).(error)
-	if down != nil {
-		c.SetNote(downNote, nil) // BlocksCall's verdict is for this call only
-	}
+	down := g.fail.Deferred(c)
 	if !g.applies(c, to) {
 		g.recordSkip(c)
 		return plugins.NoOpinion()
 	}
 	if down != nil {
-		return g.unavailable(c, to, down)
+		return g.fail.Answer(c, to, down)
 	}
 	v, err := g.check(c, to)
 	if err != nil {
-		return g.unavailable(c, to, err)
+		return g.fail.Answer(c, to, err)
 	}
-	g.down.Up(c.Log)
+	g.fail.Down.Up(c.Log)
 	switch v.state {
 	case stateWait:
 		secs := int64((v.n + 999) / 1000) // ms, rounded up
@@ -330,22 +321,6 @@ func (g *Greylist) network(ip netip.Addr) string {
 		return "unknown"
 	}
 	return p.String()
-}
-
-// unavailable answers a recipient while Redis failed, is down or busy:
-// no opinion with fail = open, 451 4.3.0 with fail = closed.
-func (g *Greylist) unavailable(c *plugins.Conn, to string, err error) plugins.Result {
-	msg := "redis unavailable"
-	if errors.Is(err, redisx.ErrBusy) {
-		msg = "redis busy" // redisx logs it; Redis is not down
-	} else {
-		g.down.Down(c.Log, err)
-	}
-	c.Record(plugins.Finding{Plugin: Name, Outcome: plugins.Err, Message: to + ": " + msg})
-	if g.failClosed {
-		return plugins.InternalError()
-	}
-	return plugins.NoOpinion()
 }
 
 // Close implements plugins.Closer: the Redis client is handed back once.

@@ -51,8 +51,7 @@ type Valid struct {
 	redisDomains address.Domains
 	client       *redisx.Client // nil without Redis
 	prefix       string
-	failClosed   bool
-	down         *redisx.DownLogger
+	fail         redisx.Fallback
 	wrongType    throttle.Throttle // "wrong type" lines, at most one a minute
 	closed       atomic.Bool
 }
@@ -80,11 +79,12 @@ func setup(cfg *config.Config) (plugins.Plugin, error) {
 	if strings.ContainsAny(seps, "@\" \t") {
 		return nil, bad("separator", seps, "holds '@', a quote or a space; give the characters that start a sub-address tag, such as +")
 	}
-	p := &Valid{separators: seps, prefix: prefix, down: redisx.NewDownLogger(Name), wrongType: throttle.Throttle{Every: time.Minute}}
+	p := &Valid{separators: seps, prefix: prefix, wrongType: throttle.Throttle{Every: time.Minute},
+		fail: redisx.Fallback{Plugin: Name, Down: redisx.NewDownLogger(Name)}}
 	switch fail {
 	case "open":
 	case "closed":
-		p.failClosed = true
+		p.fail.Closed = true
 	default:
 		return nil, bad("fail", fail, "is neither open nor closed")
 	}
@@ -154,10 +154,6 @@ func (*Valid) Name() string { return Name }
 // Blocks implements plugins.Blocker: the rcpt hook may ask Redis.
 func (p *Valid) Blocks(h plugins.Hook) bool { return p.client != nil && h == plugins.HookRcpt }
 
-// downNote carries, from BlocksCall to Rcpt, why Rcpt must answer
-// without Redis (redisx.ErrDown or redisx.ErrBusy).
-const downNote = "rcpt_to.valid.redis_down"
-
 // BlocksCall implements plugins.CallBlocker: only a recipient that the
 // file cannot answer goes to the workpool, and only while Redis can take
 // the call; everything else is answered on the event loop.
@@ -166,7 +162,7 @@ func (p *Valid) BlocksCall(c *plugins.Conn, call *plugins.Call) bool {
 		return false
 	}
 	if err := p.client.Ready(c.Log); err != nil {
-		c.SetNote(downNote, err)
+		p.fail.Defer(c, err)
 		return false
 	}
 	return true
@@ -175,10 +171,7 @@ func (p *Valid) BlocksCall(c *plugins.Conn, call *plugins.Call) bool {
 // Rcpt implements plugins.RcptHook: no opinion for a recipient that
 // exists or that no list covers, 550 5.1.1 for one that does not exist.
 func (p *Valid) Rcpt(c *plugins.Conn, to string) plugins.Result {
-	down, _ := c.Note(downNote).(error)
-	if down != nil {
-		c.SetNote(downNote, nil) // BlocksCall's verdict is for this call only
-	}
+	down := p.fail.Deferred(c)
 	q := p.list.lookup(to, p.separators, p.redisDomains)
 	if q.verdict == askRedis {
 		err := down
@@ -188,7 +181,7 @@ func (p *Valid) Rcpt(c *plugins.Conn, to string) plugins.Result {
 		if err != nil {
 			return p.unavailable(c, to, err)
 		}
-		p.down.Up(c.Log)
+		p.fail.Down.Up(c.Log)
 	}
 	switch q.verdict {
 	case known:
@@ -254,23 +247,14 @@ func (p *Valid) ask(c *plugins.Conn, q query) (verdict, error) {
 // with fail = closed. A key of the wrong type is the operator's mistake,
 // logged as an error at most once a minute and answered the same way.
 func (p *Valid) unavailable(c *plugins.Conn, to string, err error) plugins.Result {
-	msg := "redis unavailable"
-	switch {
-	case errors.Is(err, errWrongType):
-		msg = "redis key of the wrong type"
-		if ok, held := p.wrongType.Allow(time.Now()); ok && c.Log != nil {
-			c.Log.Error().Str("plugin", Name).Err(err).Int64("held", held).Msg("a recipient key in redis is neither a set nor a hash")
-		}
-	case errors.Is(err, redisx.ErrBusy):
-		msg = "redis busy" // redisx logs it; Redis is not down
-	default:
-		p.down.Down(c.Log, err)
+	if !errors.Is(err, errWrongType) {
+		return p.fail.Answer(c, to, err)
 	}
-	c.Record(plugins.Finding{Plugin: Name, Outcome: plugins.Err, Message: to + ": " + msg})
-	if p.failClosed {
-		return plugins.InternalError()
+	if ok, held := p.wrongType.Allow(time.Now()); ok && c.Log != nil {
+		c.Log.Error().Str("plugin", Name).Err(err).Int64("held", held).Msg("a recipient key in redis is neither a set nor a hash")
 	}
-	return plugins.NoOpinion()
+	c.Record(plugins.Finding{Plugin: Name, Outcome: plugins.Err, Message: to + ": redis key of the wrong type"})
+	return p.fail.Result()
 }
 
 // Close implements plugins.Closer: the Redis client is handed back once.
