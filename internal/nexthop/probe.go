@@ -67,6 +67,11 @@ type ProbeResult struct {
 // errNoHost is the answer of a probe whose every host is known to be down.
 var errNoHost = errors.New("every host's circuit breaker is open")
 
+// ErrNoSMTPUTF8 is in the error of a probe that needed SMTPUTF8 from a
+// host that does not offer it (RFC 6531 3.4): the host works, but cannot
+// be asked about this recipient.
+var ErrNoSMTPUTF8 = errors.New("SMTPUTF8 not offered")
+
 // Probe asks the hosts in order, until one answers, whether they take
 // mail from from (the null sender when "") to rcpt, within limit. With
 // smtputf8, MAIL carries SMTPUTF8 and a host that does not offer it
@@ -125,7 +130,7 @@ func (p *Prober) probeVia(host, from, rcpt string, smtputf8 bool, limit time.Tim
 		c.limit = limit
 		if smtputf8 && !c.has("SMTPUTF8") {
 			f.pool.put(c, time.Now())
-			return ProbeResult{}, &failure{host: host, kind: failNoUTF8, err: errors.New("SMTPUTF8 not offered")}
+			return ProbeResult{}, &failure{host: host, kind: failNoUTF8, err: ErrNoSMTPUTF8}
 		}
 		res, fail := p.dialog(c, from, rcpt, smtputf8, reused)
 		if fail == nil {

@@ -155,7 +155,7 @@ func TestProbeNeedsSMTPUTF8(t *testing.T) {
 	p := newProber(t, probeSettings(be.Addr))
 	_, err := p.Probe(nil, "", "jörg@example.com", true, time.Now().Add(5*time.Second))
 	var fail *failure
-	if !errors.As(err, &fail) || fail.kind != failNoUTF8 {
+	if !errors.As(err, &fail) || fail.kind != failNoUTF8 || !errors.Is(err, ErrNoSMTPUTF8) {
 		t.Errorf("probe of a UTF-8 address without SMTPUTF8: %v", err)
 	}
 	if !p.Ready() {

@@ -12,6 +12,7 @@
 package rcptverify
 
 import (
+	"errors"
 	"fmt"
 	"strings"
 	"sync/atomic"
@@ -218,6 +219,11 @@ func (v *Verify) Rcpt(c *plugins.Conn, to string) plugins.Result {
 	smtputf8 := c.Tx.SMTPUTF8 && !ascii(to)
 	res, err := v.prober.Probe(c.Log, v.sender, to, smtputf8, now.Add(v.budget))
 	switch {
+	case errors.Is(err, nexthop.ErrNoSMTPUTF8):
+		// The next hop cannot take this recipient's mail at all; the
+		// queue plugin says so after the message (550 5.6.7).
+		c.Record(plugins.Finding{Plugin: Name, Outcome: plugins.Skip, Message: to + ": the next hop lacks SMTPUTF8"})
+		return plugins.NoOpinion()
 	case err != nil:
 		v.logProbe(c, to, "the next hop could not be asked about a recipient", err.Error())
 		return v.undecided(c, to, "next hop unreachable")

@@ -281,3 +281,16 @@ func TestConfigErrors(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) { servertest.CheckBuild(t, tc.files, tc.want...) })
 	}
 }
+
+// TestNextHopWithoutSMTPUTF8: a UTF-8 recipient cannot be asked about
+// when the next hop lacks SMTPUTF8; it gets no opinion here (the queue
+// plugin refuses the message later), not a 450 that would never end.
+func TestNextHopWithoutSMTPUTF8(t *testing.T) {
+	backend := nexthoptest.Start(t, nexthoptest.Options{Rcpt: store, Extensions: []string{"PIPELINING", "ENHANCEDSTATUSCODES"}})
+	srv := servertest.Start(t, files(backend.Addr, ""))
+	c := dialer.Hello(t, srv.Addr)
+	c.Cmd("MAIL FROM:<sender@example.net> SMTPUTF8", "250")
+	c.Cmd("RCPT TO:<jörg@example.com>", "250 2.1.5")
+	c.Cmd("RCPT TO:<nobody@example.com>", "550 5.1.1") // ASCII: asked as usual
+	c.Quit()
+}
