@@ -193,6 +193,10 @@ func (p *Prober) dialog(c *conn, from, rcpt string, smtputf8, reused bool) (Prob
 			}
 		}
 		r, err := c.read(cmd, nil)
+		if err != nil && (res.Rcpt.Code != 0 || res.Mail.Code != 0 && res.Mail.Class() != 2) {
+			c.unusable = true // the answer is in; the session is not reused
+			return res, nil
+		}
 		if err != nil {
 			return res, fail(err)
 		}

@@ -1,7 +1,10 @@
 package nexthop
 
 import (
+	"bufio"
 	"errors"
+	"io"
+	"net"
 	"slices"
 	"strings"
 	"testing"
@@ -160,5 +163,38 @@ func TestProbeNeedsSMTPUTF8(t *testing.T) {
 	}
 	if !p.Ready() {
 		t.Error("a next hop without SMTPUTF8 is not down")
+	}
+}
+
+// TestProbeAnswerBeforeHangUp: a next hop that answers RCPT and then
+// closes the session before the RSET has answered; the session is not
+// reused.
+func TestProbeAnswerBeforeHangUp(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		nc, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer nc.Close()
+		br := bufio.NewReader(nc)
+		io.WriteString(nc, "220 rude.test\r\n")
+		for _, reply := range []string{"250 rude.test", "250 2.1.0 Ok", "550 5.1.1 no such user"} {
+			if _, err := br.ReadString('\n'); err != nil {
+				return
+			}
+			io.WriteString(nc, reply+"\r\n")
+		}
+	}()
+	p := newProber(t, probeSettings(ln.Addr().String()))
+	if r := probe(t, p, "nobody@example.com"); r.Rcpt.Code != 550 {
+		t.Errorf("%+v, want the 550 that came before the hang-up", r)
+	}
+	if c := p.f.pool.get(ln.Addr().String(), time.Now()); c != nil {
+		t.Error("the session that hung up went back to the pool")
 	}
 }
