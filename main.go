@@ -34,6 +34,7 @@ import (
 	_ "loopmx/plugins/access"
 	_ "loopmx/plugins/dnsbl"
 	_ "loopmx/plugins/early_talker"
+	_ "loopmx/plugins/greylist"
 	_ "loopmx/plugins/headers"
 	_ "loopmx/plugins/helo.checks"
 	_ "loopmx/plugins/limit"
@@ -42,6 +43,8 @@ import (
 	_ "loopmx/plugins/queue/maildir"
 	_ "loopmx/plugins/queue/smtp_forward"
 	_ "loopmx/plugins/rcpt_to.in_host_list"
+	_ "loopmx/plugins/rcpt_to.valid"
+	_ "loopmx/plugins/rcpt_to.verify"
 	_ "loopmx/plugins/results"
 	_ "loopmx/plugins/toobusy"
 )
