@@ -288,7 +288,10 @@ func (g *Greylist) check(c *plugins.Conn, to string) (verdict, error) {
 	}
 	local, dom, _ := address.Split(strings.ToLower(to))
 	rcpt := address.Base(local, g.separators) + "@" + dom
-	keys := []string{g.prefix + "t:" + network + "|" + sender + "|" + rcpt, g.prefix + "c:" + network}
+	// The braces are a Redis Cluster hash tag: both keys of the script
+	// hash by the network alone, so they live on one node.
+	tag := "{" + network + "}"
+	keys := []string{g.prefix + "t:" + tag + "|" + sender + "|" + rcpt, g.prefix + "c:" + tag}
 	var v verdict
 	err := g.client.Do(c.Log, func(ctx context.Context) error {
 		res, err := checkScript.Run(ctx, g.client, keys, clock().UnixMilli(),

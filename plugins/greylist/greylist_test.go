@@ -172,7 +172,7 @@ func TestAutoAllow(t *testing.T) {
 	expect(t, "a new triplet of the allowed client", rcpt(t, srv.Addr, "other@example.org", "three@example.com", false), "250")
 	// The client is its /24: 127.0.0.2 is allowed too (and vouched for).
 	expect(t, "another address of the network", rcptFrom(t, srv.Addr, "127.0.0.3", "x@example.org", "four@example.com", false), "250")
-	ttl, err := rs.Client().PTTL(context.Background(), "greylist:c:127.0.0.0/24").Result()
+	ttl, err := rs.Client().PTTL(context.Background(), "greylist:c:{127.0.0.0/24}").Result()
 	if err != nil || ttl < 34*24*time.Hour {
 		t.Errorf("the client's entry expires in %v (%v), want about the 35 days of expire", ttl, err)
 	}
