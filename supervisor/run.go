@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strconv"
 	"syscall"
 	"time"
@@ -133,6 +134,13 @@ func newSup(cfg *config.Config, opts Options, sigs <-chan os.Signal) (*sup, erro
 	}
 	if cfg.Main.User != "" && s.cred == nil {
 		s.log.Warn().Str("user", cfg.Main.User).Msg("smtp.ini sets user, but loopmx does not run as root: workers run as the current user")
+	}
+	if s.cred != nil && cfg.Main.SpoolAfter > 0 {
+		// The workers spill bodies into spool_dir as the user; create it
+		// for them, as root, when it is missing.
+		if err := makeDirFor(cfg.Path(cfg.Main.SpoolDir), int(s.cred.Uid), int(s.cred.Gid)); err != nil {
+			return nil, fmt.Errorf("config: smtp.ini: [main] spool_dir = %s: %w", cfg.Main.SpoolDir, err)
+		}
 	}
 	if s.devnull, err = os.Open(os.DevNull); err != nil {
 		return nil, fmt.Errorf("supervisor: %w", err)
@@ -493,4 +501,25 @@ func WatchdogTicker() <-chan time.Time {
 		return nil
 	}
 	return time.NewTicker(time.Duration(usec) * time.Microsecond / 2).C
+}
+
+// makeDirFor creates dir and its missing parents (mode 0700) owned by
+// uid:gid. Directories that exist are left as they are.
+func makeDirFor(dir string, uid, gid int) error {
+	var missing []string
+	for d := filepath.Clean(dir); ; d = filepath.Dir(d) {
+		if _, err := os.Stat(d); err == nil || d == filepath.Dir(d) {
+			break
+		}
+		missing = append(missing, d)
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	for _, d := range missing {
+		if err := os.Chown(d, uid, gid); err != nil {
+			return err
+		}
+	}
+	return nil
 }
