@@ -193,7 +193,11 @@ func (r *Resolver) Exchange(ctx context.Context, name string, qtype uint16) ([]d
 	if r.cacheOnly {
 		return nil, ErrNotCached
 	}
-	f := r.join(k)
+	f, a, cached := r.join(k)
+	if cached {
+		Counters.CacheHits.Add(1)
+		return a.result(k)
+	}
 	select {
 	case <-f.done:
 		return f.a.result(k)
@@ -211,18 +215,24 @@ func (a answer) result(k key) ([]dns.RR, error) {
 	return a.rrs, nil
 }
 
-// join returns the flight for k, starting one when none is on its way.
-func (r *Resolver) join(k key) *flight {
+// join returns the flight for k, starting one when none is on its way,
+// or the cached answer: a flight that ended since the caller looked at
+// the cache has left its answer there, and a second flight would ask the
+// same question again.
+func (r *Resolver) join(k key) (*flight, answer, bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if f, ok := r.flights[k]; ok {
 		Counters.Joined.Add(1)
-		return f
+		return f, answer{}, false
+	}
+	if a, ok := r.cache.get(k, time.Now()); ok {
+		return nil, a, true
 	}
 	f := &flight{done: make(chan struct{})}
 	r.flights[k] = f
 	go r.fly(k, f)
-	return f
+	return f, answer{}, false
 }
 
 // fly asks the servers for k, caches the answer, then hands it to the
