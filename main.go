@@ -34,6 +34,7 @@ import (
 	_ "loopmx/plugins/access"
 	_ "loopmx/plugins/dnsbl"
 	_ "loopmx/plugins/early_talker"
+	_ "loopmx/plugins/fcrdns"
 	_ "loopmx/plugins/headers"
 	_ "loopmx/plugins/helo.checks"
 	_ "loopmx/plugins/limit"
