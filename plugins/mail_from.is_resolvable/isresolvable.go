@@ -1,0 +1,287 @@
+// Package isresolvable is the mail_from.is_resolvable plugin: it refuses
+// a sender whose domain cannot receive mail, so that no bounce could ever
+// reach it: a domain with neither MX nor address records (RFC 5321 5.1),
+// or one that says it takes no mail with a null MX (RFC 7505). The null
+// sender <> is always allowed. The lookups run in the mail hook: on the
+// event loop when the shared DNS cache holds every answer, otherwise on
+// the workpool.
+package isresolvable
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"loopmx/config"
+	"loopmx/internal/dnsx"
+	"loopmx/internal/throttle"
+	"loopmx/plugins"
+)
+
+// Name is the plugin's name in the plugins file.
+const Name = "mail_from.is_resolvable"
+
+// DefaultLookupTimeout is lookup_timeout's default.
+const DefaultLookupTimeout = 2 * time.Second
+
+// maxHosts is how many of a domain's mail exchangers are looked up at
+// most, most preferred first.
+const maxHosts = 10
+
+func init() { plugins.Register(Name, setup) }
+
+// IsResolvable holds the settings and the resolver.
+type IsResolvable struct {
+	dns           *dnsx.Resolver
+	lookupTimeout time.Duration
+	checkHosts    bool // check_mx_hosts
+	failOpen      bool // on_error = pass
+
+	failLog throttle.Throttle
+}
+
+// setup reads mail_from.is_resolvable.ini once, at start.
+func setup(cfg *config.Config) (plugins.Plugin, error) {
+	pc, err := cfg.Plugin(Name)
+	if err != nil {
+		return nil, err
+	}
+	p := &IsResolvable{
+		lookupTimeout: pc.Duration("", "lookup_timeout", DefaultLookupTimeout),
+		checkHosts:    pc.Bool("", "check_mx_hosts", true),
+		failLog:       throttle.Throttle{Every: time.Minute},
+	}
+	onError := pc.String("", "on_error", "tempfail")
+	if err := pc.Check(); err != nil {
+		return nil, err
+	}
+	bad := func(key, value, why string) error {
+		return fmt.Errorf("config: %s: [main] %s: %q %s", pc.File(), key, value, why)
+	}
+	if p.lookupTimeout <= 0 || p.lookupTimeout >= pc.Timeout() {
+		return nil, bad("lookup_timeout", pc.String("", "lookup_timeout", ""),
+			fmt.Sprintf("must be more than 0 and less than timeout (%s), the chain's limit for the whole hook", pc.Timeout()))
+	}
+	switch strings.ToLower(onError) {
+	case "pass":
+		p.failOpen = true
+	case "tempfail":
+	default:
+		return nil, bad("on_error", onError, "is not one of pass, tempfail")
+	}
+	if p.dns, err = dnsx.Open(cfg); err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+// Name implements plugins.Plugin.
+func (*IsResolvable) Name() string { return Name }
+
+// Close implements plugins.Closer: it hands the resolver back.
+func (p *IsResolvable) Close() error {
+	dnsx.Release(p.dns)
+	return nil
+}
+
+// Blocks implements plugins.Blocker: the mail hook waits for DNS.
+func (*IsResolvable) Blocks(h plugins.Hook) bool { return h == plugins.HookMail }
+
+// BlocksConn implements plugins.ConnBlocker: the null sender, an address
+// literal, and a domain whose answers are all cached are judged on the
+// event loop.
+func (p *IsResolvable) BlocksConn(c *plugins.Conn, h plugins.Hook) bool {
+	if h != plugins.HookMail {
+		return false
+	}
+	if c.Tx == nil {
+		return true // not as the server calls it: ask on the workpool
+	}
+	domain, ok := senderDomain(c.Tx.From)
+	if !ok {
+		return false
+	}
+	v, err := p.check(context.Background(), p.dns.CacheOnly(), domain)
+	if err == dnsx.ErrNotCached {
+		return true
+	}
+	c.Tx.SetNote(inlineKey, v)
+	return false
+}
+
+// inlineKey carries a verdict found in the cache from BlocksConn to Mail.
+const inlineKey = "mail_from.is_resolvable.inline"
+
+// senderDomain returns the domain of a reverse path, lower case, and
+// whether there is one to look up: not for the null sender, an address
+// without a domain, or an address literal.
+func senderDomain(from string) (string, bool) {
+	at := strings.LastIndexByte(from, '@')
+	if at < 0 {
+		return "", false
+	}
+	domain := strings.ToLower(from[at+1:])
+	return domain, domain != "" && !strings.HasPrefix(domain, "[")
+}
+
+// Mail implements plugins.MailHook.
+func (p *IsResolvable) Mail(c *plugins.Conn, from string) plugins.Result {
+	domain, ok := senderDomain(from)
+	if !ok {
+		why := "null sender"
+		if from != "" {
+			why = "no domain to look up"
+		}
+		c.Record(plugins.Finding{Plugin: Name, Outcome: plugins.Skip, Message: why})
+		return plugins.NoOpinion()
+	}
+	var v verdict
+	if c.Tx != nil {
+		v, ok = c.Tx.Note(inlineKey).(verdict)
+	}
+	if ok {
+		c.Tx.SetNote(inlineKey, nil)
+	} else {
+		ctx, cancel := context.WithTimeout(context.Background(), p.lookupTimeout)
+		v, _ = p.check(ctx, p.dns, domain)
+		cancel()
+		if v.err != nil {
+			p.logFailure(c.Log, domain, v.err)
+		}
+	}
+	c.Record(v.finding(domain))
+	switch {
+	case v.state == nullMX:
+		// RFC 7505 4.2: 550 5.7.27, "sender address has null MX".
+		return plugins.Deny(550, "5.7.27", "Sender address rejected: "+domain+" accepts no mail (null MX)")
+	case v.state == unresolvable:
+		// RFC 3463 X.1.8: bad sender's system address.
+		return plugins.Deny(550, "5.1.8", "Sender address rejected: "+domain+" "+v.why)
+	case v.state == failed && !p.failOpen:
+		return plugins.DenySoft(450, "4.1.8", "Sender address rejected: cannot resolve "+domain+" now, try again later")
+	}
+	return plugins.NoOpinion()
+}
+
+// logFailure logs a failed lookup at most once a minute, with the count
+// of the ones left out.
+func (p *IsResolvable) logFailure(log *zerolog.Logger, domain string, err error) {
+	if log == nil {
+		return
+	}
+	if ok, held := p.failLog.Allow(time.Now()); ok {
+		log.Warn().Str("plugin", Name).Str("domain", domain).Int64("suppressed", held).Err(err).Msg("sender domain lookup failed")
+	}
+}
+
+// state is what the check concluded.
+type state uint8
+
+const (
+	resolvable   state = iota // an MX with an address, or an address
+	unresolvable              // neither
+	nullMX                    // RFC 7505
+	failed                    // a temporary failure left the question open
+)
+
+// verdict is the outcome of the check of one domain.
+type verdict struct {
+	state state
+	why   string // for people: "mx", "no MX or address record", ...
+	err   error  // the failure, for the log
+}
+
+// check looks the domain up: its MX records (RFC 5321 5.1), and with
+// check_mx_hosts the addresses of up to maxHosts of them until one has
+// one; without MX records, its own addresses (the implicit MX). On the
+// cache-only resolver it returns dnsx.ErrNotCached as soon as an answer
+// is missing.
+func (p *IsResolvable) check(ctx context.Context, r *dnsx.Resolver, domain string) (verdict, error) {
+	mxs, err := r.LookupMX(ctx, domain)
+	switch {
+	case err == dnsx.ErrNotCached:
+		return verdict{}, err
+	case err == nil:
+		return p.exchangers(ctx, r, mxs)
+	case dnsx.IsTemporary(err):
+		return verdict{state: failed, why: "lookup failed", err: err}, nil
+	}
+	var e *dnsx.Error
+	if !errors.As(err, &e) || e.Kind != dnsx.NoData {
+		return verdict{state: unresolvable, why: "does not exist"}, nil
+	}
+	// No MX records: the domain itself is the implicit MX (RFC 5321 5.1).
+	_, err = r.LookupIP(ctx, "ip", domain)
+	switch {
+	case err == dnsx.ErrNotCached:
+		return verdict{}, err
+	case err == nil:
+		return verdict{state: resolvable, why: "address record"}, nil
+	case dnsx.IsTemporary(err):
+		return verdict{state: failed, why: "lookup failed", err: err}, nil
+	}
+	return verdict{state: unresolvable, why: "has no MX or address record"}, nil
+}
+
+// exchangers judges a domain by its MX records: a null MX takes no mail;
+// otherwise, with check_mx_hosts, one of the first maxHosts exchangers
+// must have an address.
+func (p *IsResolvable) exchangers(ctx context.Context, r *dnsx.Resolver, mxs []dnsx.MX) (verdict, error) {
+	// RFC 7505 3: a null MX is the domain's only MX record, naming the
+	// root.
+	if len(mxs) == 1 && mxs[0].Host == "" {
+		return verdict{state: nullMX, why: "null MX"}, nil
+	}
+	if !p.checkHosts {
+		return verdict{state: resolvable, why: "mx"}, nil
+	}
+	var tempErr error
+	n := 0
+	for _, mx := range mxs {
+		if mx.Host == "" {
+			continue
+		}
+		if n++; n > maxHosts {
+			break
+		}
+		_, err := r.LookupIP(ctx, "ip", mx.Host)
+		switch {
+		case err == dnsx.ErrNotCached:
+			return verdict{}, err
+		case err == nil:
+			return verdict{state: resolvable, why: "mx " + mx.Host}, nil
+		case dnsx.IsTemporary(err) && tempErr == nil:
+			tempErr = err
+		}
+	}
+	if tempErr != nil {
+		return verdict{state: failed, why: "lookup failed", err: tempErr}, nil
+	}
+	return verdict{state: unresolvable, why: "has no mail exchanger with an address"}, nil
+}
+
+// finding is the verdict for the results plugin: "pass: example.org: mx
+// mx1.example.org", "fail: example.invalid does not exist", "fail:
+// example.org: null MX", "err: example.org: lookup failed".
+func (v verdict) finding(domain string) plugins.Finding {
+	f := plugins.Finding{Plugin: Name, Outcome: plugins.Pass, Message: domain + ": " + v.why}
+	switch v.state {
+	case unresolvable:
+		f.Outcome, f.Message = plugins.Fail, domain+" "+v.why
+	case nullMX:
+		f.Outcome = plugins.Fail
+	case failed:
+		f.Outcome = plugins.Err
+	}
+	return f
+}
+
+var (
+	_ plugins.MailHook    = (*IsResolvable)(nil)
+	_ plugins.ConnBlocker = (*IsResolvable)(nil)
+	_ plugins.Closer      = (*IsResolvable)(nil)
+)
