@@ -1,8 +1,9 @@
 // Package spf is the spf plugin: it checks the client against the SPF
 // policies (RFC 7208) of the HELO name and of the sender's domain at each
 // MAIL, records the results for the results plugin and as notes that an
-// Authentication-Results header can be made from, and acts on each result
-// as spf.ini says: by default it only records. The evaluation is
+// Authentication-Results header can be made from, acts on each result as
+// spf.ini says (by default it only records), and adds a Received-SPF
+// field to the message. The evaluation is
 // blitiri.com.ar/go/spf's, asking the DNS through the shared layer
 // (internal/dnsx): on the event loop when every answer is cached,
 // otherwise on the workpool.
@@ -59,6 +60,7 @@ type SPF struct {
 	dns           *dnsx.Resolver
 	lookupTimeout time.Duration
 	checkHelo     bool
+	header        bool // received_spf
 	mailFrom      map[spflib.Result]action // [mail_from]
 	helo          map[spflib.Result]action // [helo]
 }
@@ -72,6 +74,7 @@ func setup(cfg *config.Config) (plugins.Plugin, error) {
 	p := &SPF{
 		lookupTimeout: pc.Duration("", "lookup_timeout", DefaultLookupTimeout),
 		checkHelo:     pc.Bool("", "check_helo", true),
+		header:        pc.Bool("", "received_spf", true),
 	}
 	written := map[string]map[spflib.Result]string{}
 	for _, section := range []string{"mail_from", "helo"} {
@@ -134,7 +137,8 @@ func (p *SPF) Close() error {
 	return nil
 }
 
-// Blocks implements plugins.Blocker: the mail hook waits for DNS.
+// Blocks implements plugins.Blocker: the mail hook waits for DNS; the
+// data_post hook only writes a header field.
 func (*SPF) Blocks(h plugins.Hook) bool { return h == plugins.HookMail }
 
 // BlocksConn implements plugins.ConnBlocker: a MAIL whose checks find

@@ -3,6 +3,8 @@ package spf_test
 import (
 	"fmt"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -228,4 +230,58 @@ func TestConfigErrors(t *testing.T) {
 		servertest.CheckBuild(t, files("127.0.0.1", tc.ini), tc.want...)
 	}
 	servertest.CheckBuild(t, files("127.0.0.1", "lookup_timeout = 3s\ncheck_helo = false\n[mail_from]\nfail = reject\nsoftfail = tempfail\ntemperror = tempfail\n[helo]\nfail = reject\n"))
+}
+
+// TestReceivedSPF: the stored message carries a Received-SPF field (RFC
+// 7208 9.1) after loopmx's Received field and before the message's own;
+// received_spf = false leaves it out.
+func TestReceivedSPF(t *testing.T) {
+	srv := zone(t)
+	for _, tc := range []struct {
+		ini, helo, from, want string
+	}{
+		{"", "helo.test", "a@softfail.test", "Received-SPF: softfail (mx.test: domain of a@softfail.test does not designate 127.0.0.1 as permitted sender (softfail))\r\n" +
+			"\tclient-ip=127.0.0.1;\r\n\tenvelope-from=\"a@softfail.test\";\r\n\thelo=helo.test;\r\n\treceiver=mx.test;\r\n\tidentity=mailfrom\r\nSubject: hi\r\n"},
+		{"", "[127.0.0.1]", "", "Received-SPF: none (mx.test: domain of postmaster@[127.0.0.1] publishes no SPF record)\r\n" +
+			"\tclient-ip=127.0.0.1;\r\n\tenvelope-from=\"\";\r\n\thelo=\"[127.0.0.1]\";\r\n\treceiver=mx.test;\r\n\tidentity=mailfrom\r\nSubject: hi\r\n"},
+		{"received_spf = false\n", "helo.test", "a@pass.test", ""},
+	} {
+		spool := t.TempDir()
+		f := files(srv.Addr, tc.ini)
+		f["plugins"] = "spf\nqueue/maildir\n"
+		f["maildir.ini"] = "path = " + spool + "\n"
+		ts := servertest.Start(t, f)
+		c := dialer.Dial(t, ts.Addr)
+		c.ExpectExact(banner)
+		c.EHLO(tc.helo)
+		c.CmdExact("MAIL FROM:<"+tc.from+">", ok)
+		c.CmdExact("RCPT TO:<user@example.com>", "250 2.1.5 Ok")
+		c.CmdExact("DATA", "354 End data with <CR><LF>.<CR><LF>")
+		c.Send("Subject: hi\r\n\r\nhello\r\n.")
+		c.Expect("250 2.0.0 Ok: queued")
+		c.CmdExact("QUIT", "221 2.0.0 Bye")
+		stored := readSpool(t, spool)
+		received := strings.Index(stored, "Received: from")
+		field := strings.Index(stored, "Received-SPF:")
+		switch {
+		case tc.want == "" && field >= 0:
+			t.Errorf("received_spf = false, and the message has a Received-SPF field:\n%s", stored)
+		case tc.want != "" && (received < 0 || !strings.Contains(stored[received:], tc.want)):
+			t.Errorf("the stored message lacks, after its Received field,\n%q\n%q", tc.want, stored)
+		}
+	}
+}
+
+// readSpool returns the one message in the maildir's new/.
+func readSpool(t *testing.T, spool string) string {
+	t.Helper()
+	entries, err := os.ReadDir(filepath.Join(spool, "new"))
+	if err != nil || len(entries) != 1 {
+		t.Fatalf("the maildir holds %d messages (%v), want 1", len(entries), err)
+	}
+	b, err := os.ReadFile(filepath.Join(spool, "new", entries[0].Name()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
 }
