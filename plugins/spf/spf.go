@@ -60,7 +60,7 @@ type SPF struct {
 	dns           *dnsx.Resolver
 	lookupTimeout time.Duration
 	checkHelo     bool
-	header        bool // received_spf
+	header        bool                     // received_spf
 	mailFrom      map[spflib.Result]action // [mail_from]
 	helo          map[spflib.Result]action // [helo]
 }
