@@ -16,11 +16,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/rs/zerolog"
-
 	"loopmx/config"
 	"loopmx/internal/dnsx"
-	"loopmx/internal/throttle"
 	"loopmx/plugins"
 )
 
@@ -40,18 +37,15 @@ func init() { plugins.Register(Name, setup) }
 
 // DNSBL holds the zones and the resolver.
 type DNSBL struct {
-	zones         []*zone
-	threshold     int
-	negative      int  // the sum of every negative weight
-	weighted      bool // a weight or the threshold is not 1: messages show the score
-	dns           *dnsx.Resolver
-	lookupTimeout time.Duration
-	atConnect     bool // reject = connect
-	tempfail      bool // on_error = tempfail
-	skipPrivate   bool
+	zones       []*zone
+	threshold   int
+	negative    int  // the sum of every negative weight
+	weighted    bool // a weight or the threshold is not 1: messages show the score
+	atConnect   bool // reject = connect
+	tempfail    bool // on_error = tempfail
+	skipPrivate bool
 
-	// Failed lookups are logged at most once a minute.
-	failLog throttle.Throttle
+	*dnsx.Lookups // the resolver, lookup_timeout, the failure log; Close
 }
 
 // setup reads dnsbl.ini once, at start.
@@ -64,8 +58,8 @@ func setup(cfg *config.Config) (plugins.Plugin, error) {
 	threshold := pc.Int("", "threshold", 1)
 	resolver := pc.String("", "resolver", "")
 	lookupTimeout := pc.Duration("", "lookup_timeout", DefaultLookupTimeout)
-	reject := pc.String("", "reject", "rcpt")
-	onError := pc.String("", "on_error", "pass")
+	atConnect := pc.Choice("", "reject", "rcpt", "connect", "rcpt") == "connect"
+	tempfail := pc.Choice("", "on_error", "pass", "pass", "tempfail") == "tempfail"
 	skipPrivate := pc.Bool("", "skip_private", true)
 	bad := func(key, value, why string) error {
 		return fmt.Errorf("config: %s: [main] %s: %q %s", pc.File(), key, value, why)
@@ -81,7 +75,7 @@ func setup(cfg *config.Config) (plugins.Plugin, error) {
 		return nil, err
 	}
 
-	p := &DNSBL{threshold: threshold, lookupTimeout: lookupTimeout, skipPrivate: skipPrivate, failLog: throttle.Throttle{Every: time.Minute}}
+	p := &DNSBL{threshold: threshold, skipPrivate: skipPrivate, atConnect: atConnect, tempfail: tempfail}
 	if len(items) == 0 {
 		return nil, bad("zones", pc.String("", "zones", ""), "lists no zone (give at least one, such as zen.spamhaus.org)")
 	}
@@ -106,26 +100,8 @@ func setup(cfg *config.Config) (plugins.Plugin, error) {
 		}
 		servers = []string{addr}
 	}
-	if lookupTimeout <= 0 {
-		return nil, bad("lookup_timeout", pc.String("", "lookup_timeout", ""), "must be more than 0")
-	}
-	if lookupTimeout >= pc.Timeout() {
-		return nil, bad("lookup_timeout", pc.String("", "lookup_timeout", lookupTimeout.String()),
-			fmt.Sprintf("must be less than timeout (%s), the chain's limit for the whole hook", pc.Timeout()))
-	}
-	switch strings.ToLower(reject) {
-	case "connect":
-		p.atConnect = true
-	case "rcpt":
-	default:
-		return nil, bad("reject", reject, "is not one of connect, rcpt")
-	}
-	switch strings.ToLower(onError) {
-	case "tempfail":
-		p.tempfail = true
-	case "pass":
-	default:
-		return nil, bad("on_error", onError, "is not one of pass, tempfail")
+	if err := dnsx.CheckBudget(pc, lookupTimeout); err != nil {
+		return nil, err
 	}
 	s, err := dnsx.Load(cfg)
 	if err != nil {
@@ -134,18 +110,12 @@ func setup(cfg *config.Config) (plugins.Plugin, error) {
 	if servers != nil {
 		s.Servers = servers
 	}
-	p.dns = dnsx.Shared(cfg.Dir, s)
+	p.Lookups = dnsx.NewLookups(dnsx.Shared(cfg.Dir, s), lookupTimeout, Name, "DNSBL lookup failed")
 	return p, nil
 }
 
 // Name implements plugins.Plugin.
 func (*DNSBL) Name() string { return Name }
-
-// Close implements plugins.Closer: it hands the resolver back.
-func (p *DNSBL) Close() error {
-	dnsx.Release(p.dns)
-	return nil
-}
 
 // Blocks implements plugins.Blocker: the connect hook waits for DNS; the
 // RCPT hook reads a note.
@@ -190,9 +160,9 @@ func (p *DNSBL) Connect(c *plugins.Conn) plugins.Result {
 	if inline {
 		c.SetNote(inlineKey, nil)
 	} else {
-		v = p.lookup(p.dns, ip)
+		v = p.lookup(p.DNS, ip)
 		if v.err != nil {
-			p.logFailure(c.Log, ip, v.err)
+			p.LogFailure(c.Log, "ip", ip.String(), v.err)
 		}
 	}
 	c.Record(v.finding())
@@ -241,19 +211,6 @@ func (p *DNSBL) answer(h plugins.Hook, ip netip.Addr, v verdict) plugins.Result 
 		return plugins.DenySoft(code, "4.4.3", "DNSBL lookup failed, try again later")
 	}
 	return plugins.NoOpinion()
-}
-
-// logFailure logs a failed lookup, at most once a minute, with the number
-// of failures left out since the last line: when the resolver is down,
-// every connection fails the same way.
-func (p *DNSBL) logFailure(log *zerolog.Logger, ip netip.Addr, err error) {
-	if log == nil {
-		return
-	}
-	if ok, held := p.failLog.Allow(time.Now()); ok {
-		log.Warn().Str("plugin", Name).Str("ip", ip.String()).Int64("suppressed", held).
-			Err(err).Msg("DNSBL lookup failed")
-	}
 }
 
 // private reports whether ip is one that no public DNSBL lists: loopback,

@@ -21,7 +21,7 @@ type answer struct {
 // lookupTimeout in all. It stops early once the answers still out can no
 // longer bring the score below the threshold.
 func (p *DNSBL) lookup(r *dnsx.Resolver, ip netip.Addr) verdict {
-	ctx, cancel := context.WithTimeout(context.Background(), p.lookupTimeout)
+	ctx, cancel := p.Context()
 	defer cancel()
 	name := dnsx.Reverse(ip)
 	type indexed struct {
@@ -53,7 +53,7 @@ func (p *DNSBL) lookup(r *dnsx.Resolver, ip netip.Addr) verdict {
 // cached is lookup from the cache alone, for the event loop: ok is false
 // when a zone's answer is not cached.
 func (p *DNSBL) cached(ip netip.Addr) (verdict, bool) {
-	r := p.dns.CacheOnly()
+	r := p.DNS.CacheOnly()
 	name := dnsx.Reverse(ip)
 	got := make([]answer, len(p.zones))
 	for i, z := range p.zones {

@@ -12,14 +12,10 @@ import (
 	"fmt"
 	"net/netip"
 	"regexp"
-	"strings"
 	"time"
-
-	"github.com/rs/zerolog"
 
 	"loopmx/config"
 	"loopmx/internal/dnsx"
-	"loopmx/internal/throttle"
 	"loopmx/plugins"
 )
 
@@ -42,8 +38,6 @@ func init() { plugins.Register(Name, setup) }
 
 // FCrDNS holds the settings and the resolver.
 type FCrDNS struct {
-	dns            *dnsx.Resolver
-	lookupTimeout  time.Duration
 	rejectNone     bool // reject_no_fcrdns
 	rejectGeneric  bool // reject_generic
 	atConnect      bool // reject = connect
@@ -52,7 +46,7 @@ type FCrDNS struct {
 	patterns       []*regexp.Regexp
 	genericAddress bool // generic_ip_in_name
 
-	failLog throttle.Throttle
+	*dnsx.Lookups // the resolver, lookup_timeout, the failure log; Close
 }
 
 // setup reads fcrdns.ini once, at start.
@@ -61,47 +55,30 @@ func setup(cfg *config.Config) (plugins.Plugin, error) {
 	if err != nil {
 		return nil, err
 	}
+	budget := pc.Duration("", "lookup_timeout", DefaultLookupTimeout)
 	p := &FCrDNS{
-		lookupTimeout:  pc.Duration("", "lookup_timeout", DefaultLookupTimeout),
 		rejectNone:     pc.Bool("", "reject_no_fcrdns", false),
 		rejectGeneric:  pc.Bool("", "reject_generic", false),
 		skipPrivate:    pc.Bool("", "skip_private", true),
 		genericAddress: pc.Bool("", "generic_ip_in_name", true),
-		failLog:        throttle.Throttle{Every: time.Minute},
+		atConnect:      pc.Choice("", "reject", "rcpt", "connect", "rcpt") == "connect",
+		tempfail:       pc.Choice("", "on_error", "pass", "pass", "tempfail") == "tempfail",
 	}
-	reject := pc.String("", "reject", "rcpt")
-	onError := pc.String("", "on_error", "pass")
 	patternFile := pc.String("", "generic_patterns", "")
 	if err := pc.Check(); err != nil {
 		return nil, err
 	}
-	bad := func(key, value, why string) error {
-		return fmt.Errorf("config: %s: [main] %s: %q %s", pc.File(), key, value, why)
-	}
-	if p.lookupTimeout <= 0 || p.lookupTimeout >= pc.Timeout() {
-		return nil, bad("lookup_timeout", pc.String("", "lookup_timeout", ""),
-			fmt.Sprintf("must be more than 0 and less than timeout (%s), the chain's limit for the whole hook", pc.Timeout()))
-	}
-	switch strings.ToLower(reject) {
-	case "connect":
-		p.atConnect = true
-	case "rcpt":
-	default:
-		return nil, bad("reject", reject, "is not one of connect, rcpt")
-	}
-	switch strings.ToLower(onError) {
-	case "tempfail":
-		p.tempfail = true
-	case "pass":
-	default:
-		return nil, bad("on_error", onError, "is not one of pass, tempfail")
+	if err := dnsx.CheckBudget(pc, budget); err != nil {
+		return nil, err
 	}
 	if p.patterns, err = loadPatterns(cfg, patternFile); err != nil {
 		return nil, err
 	}
-	if p.dns, err = dnsx.Open(cfg); err != nil {
+	r, err := dnsx.Open(cfg)
+	if err != nil {
 		return nil, err
 	}
+	p.Lookups = dnsx.NewLookups(r, budget, Name, "reverse DNS lookup failed")
 	return p, nil
 }
 
@@ -144,12 +121,6 @@ func loadPatterns(cfg *config.Config, file string) ([]*regexp.Regexp, error) {
 // Name implements plugins.Plugin.
 func (*FCrDNS) Name() string { return Name }
 
-// Close implements plugins.Closer: it hands the resolver back.
-func (p *FCrDNS) Close() error {
-	dnsx.Release(p.dns)
-	return nil
-}
-
 // Blocks implements plugins.Blocker: the connect hook waits for DNS; the
 // RCPT hook reads a note.
 func (*FCrDNS) Blocks(h plugins.Hook) bool { return h == plugins.HookConnect }
@@ -161,7 +132,7 @@ func (p *FCrDNS) BlocksConn(c *plugins.Conn, h plugins.Hook) bool {
 	if h != plugins.HookConnect || p.skip(ip) {
 		return false
 	}
-	o, err := p.check(context.Background(), p.dns.CacheOnly(), ip)
+	o, err := p.check(context.Background(), p.DNS.CacheOnly(), ip)
 	if err == dnsx.ErrNotCached {
 		return true
 	}
@@ -190,11 +161,11 @@ func (p *FCrDNS) Connect(c *plugins.Conn) plugins.Result {
 	if inline {
 		c.SetNote(inlineKey, nil)
 	} else {
-		ctx, cancel := context.WithTimeout(context.Background(), p.lookupTimeout)
-		o, _ = p.check(ctx, p.dns, ip)
+		ctx, cancel := p.Context()
+		o, _ = p.check(ctx, p.DNS, ip)
 		cancel()
 		if o.err != nil {
-			p.logFailure(c.Log, ip, o.err)
+			p.LogFailure(c.Log, "ip", ip.String(), o.err)
 		}
 	}
 	if o.verified != "" {
@@ -243,17 +214,6 @@ func pick(atConnect bool, a, b int) int {
 		return a
 	}
 	return b
-}
-
-// logFailure logs a failed lookup at most once a minute, with the count
-// of the ones left out.
-func (p *FCrDNS) logFailure(log *zerolog.Logger, ip netip.Addr, err error) {
-	if log == nil {
-		return
-	}
-	if ok, held := p.failLog.Allow(time.Now()); ok {
-		log.Warn().Str("plugin", Name).Str("ip", ip.String()).Int64("suppressed", held).Err(err).Msg("reverse DNS lookup failed")
-	}
 }
 
 var (

@@ -10,15 +10,11 @@ package isresolvable
 import (
 	"context"
 	"errors"
-	"fmt"
 	"strings"
 	"time"
 
-	"github.com/rs/zerolog"
-
 	"loopmx/config"
 	"loopmx/internal/dnsx"
-	"loopmx/internal/throttle"
 	"loopmx/plugins"
 )
 
@@ -36,12 +32,10 @@ func init() { plugins.Register(Name, setup) }
 
 // IsResolvable holds the settings and the resolver.
 type IsResolvable struct {
-	dns           *dnsx.Resolver
-	lookupTimeout time.Duration
-	checkHosts    bool // check_mx_hosts
-	failOpen      bool // on_error = pass
+	checkHosts bool // check_mx_hosts
+	failOpen   bool // on_error = pass
 
-	failLog throttle.Throttle
+	*dnsx.Lookups // the resolver, lookup_timeout, the failure log; Close
 }
 
 // setup reads mail_from.is_resolvable.ini once, at start.
@@ -50,43 +44,27 @@ func setup(cfg *config.Config) (plugins.Plugin, error) {
 	if err != nil {
 		return nil, err
 	}
+	budget := pc.Duration("", "lookup_timeout", DefaultLookupTimeout)
 	p := &IsResolvable{
-		lookupTimeout: pc.Duration("", "lookup_timeout", DefaultLookupTimeout),
-		checkHosts:    pc.Bool("", "check_mx_hosts", true),
-		failLog:       throttle.Throttle{Every: time.Minute},
+		checkHosts: pc.Bool("", "check_mx_hosts", true),
+		failOpen:   pc.Choice("", "on_error", "tempfail", "pass", "tempfail") == "pass",
 	}
-	onError := pc.String("", "on_error", "tempfail")
 	if err := pc.Check(); err != nil {
 		return nil, err
 	}
-	bad := func(key, value, why string) error {
-		return fmt.Errorf("config: %s: [main] %s: %q %s", pc.File(), key, value, why)
-	}
-	if p.lookupTimeout <= 0 || p.lookupTimeout >= pc.Timeout() {
-		return nil, bad("lookup_timeout", pc.String("", "lookup_timeout", ""),
-			fmt.Sprintf("must be more than 0 and less than timeout (%s), the chain's limit for the whole hook", pc.Timeout()))
-	}
-	switch strings.ToLower(onError) {
-	case "pass":
-		p.failOpen = true
-	case "tempfail":
-	default:
-		return nil, bad("on_error", onError, "is not one of pass, tempfail")
-	}
-	if p.dns, err = dnsx.Open(cfg); err != nil {
+	if err := dnsx.CheckBudget(pc, budget); err != nil {
 		return nil, err
 	}
+	r, err := dnsx.Open(cfg)
+	if err != nil {
+		return nil, err
+	}
+	p.Lookups = dnsx.NewLookups(r, budget, Name, "sender domain lookup failed")
 	return p, nil
 }
 
 // Name implements plugins.Plugin.
 func (*IsResolvable) Name() string { return Name }
-
-// Close implements plugins.Closer: it hands the resolver back.
-func (p *IsResolvable) Close() error {
-	dnsx.Release(p.dns)
-	return nil
-}
 
 // Blocks implements plugins.Blocker: the mail hook waits for DNS.
 func (*IsResolvable) Blocks(h plugins.Hook) bool { return h == plugins.HookMail }
@@ -105,7 +83,7 @@ func (p *IsResolvable) BlocksConn(c *plugins.Conn, h plugins.Hook) bool {
 	if !ok {
 		return false
 	}
-	v, err := p.check(context.Background(), p.dns.CacheOnly(), domain)
+	v, err := p.check(context.Background(), p.DNS.CacheOnly(), domain)
 	if err == dnsx.ErrNotCached {
 		return true
 	}
@@ -146,11 +124,11 @@ func (p *IsResolvable) Mail(c *plugins.Conn, from string) plugins.Result {
 	if ok {
 		c.Tx.SetNote(inlineKey, nil)
 	} else {
-		ctx, cancel := context.WithTimeout(context.Background(), p.lookupTimeout)
-		v, _ = p.check(ctx, p.dns, domain)
+		ctx, cancel := p.Context()
+		v, _ = p.check(ctx, p.DNS, domain)
 		cancel()
 		if v.err != nil {
-			p.logFailure(c.Log, domain, v.err)
+			p.LogFailure(c.Log, "domain", domain, v.err)
 		}
 	}
 	c.Record(v.finding(domain))
@@ -165,17 +143,6 @@ func (p *IsResolvable) Mail(c *plugins.Conn, from string) plugins.Result {
 		return plugins.DenySoft(450, "4.1.8", "Sender address rejected: cannot resolve "+domain+" now, try again later")
 	}
 	return plugins.NoOpinion()
-}
-
-// logFailure logs a failed lookup at most once a minute, with the count
-// of the ones left out.
-func (p *IsResolvable) logFailure(log *zerolog.Logger, domain string, err error) {
-	if log == nil {
-		return
-	}
-	if ok, held := p.failLog.Allow(time.Now()); ok {
-		log.Warn().Str("plugin", Name).Str("domain", domain).Int64("suppressed", held).Err(err).Msg("sender domain lookup failed")
-	}
 }
 
 // state is what the check concluded.

@@ -32,6 +32,8 @@ type Result struct {
 	Subject string
 	// Domain is the domain whose policy was evaluated.
 	Domain string
+
+	err error // why a temperror is one, for the log
 }
 
 // String is the Authentication-Results method result.
@@ -69,15 +71,15 @@ func (r Result) finding() plugins.Finding {
 // check evaluates the SPF policy of the domain of sender for the client
 // ip (RFC 7208 4: check_host()), asking r within ctx. On the cache-only
 // resolver, missed tells that an answer was not cached and the result
-// means nothing.
-func check(ctx context.Context, r *dnsx.Resolver, ip netip.Addr, helo, sender string) (res spflib.Result, missed bool) {
+// means nothing. err is the library's account of the result.
+func check(ctx context.Context, r *dnsx.Resolver, ip netip.Addr, helo, sender string) (res spflib.Result, missed bool, err error) {
 	lr := &resolver{r: r, network: "ip6"}
 	if ip.Is4() {
 		lr.network = "ip4"
 	}
-	res, _ = spflib.CheckHostWithSender(net.IP(ip.AsSlice()), helo, sender,
+	res, err = spflib.CheckHostWithSender(net.IP(ip.AsSlice()), helo, sender,
 		spflib.WithContext(ctx), spflib.WithResolver(lr))
-	return res, lr.missed
+	return res, lr.missed, err
 }
 
 // resolver is what the SPF library asks the DNS through: the shared

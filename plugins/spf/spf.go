@@ -57,12 +57,12 @@ var results = []spflib.Result{spflib.Pass, spflib.Fail, spflib.SoftFail, spflib.
 
 // SPF holds the settings and the resolver.
 type SPF struct {
-	dns           *dnsx.Resolver
-	lookupTimeout time.Duration
-	checkHelo     bool
-	header        bool                     // received_spf
-	mailFrom      map[spflib.Result]action // [mail_from]
-	helo          map[spflib.Result]action // [helo]
+	checkHelo bool
+	header    bool                     // received_spf
+	mailFrom  map[spflib.Result]action // [mail_from]
+	helo      map[spflib.Result]action // [helo]
+
+	*dnsx.Lookups // the resolver, lookup_timeout, the failure log; Close
 }
 
 // setup reads spf.ini once, at start.
@@ -71,71 +71,51 @@ func setup(cfg *config.Config) (plugins.Plugin, error) {
 	if err != nil {
 		return nil, err
 	}
+	budget := pc.Duration("", "lookup_timeout", DefaultLookupTimeout)
 	p := &SPF{
-		lookupTimeout: pc.Duration("", "lookup_timeout", DefaultLookupTimeout),
-		checkHelo:     pc.Bool("", "check_helo", true),
-		header:        pc.Bool("", "received_spf", true),
+		checkHelo: pc.Bool("", "check_helo", true),
+		header:    pc.Bool("", "received_spf", true),
 	}
-	written := map[string]map[spflib.Result]string{}
-	for _, section := range []string{"mail_from", "helo"} {
-		written[section] = map[spflib.Result]string{}
-		for _, r := range results {
-			written[section][r] = pc.String(section, string(r), "record")
-		}
-	}
+	p.mailFrom = actions(pc, "mail_from")
+	p.helo = actions(pc, "helo")
 	if err := pc.Check(); err != nil {
 		return nil, err
 	}
-	if p.lookupTimeout <= 0 || p.lookupTimeout >= pc.Timeout() {
-		return nil, fmt.Errorf("config: %s: [main] lookup_timeout: %q must be more than 0 and less than timeout (%s), the chain's limit for the whole hook",
-			pc.File(), pc.String("", "lookup_timeout", ""), pc.Timeout())
-	}
-	if p.mailFrom, err = actions(pc.File(), "mail_from", written["mail_from"]); err != nil {
+	if err := dnsx.CheckBudget(pc, budget); err != nil {
 		return nil, err
 	}
-	if p.helo, err = actions(pc.File(), "helo", written["helo"]); err != nil {
+	r, err := dnsx.Open(cfg)
+	if err != nil {
 		return nil, err
 	}
-	if p.dns, err = dnsx.Open(cfg); err != nil {
-		return nil, err
-	}
+	p.Lookups = dnsx.NewLookups(r, budget, Name, "SPF lookup failed")
 	return p, nil
 }
 
 // actions reads the actions of one section: record, reject or tempfail;
 // a pass is never refused, and a temperror never refused for good.
-func actions(file, section string, written map[spflib.Result]string) (map[spflib.Result]action, error) {
+func actions(pc *config.PluginConfig, section string) map[spflib.Result]action {
 	out := map[spflib.Result]action{}
-	for r, v := range written {
-		switch a := strings.ToLower(v); {
-		case a == "record":
-			out[r] = record
-		case a == "reject" && r != spflib.Pass && r != spflib.TempError:
+	for _, r := range results {
+		choices := []string{"record", "reject", "tempfail"}
+		switch r {
+		case spflib.Pass:
+			choices = choices[:1]
+		case spflib.TempError:
+			choices = []string{"record", "tempfail"}
+		}
+		switch pc.Choice(section, string(r), "record", choices...) {
+		case "reject":
 			out[r] = reject
-		case a == "tempfail" && r != spflib.Pass:
+		case "tempfail":
 			out[r] = tempfail
-		default:
-			allowed := "record, reject, tempfail"
-			switch r {
-			case spflib.Pass:
-				allowed = "record (a pass is never refused)"
-			case spflib.TempError:
-				allowed = "record, tempfail (a temporary error is never refused for good)"
-			}
-			return nil, fmt.Errorf("config: %s: [%s] %s: %q is not one of %s", file, section, r, v, allowed)
 		}
 	}
-	return out, nil
+	return out
 }
 
 // Name implements plugins.Plugin.
 func (*SPF) Name() string { return Name }
-
-// Close implements plugins.Closer: it hands the resolver back.
-func (p *SPF) Close() error {
-	dnsx.Release(p.dns)
-	return nil
-}
 
 // Blocks implements plugins.Blocker: the mail hook waits for DNS; the
 // data_post hook only writes a header field.
@@ -150,7 +130,7 @@ func (p *SPF) BlocksConn(c *plugins.Conn, h plugins.Hook) bool {
 	if c.Tx == nil {
 		return true // not as the server calls it: ask on the workpool
 	}
-	o, missed := p.evaluate(context.Background(), p.dns.CacheOnly(), c, c.Tx.From)
+	o, missed := p.evaluate(context.Background(), p.DNS.CacheOnly(), c, c.Tx.From)
 	if missed {
 		return true
 	}
@@ -209,7 +189,11 @@ func checkDomain(ctx context.Context, r *dnsx.Resolver, ip netip.Addr, helo, ide
 		return res, false
 	}
 	var missed bool
-	res.Result, missed = check(ctx, r, ip, helo, sender)
+	var err error
+	res.Result, missed, err = check(ctx, r, ip, helo, sender)
+	if res.Result == spflib.TempError {
+		res.err = err
+	}
 	return res, missed
 }
 
@@ -225,8 +209,8 @@ func (p *SPF) Mail(c *plugins.Conn, from string) plugins.Result {
 	if ok {
 		c.Tx.SetNote(inlineKey, nil)
 	} else {
-		ctx, cancel := context.WithTimeout(context.Background(), p.lookupTimeout)
-		o, _ = p.evaluate(ctx, p.dns, c, from)
+		ctx, cancel := p.Context()
+		o, _ = p.evaluate(ctx, p.DNS, c, from)
 		cancel()
 	}
 	if o.heloNew {
@@ -234,6 +218,12 @@ func (p *SPF) Mail(c *plugins.Conn, from string) plugins.Result {
 		c.Record(o.helo.finding())
 	}
 	c.Record(o.mailFrom.finding())
+	switch {
+	case o.mailFrom.err != nil:
+		p.LogFailure(c.Log, "domain", o.mailFrom.Domain, o.mailFrom.err)
+	case o.heloNew && o.helo.err != nil:
+		p.LogFailure(c.Log, "domain", o.helo.Domain, o.helo.err)
+	}
 	if c.Tx != nil {
 		c.Tx.SetNote(NoteMailFrom, o.mailFrom)
 	}
