@@ -113,9 +113,6 @@ func New(s Settings) *Resolver {
 // is what a plugin's BlocksConn uses on the event loop.
 func (r *Resolver) CacheOnly() *Resolver { return r.only }
 
-// Settings returns the settings r was made with.
-func (r *Resolver) Settings() Settings { return r.s }
-
 // shared is one process-wide resolver and the number of plugins using it.
 type shared struct {
 	r    *Resolver

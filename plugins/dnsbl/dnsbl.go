@@ -96,7 +96,7 @@ func setup(cfg *config.Config) (plugins.Plugin, error) {
 	if resolver != "" {
 		addr, ok := dnsx.ParseServer(resolver)
 		if !ok {
-			return nil, bad("resolver", resolver, "is not an IP address and port (such as 127.0.0.1:53 or [::1]:53)")
+			return nil, bad("resolver", resolver, "is not an IP address with an optional port (such as 127.0.0.1, 127.0.0.1:5353 or [::1]:53)")
 		}
 		servers = []string{addr}
 	}
