@@ -30,6 +30,12 @@ const Name = "dnsbl"
 // no zone gets no note.
 const NoteKey = "dnsbl"
 
+// DNSWLNote is the connection note the plugin sets when zones with a
+// negative weight (allowlists) list the client: "listed by ZONE, ...".
+// Other plugins read it as a client vouched for (greylist's default skip
+// rule dnswl=listed).
+const DNSWLNote = "dnswl"
+
 // DefaultLookupTimeout is lookup_timeout's default.
 const DefaultLookupTimeout = 2 * time.Second
 
@@ -166,6 +172,9 @@ func (p *DNSBL) Connect(c *plugins.Conn) plugins.Result {
 		}
 	}
 	c.Record(v.finding())
+	if len(v.allowedBy) > 0 {
+		c.SetNote(DNSWLNote, "listed by "+strings.Join(v.allowedBy, ", "))
+	}
 	if v.clean() {
 		return plugins.NoOpinion()
 	}

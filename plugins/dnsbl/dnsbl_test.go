@@ -425,3 +425,30 @@ func TestConfigErrors(t *testing.T) {
 		t.Errorf("a good dnsbl.ini: %v", err)
 	}
 }
+
+// TestDNSWLNote: a client an allowlist lists gets the connection note
+// dnswl, which other plugins (greylist) read as a client vouched for; a
+// client no allowlist lists gets none.
+func TestDNSWLNote(t *testing.T) {
+	zone := startZone(t, map[string]string{
+		"2.0.0.127.wl.test.": "127.0.10.2",
+		"3.0.0.127.bl.test.": "127.0.0.2",
+	})
+	ch, err := servertest.Build(t, files("zones = bl.test*2, wl.test*-2\nthreshold = 2\nresolver = "+zone.Addr+"\nskip_private = false\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		client string
+		note   any
+	}{{"127.0.0.2", "listed by wl.test"}, {"127.0.0.3", nil}} {
+		c := &plugins.Conn{ID: "t.1", RemoteIP: netip.MustParseAddr(tc.client)}
+		call := &plugins.Call{Hook: plugins.HookConnect}
+		if _, next, done := ch.Step(c, call, 0); !done {
+			ch.RunOne(c, call, next)
+		}
+		if got := c.Note("dnswl"); got != tc.note {
+			t.Errorf("client %s: note dnswl %#v, want %#v", tc.client, got, tc.note)
+		}
+	}
+}

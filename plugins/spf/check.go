@@ -18,9 +18,11 @@ const (
 	identityMailFrom = "mailfrom"
 )
 
-// Result is the outcome of one SPF check. It prints (fmt's %v) as an
-// Authentication-Results method result (RFC 8601 2.7.2):
-// "spf=pass smtp.mailfrom=sender@example.org", "spf=none smtp.helo=mx.example.org".
+// Result is the outcome of one SPF check. It prints (fmt's %v) as the
+// result and property of an Authentication-Results "spf" method result
+// (RFC 8601 2.7.2), which that header writes after "spf=":
+// "pass smtp.mailfrom=sender@example.org", "none smtp.helo=mx.example.org".
+// A plugin that asks whether SPF passed compares the first word.
 type Result struct {
 	// Result is the SPF result (RFC 7208 2.6): pass, fail, softfail,
 	// neutral, none, temperror or permerror.
@@ -36,13 +38,14 @@ type Result struct {
 	err error // why a temperror is one, for the log
 }
 
-// String is the Authentication-Results method result.
+// String is the result and property of the Authentication-Results
+// method result.
 func (r Result) String() string {
 	property := "smtp.mailfrom="
 	if r.Identity == identityHelo {
 		property = "smtp.helo="
 	}
-	return "spf=" + string(r.Result) + " " + property + r.Subject
+	return string(r.Result) + " " + property + r.Subject
 }
 
 // finding is the result for the results plugin: "pass: mail from
