@@ -12,9 +12,12 @@ import (
 	"github.com/miekg/dns"
 
 	"loopmx/internal/dnsx/dnstest"
+	"loopmx/internal/redisx/redistest"
 	"loopmx/internal/servertest"
 	"loopmx/plugins"
+	_ "loopmx/plugins/greylist"
 	_ "loopmx/plugins/queue/maildir"
+	_ "loopmx/plugins/rcpt_to.in_host_list"
 	_ "loopmx/plugins/results"
 	_ "loopmx/plugins/spf"
 )
@@ -288,4 +291,29 @@ func readSpool(t *testing.T, spool string) string {
 		t.Fatal(err)
 	}
 	return string(b)
+}
+
+// TestGreylistTrustsPass: greylist's default skip rule spf=pass reads the
+// note spf sets: a sender whose SPF passes is not greylisted, one whose
+// SPF fails is.
+func TestGreylistTrustsPass(t *testing.T) {
+	srv := zone(t)
+	rs := redistest.Start(t)
+	f := files(srv.Addr, "check_helo = false\n")
+	f["plugins"] = "spf\ngreylist\nrcpt_to.in_host_list\nqueue/maildir\n"
+	f["host_list"] = "example.com\n"
+	dir := servertest.WriteDir(t, f)
+	rs.WriteINI(dir)
+	ts := servertest.StartDir(t, dir)
+	for _, tc := range []struct{ from, rcpt string }{
+		{"a@pass.test", "250 2.1.5 Ok"},
+		{"a@fail.test", "451 4.7.1"},
+	} {
+		c := dialer.Dial(t, ts.Addr)
+		c.ExpectExact(banner)
+		c.EHLO("helo.test")
+		c.CmdExact("MAIL FROM:<"+tc.from+">", ok)
+		c.Cmd("RCPT TO:<user@example.com>", tc.rcpt)
+		c.CmdExact("QUIT", "221 2.0.0 Bye")
+	}
 }
