@@ -15,7 +15,10 @@ import (
 	"loopmx/internal/redisx/redistest"
 	"loopmx/internal/servertest"
 	"loopmx/plugins"
+	_ "loopmx/plugins/dnsbl"
+	_ "loopmx/plugins/fcrdns"
 	_ "loopmx/plugins/greylist"
+	_ "loopmx/plugins/mail_from.is_resolvable"
 	_ "loopmx/plugins/queue/maildir"
 	_ "loopmx/plugins/rcpt_to.in_host_list"
 	_ "loopmx/plugins/results"
@@ -315,5 +318,35 @@ func TestGreylistTrustsPass(t *testing.T) {
 		c.CmdExact("MAIL FROM:<"+tc.from+">", ok)
 		c.Cmd("RCPT TO:<user@example.com>", tc.rcpt)
 		c.CmdExact("QUIT", "221 2.0.0 Bye")
+	}
+}
+
+// TestDeadDNSMailFlows: every DNS plugin in one chain, and a resolver
+// that never answers. Each plugin waits its own lookup_timeout and no
+// more (the resolver's own 3 x 10s is beyond the client's patience), the
+// ones set to fail open let the message through, and it is stored.
+func TestDeadDNSMailFlows(t *testing.T) {
+	silent := dnstest.StartSilent(t)
+	spool := t.TempDir()
+	ts := servertest.Start(t, map[string]string{
+		"plugins":                     "fcrdns\ndnsbl\nmail_from.is_resolvable\nspf\nqueue/maildir\n",
+		"dns.ini":                     "servers = " + silent.Addr + "\ntimeout = 10s\nattempts = 3\n",
+		"fcrdns.ini":                  "skip_private = false\nlookup_timeout = 300ms\n",
+		"dnsbl.ini":                   "zones = bl.test\nskip_private = false\nlookup_timeout = 300ms\n",
+		"mail_from.is_resolvable.ini": "on_error = pass\nlookup_timeout = 300ms\n",
+		"spf.ini":                     "lookup_timeout = 300ms\n",
+		"maildir.ini":                 "path = " + spool + "\n",
+	})
+	c := dialer.Dial(t, ts.Addr)
+	c.ExpectExact(banner)
+	c.EHLO("helo.example.org")
+	c.CmdExact("MAIL FROM:<a@example.org>", ok)
+	c.CmdExact("RCPT TO:<user@example.com>", "250 2.1.5 Ok")
+	c.CmdExact("DATA", "354 End data with <CR><LF>.<CR><LF>")
+	c.Send("Subject: hi\r\n\r\nhello\r\n.")
+	c.Expect("250 2.0.0 Ok: queued")
+	c.CmdExact("QUIT", "221 2.0.0 Bye")
+	if stored := readSpool(t, spool); !strings.Contains(stored, "Received-SPF: temperror") {
+		t.Errorf("the stored message lacks Received-SPF: temperror:\n%s", stored)
 	}
 }
