@@ -9,6 +9,7 @@ import (
 
 	"loopmx/config"
 	"loopmx/internal/throttle"
+	"loopmx/plugins"
 )
 
 // Lookups is a plugin's side of the DNS layer: the process's resolver,
@@ -65,4 +66,30 @@ func (l *Lookups) LogFailure(log *zerolog.Logger, key, value string, err error) 
 func (l *Lookups) Close() error {
 	Release(l.DNS)
 	return nil
+}
+
+// Inline is a plugin's BlocksConn on the DNS cache: it runs check on the
+// cache-only view, on the event loop. When check found every answer it
+// needed (it returns ErrNotCached otherwise), Inline hands its outcome
+// to the hook in a connection note and reports false: the hook need not
+// go to the workpool, and takes the outcome with Handed (an answer might
+// expire in between, and the hook must then not ask the network on the
+// event loop).
+func Inline[T any](l *Lookups, c *plugins.Conn, check func(*Resolver) (T, error)) (blocks bool) {
+	v, err := check(l.DNS.CacheOnly())
+	if err == ErrNotCached {
+		return true
+	}
+	c.SetNote(l.plugin+".inline", v)
+	return false
+}
+
+// Handed returns the outcome Inline found for this call of the hook, and
+// forgets it; ok is false when the hook must look it up.
+func Handed[T any](l *Lookups, c *plugins.Conn) (v T, ok bool) {
+	key := l.plugin + ".inline"
+	if v, ok = c.Note(key).(T); ok {
+		c.SetNote(key, nil)
+	}
+	return v, ok
 }

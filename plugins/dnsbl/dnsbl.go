@@ -140,17 +140,8 @@ func (p *DNSBL) BlocksConn(c *plugins.Conn, h plugins.Hook) bool {
 	if !ip.IsValid() || p.skipPrivate && private(ip) {
 		return false
 	}
-	v, cached := p.cached(ip)
-	if cached {
-		// Hand the verdict to Connect: an answer could expire in between,
-		// and Connect must then not look up DNS on the event loop.
-		c.SetNote(inlineKey, v)
-	}
-	return !cached
+	return dnsx.Inline(p.Lookups, c, func(r *dnsx.Resolver) (verdict, error) { return p.cached(r, ip) })
 }
-
-// inlineKey carries a cached verdict from BlocksConn to Connect.
-const inlineKey = "dnsbl.inline"
 
 // Connect implements plugins.ConnectHook. It runs on the workpool, or
 // inline with the verdict BlocksConn found in the cache: it looks the
@@ -162,10 +153,8 @@ func (p *DNSBL) Connect(c *plugins.Conn) plugins.Result {
 		c.Record(plugins.Finding{Plugin: Name, Outcome: plugins.Skip, Message: "private address"})
 		return plugins.NoOpinion()
 	}
-	v, inline := c.Note(inlineKey).(verdict)
-	if inline {
-		c.SetNote(inlineKey, nil)
-	} else {
+	v, inline := dnsx.Handed[verdict](p.Lookups, c)
+	if !inline {
 		v = p.lookup(p.DNS, ip)
 		if v.err != nil {
 			p.LogFailure(c.Log, "ip", ip.String(), v.err)

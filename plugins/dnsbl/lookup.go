@@ -50,19 +50,19 @@ func (p *DNSBL) lookup(r *dnsx.Resolver, ip netip.Addr) verdict {
 	return p.judge(got)
 }
 
-// cached is lookup from the cache alone, for the event loop: ok is false
-// when a zone's answer is not cached.
-func (p *DNSBL) cached(ip netip.Addr) (verdict, bool) {
-	r := p.DNS.CacheOnly()
+// cached is lookup on the cache-only resolver r, for the event loop, one
+// zone after the other: dnsx.ErrNotCached when a zone's answer is not
+// cached.
+func (p *DNSBL) cached(r *dnsx.Resolver, ip netip.Addr) (verdict, error) {
 	name := dnsx.Reverse(ip)
 	got := make([]answer, len(p.zones))
 	for i, z := range p.zones {
 		got[i] = ask(context.Background(), r, name, z.name)
 		if got[i].err == dnsx.ErrNotCached {
-			return verdict{}, false
+			return verdict{}, dnsx.ErrNotCached
 		}
 	}
-	return p.judge(got), true
+	return p.judge(got), nil
 }
 
 // ask looks up the A records of name in zone. RFC 5782 2.1: an A record

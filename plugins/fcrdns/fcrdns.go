@@ -132,17 +132,8 @@ func (p *FCrDNS) BlocksConn(c *plugins.Conn, h plugins.Hook) bool {
 	if h != plugins.HookConnect || p.skip(ip) {
 		return false
 	}
-	o, err := p.check(context.Background(), p.DNS.CacheOnly(), ip)
-	if err == dnsx.ErrNotCached {
-		return true
-	}
-	c.SetNote(inlineKey, o)
-	return false
+	return dnsx.Inline(p.Lookups, c, func(r *dnsx.Resolver) (outcome, error) { return p.check(context.Background(), r, ip) })
 }
-
-// inlineKey carries an outcome found in the cache from BlocksConn to
-// Connect.
-const inlineKey = "fcrdns.inline"
 
 func (p *FCrDNS) skip(ip netip.Addr) bool {
 	return !ip.IsValid() || p.skipPrivate && (ip.IsLoopback() || ip.IsPrivate() || ip.IsLinkLocalUnicast() || ip.IsUnspecified())
@@ -157,10 +148,8 @@ func (p *FCrDNS) Connect(c *plugins.Conn) plugins.Result {
 		c.Record(plugins.Finding{Plugin: Name, Outcome: plugins.Skip, Message: "private address"})
 		return plugins.NoOpinion()
 	}
-	o, inline := c.Note(inlineKey).(outcome)
-	if inline {
-		c.SetNote(inlineKey, nil)
-	} else {
+	o, inline := dnsx.Handed[outcome](p.Lookups, c)
+	if !inline {
 		ctx, cancel := p.Context()
 		o, _ = p.check(ctx, p.DNS, ip)
 		cancel()

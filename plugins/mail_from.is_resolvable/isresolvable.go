@@ -83,16 +83,8 @@ func (p *IsResolvable) BlocksConn(c *plugins.Conn, h plugins.Hook) bool {
 	if !ok {
 		return false
 	}
-	v, err := p.check(context.Background(), p.DNS.CacheOnly(), domain)
-	if err == dnsx.ErrNotCached {
-		return true
-	}
-	c.Tx.SetNote(inlineKey, v)
-	return false
+	return dnsx.Inline(p.Lookups, c, func(r *dnsx.Resolver) (verdict, error) { return p.check(context.Background(), r, domain) })
 }
-
-// inlineKey carries a verdict found in the cache from BlocksConn to Mail.
-const inlineKey = "mail_from.is_resolvable.inline"
 
 // senderDomain returns the domain of a reverse path, lower case, and
 // whether there is one to look up: not for the null sender, an address
@@ -117,13 +109,8 @@ func (p *IsResolvable) Mail(c *plugins.Conn, from string) plugins.Result {
 		c.Record(plugins.Finding{Plugin: Name, Outcome: plugins.Skip, Message: why})
 		return plugins.NoOpinion()
 	}
-	var v verdict
-	if c.Tx != nil {
-		v, ok = c.Tx.Note(inlineKey).(verdict)
-	}
-	if ok {
-		c.Tx.SetNote(inlineKey, nil)
-	} else {
+	v, inline := dnsx.Handed[verdict](p.Lookups, c)
+	if !inline {
 		ctx, cancel := p.Context()
 		v, _ = p.check(ctx, p.DNS, domain)
 		cancel()

@@ -130,17 +130,13 @@ func (p *SPF) BlocksConn(c *plugins.Conn, h plugins.Hook) bool {
 	if c.Tx == nil {
 		return true // not as the server calls it: ask on the workpool
 	}
-	o, missed := p.evaluate(context.Background(), p.DNS.CacheOnly(), c, c.Tx.From)
-	if missed {
-		return true
-	}
-	c.Tx.SetNote(inlineKey, o)
-	return false
+	return dnsx.Inline(p.Lookups, c, func(r *dnsx.Resolver) (outcome, error) {
+		if o, missed := p.evaluate(context.Background(), r, c, c.Tx.From); !missed {
+			return o, nil
+		}
+		return outcome{}, dnsx.ErrNotCached
+	})
 }
-
-// inlineKey carries an outcome found in the cache from BlocksConn to
-// Mail.
-const inlineKey = "spf.inline"
 
 // outcome is what one MAIL's checks found.
 type outcome struct {
@@ -201,14 +197,8 @@ func checkDomain(ctx context.Context, r *dnsx.Resolver, ip netip.Addr, helo, ide
 // results, then acts on the HELO identity's result, then on the MAIL
 // FROM identity's.
 func (p *SPF) Mail(c *plugins.Conn, from string) plugins.Result {
-	var o outcome
-	ok := false
-	if c.Tx != nil {
-		o, ok = c.Tx.Note(inlineKey).(outcome)
-	}
-	if ok {
-		c.Tx.SetNote(inlineKey, nil)
-	} else {
+	o, inline := dnsx.Handed[outcome](p.Lookups, c)
+	if !inline {
 		ctx, cancel := p.Context()
 		o, _ = p.evaluate(ctx, p.DNS, c, from)
 		cancel()
