@@ -34,10 +34,12 @@ import (
 	_ "loopmx/plugins/access"
 	_ "loopmx/plugins/dnsbl"
 	_ "loopmx/plugins/early_talker"
+	_ "loopmx/plugins/fcrdns"
 	_ "loopmx/plugins/greylist"
 	_ "loopmx/plugins/headers"
 	_ "loopmx/plugins/helo.checks"
 	_ "loopmx/plugins/limit"
+	_ "loopmx/plugins/mail_from.is_resolvable"
 	_ "loopmx/plugins/queue/discard"
 	_ "loopmx/plugins/queue/lmtp"
 	_ "loopmx/plugins/queue/maildir"
@@ -46,6 +48,7 @@ import (
 	_ "loopmx/plugins/rcpt_to.valid"
 	_ "loopmx/plugins/rcpt_to.verify"
 	_ "loopmx/plugins/results"
+	_ "loopmx/plugins/spf"
 	_ "loopmx/plugins/toobusy"
 )
 
