@@ -391,3 +391,35 @@ func TestReverse(t *testing.T) {
 		}
 	}
 }
+
+// TestBreakerWhenServersAreSilent: once queries in a row went
+// unanswered, lookups fail at once, as a temporary error, without asking
+// the dead servers again, and the cache-only view says so too, so that a
+// hook decides on the event loop instead of going to the workpool.
+func TestBreakerWhenServersAreSilent(t *testing.T) {
+	silent := dnstest.StartSilent(t)
+	s := settings(silent.Addr, 100*time.Millisecond)
+	s.BreakerFailures, s.BreakerBackoff, s.BreakerBackoffMax = 2, time.Hour, time.Hour
+	r := dnsx.New(s)
+	for _, name := range []string{"a.example", "b.example"} {
+		if _, err := r.LookupTXT(budget(t, 5*time.Second), name); !dnsx.IsTemporary(err) {
+			t.Fatalf("%s on a silent server: %v", name, err)
+		}
+	}
+	asked := silent.Reads()
+	open := dnsx.Counters.BreakerOpen.Load()
+	_, err := r.LookupTXT(budget(t, 5*time.Second), "c.example")
+	var e *dnsx.Error
+	if !errors.As(err, &e) || e.Kind != dnsx.Timeout {
+		t.Errorf("a lookup with the breaker open: %v, want a timeout", err)
+	}
+	if _, err := r.CacheOnly().LookupTXT(budget(t, time.Second), "d.example"); !errors.As(err, &e) || e.Kind != dnsx.Timeout {
+		t.Errorf("the cache-only view with the breaker open: %v, want a timeout, not ErrNotCached", err)
+	}
+	if n := silent.Reads(); n != asked {
+		t.Errorf("the dead server was asked %d more times with the breaker open", n-asked)
+	}
+	if dnsx.Counters.BreakerOpen.Load() < open+2 {
+		t.Error("the lookups refused by the breaker were not counted")
+	}
+}

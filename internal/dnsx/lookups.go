@@ -76,6 +76,7 @@ func (l *Lookups) Close() error {
 // expire in between, and the hook must then not ask the network on the
 // event loop).
 func Inline[T any](l *Lookups, c *plugins.Conn, check func(*Resolver) (T, error)) (blocks bool) {
+	l.DNS.SetLogger(c.Log)
 	v, err := check(l.DNS.CacheOnly())
 	if err == ErrNotCached {
 		return true

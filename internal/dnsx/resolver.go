@@ -16,6 +16,7 @@ package dnsx
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -26,8 +27,10 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+	"github.com/rs/zerolog"
 
 	"loopmx/config"
+	"loopmx/internal/breaker"
 )
 
 // Stats counts what the DNS layer did. Every field only grows; the
@@ -44,6 +47,9 @@ type Stats struct {
 	// name, no records of the type, SERVFAIL, refused or another error
 	// code, and no answer at all.
 	Queries, OK, NXDomain, NoData, ServFail, Refused, Timeout atomic.Uint64
+	// BreakerOpen counts lookups answered at once because the servers
+	// were taken to be down.
+	BreakerOpen atomic.Uint64
 }
 
 // Counters are the process's counts, over every Resolver.
@@ -85,6 +91,8 @@ type core struct {
 
 	mu      sync.Mutex
 	flights map[key]*flight
+
+	breaker *breaker.Breaker // opens when the servers stop answering
 }
 
 // flight is one question on its way to the servers; every lookup that
@@ -103,6 +111,11 @@ func New(s Settings) *Resolver {
 		udp:     dns.Client{Net: "udp", Timeout: s.Timeout},
 		tcp:     dns.Client{Net: "tcp", Timeout: s.Timeout},
 		flights: map[key]*flight{},
+		breaker: breaker.New("dns "+strings.Join(s.Servers, ","), breaker.Options{
+			Failures:   s.BreakerFailures,
+			Backoff:    s.BreakerBackoff,
+			MaxBackoff: s.BreakerBackoffMax,
+		}),
 	}
 	c.only = &Resolver{core: c, cacheOnly: true}
 	return &Resolver{core: c}
@@ -188,6 +201,12 @@ func (r *Resolver) Exchange(ctx context.Context, name string, qtype uint16) ([]d
 		return a.result(k)
 	}
 	if r.cacheOnly {
+		if !r.breaker.Ready() {
+			// The servers are down: the lookup would fail at once, so
+			// it fails here, without a trip to the workpool.
+			Counters.BreakerOpen.Add(1)
+			return nil, &Error{Name: fqdn, Type: qtype, Kind: Timeout}
+		}
 		return nil, ErrNotCached
 	}
 	f, a, cached := r.join(k)
@@ -237,7 +256,24 @@ func (r *Resolver) join(k key) (*flight, answer, bool) {
 // rounds of one timeout per server), not by any lookup's budget: a
 // lookup that gives up leaves the answer to the cache for the next one.
 func (r *Resolver) fly(k key, f *flight) {
-	a, ttl := r.ask(k)
+	var a answer
+	var ttl time.Duration
+	if call, err := r.breaker.Begin(); err != nil {
+		// The servers are taken to be down: fail at once, as a
+		// timeout would after the whole wait.
+		a = answer{kind: Timeout}
+		Counters.BreakerOpen.Add(1)
+	} else {
+		a, ttl = r.ask(k)
+		// Only silence counts against the servers (a plain error, so
+		// that it takes BreakerFailures in a row): SERVFAIL and REFUSED
+		// are answers.
+		var fail error
+		if a.kind == Timeout {
+			fail = errNoServerAnswered
+		}
+		call.Done(fail)
+	}
 	if a.kind != ServFail && a.kind != Refused && a.kind != Timeout {
 		r.cache.put(k, a, ttl, time.Now())
 	}
@@ -250,6 +286,14 @@ func (r *Resolver) fly(k key, f *flight) {
 	f.a = a
 	close(f.done)
 }
+
+// errNoServerAnswered is a query that no server answered, for the
+// breaker.
+var errNoServerAnswered = errors.New("no DNS server answered")
+
+// SetLogger sets where the resolver's circuit breaker logs its changes
+// of state (the first logger set wins).
+func (r *Resolver) SetLogger(l *zerolog.Logger) { r.breaker.SetLogger(l) }
 
 // ednsSize is the UDP payload size announced (EDNS0, RFC 6891): large
 // enough for most TXT answers, small enough not to fragment.

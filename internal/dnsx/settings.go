@@ -37,6 +37,12 @@ const (
 	DefaultMinTTL    = 10 * time.Second
 	DefaultMaxTTL    = time.Hour
 	DefaultCacheSize = 20000
+	// DefaultBreakerFailures is higher than Redis' (a single timeout
+	// there opens the breaker): a recursive resolver times out on slow
+	// authoritative servers while it is healthy.
+	DefaultBreakerFailures   = 5
+	DefaultBreakerBackoff    = time.Second
+	DefaultBreakerBackoffMax = 30 * time.Second
 )
 
 // Settings are the values of dns.ini.
@@ -53,6 +59,13 @@ type Settings struct {
 	MinTTL, MaxTTL time.Duration
 	// CacheSize is the most answers the cache holds; 0 turns it off.
 	CacheSize int
+	// BreakerFailures is how many queries in a row that no server
+	// answered open the circuit breaker: lookups that need the network
+	// then fail at once (a temporary error) for BreakerBackoff, doubled
+	// after each failed probe up to BreakerBackoffMax. One slow name
+	// times out now and then; a dead resolver times out every time.
+	BreakerFailures                   int
+	BreakerBackoff, BreakerBackoffMax time.Duration
 }
 
 // Load reads dns.ini from the config directory; a missing file means
@@ -80,6 +93,10 @@ func load(cfg *config.Config, resolvConf string) (Settings, error) {
 		MinTTL:    pc.Duration("", "min_ttl", DefaultMinTTL),
 		MaxTTL:    pc.Duration("", "max_ttl", DefaultMaxTTL),
 		CacheSize: pc.Int("", "cache_size", DefaultCacheSize),
+
+		BreakerFailures:   pc.Int("", "breaker_failures", DefaultBreakerFailures),
+		BreakerBackoff:    pc.Duration("", "breaker_backoff", DefaultBreakerBackoff),
+		BreakerBackoffMax: pc.Duration("", "breaker_backoff_max", DefaultBreakerBackoffMax),
 	}
 	if err := pc.Check(); err != nil {
 		return Settings{}, err
@@ -115,6 +132,14 @@ func load(cfg *config.Config, resolvConf string) (Settings, error) {
 	}
 	if s.CacheSize < 0 {
 		return Settings{}, bad("cache_size", "must not be negative (0 turns the cache off)")
+	}
+	switch {
+	case s.BreakerFailures < 1:
+		return Settings{}, bad("breaker_failures", "is out of range (minimum 1)")
+	case s.BreakerBackoff <= 0:
+		return Settings{}, bad("breaker_backoff", "must be more than 0")
+	case s.BreakerBackoffMax < s.BreakerBackoff:
+		return Settings{}, bad("breaker_backoff_max", "is less than breaker_backoff")
 	}
 	return s, nil
 }
