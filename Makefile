@@ -18,8 +18,12 @@ run: build
 
 # Installs what the tests need (swaks, smtp-source from postfix, redis-server) when
 # missing and root can install it, then runs everything with -race.
+# The Redis-using packages run a second time against a Redis Cluster of
+# three masters (internal/redisx/redistest).
+REDIS_PKGS = ./internal/redisx/... ./plugins/limit ./plugins/results ./plugins/greylist ./plugins/rcpt_to.valid ./plugins/rcpt_to.verify
 test: deps vet fmt-check cross
 	$(GO) test -race -count=1 -timeout 8m ./...
+	LOOPMX_TEST_REDIS=cluster $(GO) test -race -count=1 -timeout 5m $(REDIS_PKGS)
 
 deps:
 	@missing=""; \
