@@ -116,9 +116,9 @@ func TestReadFile(t *testing.T) {
 		t.Error("keys from a file rotate by themselves")
 	}
 	for body, want := range map[string]string{
-		"":                       "holds no key",
-		"bm90IGEga2V5\n":         "line 1: not 32 bytes in base64",
-		keyA + "\n" + keyA:       "line 2: the same key twice",
+		"":                      "holds no key",
+		"bm90IGEga2V5\n":        "line 1: not 32 bytes in base64",
+		keyA + "\n" + keyA:      "line 2: the same key twice",
 		strings.Repeat("x", 44): "line 1: not 32 bytes",
 	} {
 		_, err := ReadFile(writeKeys(t, body))
