@@ -5,7 +5,6 @@ package main
 // resumption), so a ticket issued by one process resumes on another.
 
 import (
-	"bufio"
 	"crypto/tls"
 	"fmt"
 	"os"
@@ -32,26 +31,11 @@ var txPid = regexp.MustCompile(`"pid":(\d+)`)
 // srv's output.
 func visitTLS(t *testing.T, srv *server, addr string, conf *tls.Config) tlsVisit {
 	t.Helper()
-	cl, err := dialSMTP(addr)
-	if err != nil {
-		t.Fatal(err)
-	}
+	cl, _ := startTLSSession(t, addr, conf)
 	defer cl.Close()
-	if err := cl.expect("EHLO client.e2e.test", 250); err != nil {
-		t.Fatal(err)
-	}
-	if err := cl.expect("STARTTLS", 220); err != nil {
-		t.Fatal(err)
-	}
-	tc := tls.Client(cl.c, conf)
-	tc.SetDeadline(time.Now().Add(ioTimeout))
-	if err := tc.Handshake(); err != nil {
-		t.Fatalf("TLS handshake: %v", err)
-	}
-	cl.c, cl.r = tc, bufio.NewReader(tc)
 	// The EHLO reply comes after the server's ticket (TLS 1.3 sends it
 	// once the handshake is done), so the cache holds it from here on.
-	if err := cl.startTx(true, "u@example.com"); err != nil {
+	if err := cl.startTx(false, "u@example.com"); err != nil {
 		t.Fatal(err)
 	}
 	code, text, err := cl.sendData(testMessage("resume", 512))
@@ -67,7 +51,7 @@ func visitTLS(t *testing.T, srv *server, addr string, conf *tls.Config) tlsVisit
 	for _, line := range strings.Split(srv.stderr.String(), "\n") {
 		if strings.Contains(line, want) && strings.Contains(line, `"message":"transaction"`) {
 			if m := txPid.FindStringSubmatch(line); m != nil {
-				return tlsVisit{resumed: tc.ConnectionState().DidResume, pid: m[1]}
+				return tlsVisit{resumed: cl.c.(*tls.Conn).ConnectionState().DidResume, pid: m[1]}
 			}
 		}
 	}
