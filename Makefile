@@ -16,7 +16,7 @@ build:
 run: build
 	./bin/loopmx
 
-# Installs what the tests need (swaks, smtp-source from postfix, redis-server) when
+# Installs what the tests need (swaks, smtp-source from postfix, redis-server, haproxy) when
 # missing and root can install it, then runs everything with -race.
 # The Redis-using packages run a second time against a Redis Cluster of
 # three masters (internal/redisx/redistest).
@@ -30,6 +30,7 @@ deps:
 	command -v swaks >/dev/null 2>&1 || missing="$$missing swaks"; \
 	[ -x /usr/sbin/smtp-source ] || missing="$$missing postfix"; \
 	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
+	[ -x /usr/sbin/haproxy ] || command -v haproxy >/dev/null 2>&1 || missing="$$missing haproxy"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    echo "installing:$$missing"; \

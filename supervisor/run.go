@@ -93,6 +93,8 @@ type sup struct {
 	done   chan struct{} // closed when run returns
 
 	watchdog <-chan time.Time
+	tickets  *tickets
+	ticketFD int // after a USR2: the previous image's shared ticket keys, else -1
 
 	announced   bool      // READY=1 was sent for the first generation
 	adopted     bool      // this image took over from the previous one (USR2)
@@ -124,6 +126,7 @@ func newSup(cfg *config.Config, opts Options, sigs <-chan os.Signal) (*sup, erro
 		stableAfter:  stableAfter,
 		readyTimeout: 30 * time.Second,
 		stopMargin:   5 * time.Second,
+		ticketFD:     -1,
 	}
 	if cfg.Main.Nodes < 1 {
 		return nil, fmt.Errorf("supervisor: nodes = %d: a supervisor needs at least one worker", cfg.Main.Nodes)
@@ -164,6 +167,11 @@ func newSup(cfg *config.Config, opts Options, sigs <-chan os.Signal) (*sup, erro
 		for id := 1; id <= m.Nodes; id++ {
 			s.slots = append(s.slots, &slot{id: id})
 		}
+	}
+	if err := s.startTickets(cfg, s.ticketFD); err != nil {
+		s.socks.close()
+		s.devnull.Close()
+		return nil, err
 	}
 	if s.socks.systemd && cfg.Main.SchedPolicy == "reuseport" {
 		s.log.Warn().Msg("sched_policy = reuseport is not possible with systemd's sockets: every worker shares them")
@@ -234,6 +242,8 @@ func (s *sup) pump(timeout <-chan time.Time) bool {
 		s.handle(ev)
 	case <-s.watchdog:
 		s.notify("WATCHDOG=1")
+	case <-s.ticketTimer():
+		s.rotateTickets()
 	case <-timeout:
 		return true
 	}
