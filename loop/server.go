@@ -195,11 +195,13 @@ type Server struct {
 	acceptLog      throttle.Throttle
 
 	// bodies beyond memory (spool.go)
-	spoolAfter int
-	maxBodyMem int64
-	spoolDir   string
-	bodyMem    atomic.Int64   // body buffer octets held past the first buffer, all sessions
-	spillPool  *workpool.Pool // the spool writers
+	spoolAfter   int
+	maxBodyMem   int64
+	spoolDir     string
+	bodyMem      atomic.Int64   // body buffer octets held past the first buffer, all sessions
+	bodyPeak     atomic.Int64   // the most bodyMem reached since it was last 0
+	lastGiveBack atomic.Int64   // when memory was last given back (Unix ns)
+	spillPool    *workpool.Pool // the spool writers
 }
 
 // New binds the listeners. The server does nothing until Start.
