@@ -8,6 +8,7 @@ import (
 	"net/mail"
 	"net/textproto"
 	"os"
+	"slices"
 	"strings"
 )
 
@@ -30,6 +31,8 @@ type Message struct {
 	file  *os.File // the body from offset 0, when it was spooled
 	size  int64
 	added []byte // header fields plugins added, CRLF-terminated, in order
+
+	removed [][2]int // header fields to leave out when written: offsets in HeaderBytes
 
 	head      []byte // the header block (of a spooled body: read on first use)
 	headRead  bool
@@ -186,19 +189,90 @@ func (m *Message) WriteTo(w io.Writer) (int64, error) {
 	if err != nil {
 		return total, err
 	}
+	from := int64(0)
+	if len(m.removed) > 0 {
+		// The header block without the removed fields, then the rest.
+		head := m.HeaderBytes()
+		at := 0
+		for _, r := range m.removed {
+			n, err = w.Write(head[at:r[0]])
+			total += int64(n)
+			if err != nil {
+				return total, err
+			}
+			at = r[1]
+		}
+		n, err = w.Write(head[at:])
+		total += int64(n)
+		if err != nil {
+			return total, err
+		}
+		from = int64(len(head))
+	}
 	if m.file == nil {
-		n, err = w.Write(m.mem)
+		n, err = w.Write(m.mem[from:])
 		return total + int64(n), err
 	}
 	if f, ok := w.(*os.File); ok {
-		done, err, handled := copyFileRange(f, m.file, m.size)
+		done, err, handled := copyFileRange(f, m.file, from, m.size-from)
 		total += done
 		if handled || err != nil {
 			return total, err
 		}
 	}
-	c, err := io.Copy(w, io.NewSectionReader(m.file, 0, m.size))
+	c, err := io.Copy(w, io.NewSectionReader(m.file, from, m.size-from))
 	return total + c, err
+}
+
+// RemoveHeaders removes from the stored message every field of its
+// header for which drop(name, value) is true (name as written, value
+// unfolded and trimmed), and returns how many. The body Reader and
+// HeaderBytes still show the message as received (a DKIM check needs
+// it); WriteTo leaves the fields out. Fields added with AddHeader are
+// not looked at. Of a spooled body only its first MiB of header is seen.
+func (m *Message) RemoveHeaders(drop func(name, value string) bool) int {
+	head := m.HeaderBytes()
+	n := 0
+	for start := 0; start < len(head); {
+		end := fieldEnd(head, start)
+		line := head[start:end]
+		if colon := bytes.IndexByte(line, ':'); colon > 0 && !bytes.Equal(line, []byte("\r\n")) {
+			name := string(line[:colon])
+			value := strings.TrimSpace(strings.NewReplacer("\r\n", "", "\n", "").Replace(string(line[colon+1:])))
+			if !m.isRemoved(start) && drop(name, value) {
+				m.removed = append(m.removed, [2]int{start, end})
+				n++
+			}
+		}
+		start = end
+	}
+	slices.SortFunc(m.removed, func(a, b [2]int) int { return a[0] - b[0] })
+	return n
+}
+
+func (m *Message) isRemoved(start int) bool {
+	for _, r := range m.removed {
+		if r[0] == start {
+			return true
+		}
+	}
+	return false
+}
+
+// fieldEnd returns the end of the header field that starts at i: after
+// its last line's LF, folded lines (starting with a space or a tab)
+// included.
+func fieldEnd(head []byte, i int) int {
+	for {
+		nl := bytes.IndexByte(head[i:], '\n')
+		if nl < 0 {
+			return len(head)
+		}
+		i += nl + 1
+		if i >= len(head) || (head[i] != ' ' && head[i] != '\t') {
+			return i
+		}
+	}
 }
 
 // Copy returns a message that shares m's body and added fields: the
@@ -207,6 +281,7 @@ func (m *Message) WriteTo(w io.Writer) (int64, error) {
 func (m *Message) Copy() *Message {
 	c := *m
 	c.added = c.added[:len(c.added):len(c.added)]
+	c.removed = slices.Clip(c.removed)
 	return &c
 }
 

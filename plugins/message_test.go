@@ -99,3 +99,47 @@ func TestAddHeaderRefusesBrokenFields(t *testing.T) {
 		t.Errorf("added %q", got)
 	}
 }
+
+// RemoveHeaders leaves fields out of the stored message (a forged
+// Authentication-Results, say), folded lines included, while Reader still
+// gives the message as received.
+func TestRemoveHeaders(t *testing.T) {
+	body := "Received: from a\r\n" +
+		"Authentication-Results: mx.example;\r\n\tspf=pass (forged)\r\n" +
+		"Subject: hi\r\n" +
+		"authentication-results: other.example; dkim=none\r\n" +
+		"\r\n" +
+		"Authentication-Results: in the body, not a field\r\n"
+	want := "X-Added: 1\r\n" +
+		"Received: from a\r\n" +
+		"Subject: hi\r\n" +
+		"authentication-results: other.example; dkim=none\r\n" +
+		"\r\n" +
+		"Authentication-Results: in the body, not a field\r\n"
+	for _, m := range []*plugins.Message{plugins.NewMessage([]byte(body), ""), spooled(t, body)} {
+		m.AddHeader("X-Added", "1")
+		n := m.RemoveHeaders(func(name, value string) bool {
+			return strings.EqualFold(name, "Authentication-Results") && strings.HasPrefix(value, "mx.example;")
+		})
+		if n != 1 {
+			t.Errorf("spooled %v: removed %d fields, want 1", m.Spooled(), n)
+		}
+		var buf bytes.Buffer
+		m.WriteTo(&buf)
+		if buf.String() != want {
+			t.Errorf("spooled %v: written\n%q\nwant\n%q", m.Spooled(), buf.String(), want)
+		}
+		f, err := os.CreateTemp(t.TempDir(), "out")
+		if err != nil {
+			t.Fatal(err)
+		}
+		m.WriteTo(f)
+		f.Close()
+		if got, _ := os.ReadFile(f.Name()); string(got) != want {
+			t.Errorf("spooled %v: the file holds\n%q", m.Spooled(), got)
+		}
+		if got, _ := io.ReadAll(m.Reader()); string(got) != body {
+			t.Errorf("spooled %v: Reader no longer gives the message as received", m.Spooled())
+		}
+	}
+}
