@@ -16,8 +16,9 @@ build:
 run: build
 	./bin/loopmx
 
-# Installs what the tests need (swaks, smtp-source from postfix, redis-server) when
-# missing and root can install it, then runs everything with -race.
+# Installs what the tests need (swaks, postfix for smtp-source and the
+# XCLIENT/XFORWARD test, redis-server, rspamd, opendkim and opendkim-tools)
+# when missing and root can install it, then runs everything with -race.
 test: deps vet fmt-check cross
 	$(GO) test -race -count=1 -timeout 8m ./...
 
@@ -26,6 +27,9 @@ deps:
 	command -v swaks >/dev/null 2>&1 || missing="$$missing swaks"; \
 	[ -x /usr/sbin/smtp-source ] || missing="$$missing postfix"; \
 	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
+	command -v rspamd >/dev/null 2>&1 || missing="$$missing rspamd"; \
+	[ -x /usr/sbin/opendkim ] || missing="$$missing opendkim"; \
+	[ -x /usr/sbin/opendkim-genkey ] || missing="$$missing opendkim-tools"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    echo "installing:$$missing"; \

@@ -43,6 +43,7 @@ import (
 	_ "loopmx/plugins/queue/smtp_forward"
 	_ "loopmx/plugins/rcpt_to.in_host_list"
 	_ "loopmx/plugins/results"
+	_ "loopmx/plugins/rspamd"
 	_ "loopmx/plugins/toobusy"
 )
 
