@@ -17,10 +17,10 @@ import (
 // Verdict is what rspamd said of a message: the part of its /checkv2
 // reply that loopmx uses. It is kept as the transaction note NoteKey.
 type Verdict struct {
-	Action        string  `json:"action"`
-	Score         float64 `json:"score"`
-	RequiredScore float64 `json:"required_score"`
-	Skipped       bool    `json:"is_skipped"`
+	Action        string            `json:"action"`
+	Score         float64           `json:"score"`
+	RequiredScore float64           `json:"required_score"`
+	Skipped       bool              `json:"is_skipped"`
 	Symbols       map[string]Symbol `json:"symbols"`
 	Messages      struct {
 		SMTP string `json:"smtp_message"`
@@ -141,7 +141,9 @@ func (p *Rspamd) apply(c *plugins.Conn, m *plugins.Message, log *zerolog.Logger,
 
 // spam reports whether the action marks the message as spam that is
 // still delivered.
-func spam(action string) bool { return action == actAddHdr || action == actSubject || action == actQuar }
+func spam(action string) bool {
+	return action == actAddHdr || action == actSubject || action == actQuar
+}
 
 // addHeaders adds the fields rspamd asked for (milter.add_headers), then
 // loopmx's X-Spam fields as the headers key says.
