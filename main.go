@@ -37,6 +37,7 @@ import (
 	_ "loopmx/plugins/headers"
 	_ "loopmx/plugins/helo.checks"
 	_ "loopmx/plugins/limit"
+	_ "loopmx/plugins/milter"
 	_ "loopmx/plugins/queue/discard"
 	_ "loopmx/plugins/queue/lmtp"
 	_ "loopmx/plugins/queue/maildir"
