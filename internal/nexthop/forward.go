@@ -17,6 +17,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"loopmx/internal/throttle"
 	"loopmx/plugins"
 	"loopmx/smtpproto"
 )
@@ -27,6 +28,8 @@ type Forwarder struct {
 	proto Protocol
 	s     Settings
 	pool  *pool
+	// clientLog throttles the warning about a refused XCLIENT/XFORWARD.
+	clientLog throttle.Throttle
 }
 
 // New returns a forwarder for settings that passed Setup's checks.
@@ -36,6 +39,8 @@ func New(name string, proto Protocol, s Settings) *Forwarder {
 		proto: proto,
 		s:     s,
 		pool:  newPool(s.PoolSize, s.IdleTimeout, s.MaxMessages, min(s.CommandTimeout, 5*time.Second)),
+
+		clientLog: throttle.Throttle{Every: time.Minute},
 	}
 }
 
@@ -62,8 +67,17 @@ func (f *Forwarder) Queue(c *plugins.Conn, m *plugins.Message) plugins.Result {
 	}
 	start := time.Now()
 	env := &Envelope{From: c.Tx.From, Rcpts: c.Tx.Rcpts, SMTPUTF8: c.Tx.SMTPUTF8}
+	if f.s.Client != ClientOff {
+		env.Client = ClientOf(c, m.Protocol)
+	}
 	head := append(c.AppendReceived(make([]byte, 0, 256), m.Protocol, start), m.AddedHeaders()...)
 	d, fails := f.send(env, head, m, start.Add(f.s.Budget))
+	if env.clientRefused != nil {
+		if ok, held := f.clientLog.Allow(time.Now()); ok {
+			log.Warn().Str("plugin", f.name).Str("tx", c.Tx.ID).Err(env.clientRefused).Int64("not_logged", held).
+				Msg("the next hop refused to be told the client; it sees loopmx as the client (authorise loopmx for XCLIENT or XFORWARD there)")
+		}
+	}
 	if d == nil {
 		return f.failed(c, fails)
 	}
