@@ -26,7 +26,7 @@ var (
 	sharedOnce sync.Once
 )
 
-func rspamd(t *testing.T) *rspamdtest.Server {
+func rspamd(t testing.TB) *rspamdtest.Server {
 	t.Helper()
 	if !rspamdtest.Installed() {
 		t.Skip("rspamd is not installed (Debian package rspamd; make deps installs it)")
