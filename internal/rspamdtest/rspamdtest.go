@@ -7,7 +7,7 @@
 // hashes, maps fetched over HTTP) or Redis. The server runs in its own
 // process group, stopped by that group's id when the test ends.
 //
-// It is test support: only _test.go files and the benchmark import it.
+// It is test support: only _test.go files import it.
 package rspamdtest
 
 import (

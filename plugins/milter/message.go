@@ -22,7 +22,7 @@ const discardKey = "milter.discard"
 // applied or refused (apply).
 func (p *Milter) DataPost(c *plugins.Conn, m *plugins.Message) plugins.Result {
 	if c.Tx == nil {
-		logger(c).Error().Str("plugin", Name).Msg("data_post hook called without a transaction")
+		c.Logger().Error().Str("plugin", Name).Msg("data_post hook called without a transaction")
 		return plugins.InternalError()
 	}
 	fields := append(parseFields(m.AddedHeaders()), parseFields(m.HeaderBytes())...)
@@ -154,7 +154,7 @@ func (p *Milter) apply(c *plugins.Conn, m *plugins.Message, s *session, mods []g
 		case gomilter.ActQuarantine:
 			c.Tx.SetNote(QuarantineKey, mod.Reason)
 			c.Record(plugins.Finding{Plugin: Name, Outcome: plugins.Fail, Word: "quarantine", Message: s.f.name + ": " + mod.Reason})
-			logger(c).Warn().Str("plugin", Name).Str("milter", s.f.name).Str("tx", c.Tx.ID).Str("reason", mod.Reason).
+			c.Logger().Warn().Str("plugin", Name).Str("milter", s.f.name).Str("tx", c.Tx.ID).Str("reason", mod.Reason).
 				Msg("milter asked to quarantine the message; it is stored as usual and the transaction note milter.quarantine holds the reason")
 		}
 	}
@@ -164,7 +164,7 @@ func (p *Milter) apply(c *plugins.Conn, m *plugins.Message, s *session, mods []g
 	c.Record(plugins.Finding{Plugin: Name, Outcome: plugins.Fail, Word: "unsupported",
 		Message: s.f.name + ": not applied: " + strings.Join(refused, ", ")})
 	if ok, held := s.f.unsupportedLog.Allow(time.Now()); ok {
-		logger(c).Warn().Str("plugin", Name).Str("milter", s.f.name).Str("tx", c.Tx.ID).Strs("refused", refused).Int64("not_logged", held).
+		c.Logger().Warn().Str("plugin", Name).Str("milter", s.f.name).Str("tx", c.Tx.ID).Strs("refused", refused).Int64("not_logged", held).
 			Msg("milter asked for changes loopmx cannot make (plugins.Message only adds header fields at the top: no change or delete of a field, no insert below the top, no new body); the message is stored without them")
 	}
 }
@@ -204,6 +204,6 @@ func (p *Milter) Queue(c *plugins.Conn, m *plugins.Message) plugins.Result {
 	if !ok {
 		return plugins.NoOpinion()
 	}
-	logger(c).Info().Str("plugin", Name).Str("milter", name).Str("tx", c.Tx.ID).Msg("message discarded at the milter's request: acknowledged and not stored")
+	c.Logger().Info().Str("plugin", Name).Str("milter", name).Str("tx", c.Tx.ID).Msg("message discarded at the milter's request: acknowledged and not stored")
 	return plugins.Queued(c, "discarded")
 }

@@ -22,7 +22,6 @@ import (
 	"time"
 
 	gomilter "github.com/emersion/go-milter"
-	"github.com/rs/zerolog"
 
 	"loopmx/config"
 	"loopmx/internal/breaker"
@@ -205,16 +204,6 @@ func (p *Milter) BlocksConn(c *plugins.Conn, h plugins.Hook) bool {
 // Close implements plugins.Closer. Sessions belong to connections and
 // are closed at disconnect; nothing else is held.
 func (p *Milter) Close() error { return nil }
-
-var nop = zerolog.Nop()
-
-// logger is the connection's logger, or one that drops everything.
-func logger(c *plugins.Conn) *zerolog.Logger {
-	if c.Log == nil {
-		return &nop
-	}
-	return c.Log
-}
 
 var (
 	_ plugins.ConnectHook    = (*Milter)(nil)

@@ -116,20 +116,6 @@ func start(t *testing.T, ini string, chain ...string) (*servertest.Server, strin
 	}), spool
 }
 
-func stored(t *testing.T, spool string) []string {
-	t.Helper()
-	es, _ := os.ReadDir(filepath.Join(spool, "new"))
-	var out []string
-	for _, e := range es {
-		b, err := os.ReadFile(filepath.Join(spool, "new", e.Name()))
-		if err != nil {
-			t.Fatal(err)
-		}
-		out = append(out, string(b))
-	}
-	return out
-}
-
 func header(msg string) string {
 	h, _, _ := strings.Cut(msg, "\r\n\r\n")
 	return h
@@ -188,7 +174,7 @@ func TestOpenDKIMSigns(t *testing.T) {
 		logs, _ := os.ReadFile(filepath.Join(dir, "opendkim.log"))
 		t.Fatalf("got %s, want 250\nloopmx:\n%s\nopendkim:\n%s", r, srv.Log, logs)
 	}
-	msgs := stored(t, spool)
+	msgs := servertest.Stored(t, spool)
 	if len(msgs) != 1 {
 		t.Fatalf("%d messages stored, want 1", len(msgs))
 	}
@@ -231,7 +217,7 @@ func TestMilterRejectsRecipient(t *testing.T) {
 			t.Errorf("the milter did not see %q; it saw %q", w, seen)
 		}
 	}
-	msgs := stored(t, spool)
+	msgs := servertest.Stored(t, spool)
 	if len(msgs) != 1 || strings.Contains(msgs[0], "blocked@") {
 		t.Fatalf("want one message, for user@ only: %q", msgs)
 	}
@@ -244,7 +230,7 @@ func TestMilterReplyAtEndOfMessage(t *testing.T) {
 	if r.Code != 554 || r.Text() != "5.7.0 Virus found" {
 		t.Fatalf("got %s, want the milter's 554 5.7.0 Virus found", r)
 	}
-	if n := len(stored(t, spool)); n != 0 {
+	if n := len(servertest.Stored(t, spool)); n != 0 {
 		t.Fatalf("%d messages stored after a refusal", n)
 	}
 }
@@ -267,7 +253,7 @@ func TestMilterHangs(t *testing.T) {
 		if c.code == 451 && r.Text() != "4.7.1 Service unavailable, try again later" {
 			t.Errorf("fail = tempfail: got %s", r)
 		}
-		if n := len(stored(t, spool)); (n == 1) != (c.code == 250) {
+		if n := len(servertest.Stored(t, spool)); (n == 1) != (c.code == 250) {
 			t.Errorf("fail = %s: %d messages stored", c.fail, n)
 		}
 		servertest.Eventually(t, 10*time.Millisecond, "the failure is logged", func() bool {
@@ -290,7 +276,7 @@ func TestMilterModifications(t *testing.T) {
 	if r := servertest.Deliver(t, srv.Addr, env, msg); r.Code != 250 {
 		t.Fatalf("got %s, want 250", r)
 	}
-	msgs := stored(t, spool)
+	msgs := servertest.Stored(t, spool)
 	if len(msgs) != 1 {
 		t.Fatalf("%d messages stored, want 1", len(msgs))
 	}
@@ -317,7 +303,7 @@ func TestMilterDiscard(t *testing.T) {
 	if r := servertest.Deliver(t, srv.Addr, env, msg); r.Code != 250 {
 		t.Fatalf("got %s, want 250 (discarded)\n%s", r, srv.Log)
 	}
-	if n := len(stored(t, spool)); n != 0 {
+	if n := len(servertest.Stored(t, spool)); n != 0 {
 		t.Fatalf("a discarded message was stored (%d)", n)
 	}
 }
@@ -335,7 +321,7 @@ func TestMilterDown(t *testing.T) {
 	if r := servertest.Deliver(t, srv.Addr, env, msg); r.Code != 250 {
 		t.Fatalf("fail = open: got %s, want 250", r)
 	}
-	if n := len(stored(t, spool)); n != 1 {
+	if n := len(servertest.Stored(t, spool)); n != 1 {
 		t.Fatalf("fail = open: %d messages stored", n)
 	}
 }
@@ -349,7 +335,7 @@ func TestMiltersInOrder(t *testing.T) {
 	if r := servertest.Deliver(t, srv.Addr, env, msg); r.Code != 250 {
 		t.Fatalf("got %s", r)
 	}
-	h := header(stored(t, spool)[0])
+	h := header(servertest.Stored(t, spool)[0])
 	if i, j := strings.Index(h, "X-First: 1"), strings.Index(h, "X-Second: 2"); i < 0 || j < i {
 		t.Fatalf("want X-First then X-Second:\n%s", h)
 	}

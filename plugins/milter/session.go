@@ -205,7 +205,7 @@ func (s *session) negotiate(act gomilter.OptAction, proto gomilter.OptProtocol) 
 // helo sends HELO (with the TLS macros when TLS is on).
 func (s *session) helo(name string, c *plugins.Conn) (*gomilter.Action, error) {
 	if c.TLS != nil {
-		s.cs.Macros(gomilter.CodeHelo, "{tls_version}", tlsVersion(c.TLS.Version))
+		s.cs.Macros(gomilter.CodeHelo, "{tls_version}", plugins.TLSVersionName(c.TLS.Version))
 	}
 	return s.cs.Helo(name)
 }
@@ -246,7 +246,7 @@ func (s *session) fail(c *plugins.Conn, h plugins.Hook, err error) plugins.Resul
 	}
 	c.Record(plugins.Finding{Plugin: Name, Outcome: plugins.Err, Message: s.f.name + ": " + h.String() + " failed (fail = " + mode + ")"})
 	if ok, held := s.f.failLog.Allow(time.Now()); ok {
-		ev := logger(c).Warn().Str("plugin", Name).Str("milter", s.f.name).Str("hook", h.String()).Err(err).
+		ev := c.Logger().Warn().Str("plugin", Name).Str("milter", s.f.name).Str("hook", h.String()).Err(err).
 			Str("fail", mode).Int64("not_logged", held)
 		if c.Tx != nil {
 			ev = ev.Str("tx", c.Tx.ID)
@@ -291,22 +291,16 @@ func (s *session) answer(c *plugins.Conn, h plugins.Hook, act *gomilter.Action) 
 		}
 		s.txDone = c.Tx.ID
 		c.Tx.SetNote(discardKey, s.f.name)
-		c.Record(plugins.Finding{Plugin: Name, Outcome: plugins.Fail, Word: "discard", Message: s.f.name + ": discard at " + h.String()})
+		s.record(c, h, "discard", "")
 		return plugins.NoOpinion()
 	case gomilter.ActReject:
+		// No code: the reply gets 550, or 554 at connect (plugins.ReplyFor).
 		s.record(c, h, "reject", "")
-		code := 550
-		if h == plugins.HookConnect {
-			code = 554
-		}
-		return plugins.Deny(code, "5.7.1", "Command rejected")
+		return plugins.Deny(0, "5.7.1", "Command rejected")
 	case gomilter.ActTempFail:
+		// 451, or 421 at connect.
 		s.record(c, h, "tempfail", "")
-		code := 451
-		if h == plugins.HookConnect {
-			code = 421
-		}
-		return plugins.DenySoft(code, "4.7.1", "Service unavailable, try again later")
+		return plugins.DenySoft(0, "4.7.1", "Service unavailable, try again later")
 	case gomilter.ActReplyCode:
 		enh, text := splitEnhanced(act.SMTPText)
 		s.record(c, h, "reply", strconv.Itoa(act.SMTPCode)+" "+text)
@@ -467,7 +461,7 @@ func (s *session) catchUp(c *plugins.Conn) error {
 	}
 	for _, a := range acts {
 		if a.Code != gomilter.ActContinue {
-			logger(c).Warn().Str("plugin", Name).Str("milter", s.f.name).Str("tx", c.Tx.ID).Str("action", string(rune(a.Code))).
+			c.Logger().Warn().Str("plugin", Name).Str("milter", s.f.name).Str("tx", c.Tx.ID).Str("action", string(rune(a.Code))).
 				Msg("milter answered a MAIL or RCPT it saw late (a plugin before milter accepted it): too late to refuse; put milter before that plugin")
 		}
 	}
@@ -496,19 +490,4 @@ func (p *Milter) Disconnect(c *plugins.Conn) {
 	for _, s := range st.sessions {
 		s.close()
 	}
-}
-
-// tlsVersion names a TLS version as Sendmail's {tls_version} macro does.
-func tlsVersion(v uint16) string {
-	switch v {
-	case 0x0304:
-		return "TLSv1.3"
-	case 0x0303:
-		return "TLSv1.2"
-	case 0x0302:
-		return "TLSv1.1"
-	case 0x0301:
-		return "TLSv1"
-	}
-	return "unknown"
 }

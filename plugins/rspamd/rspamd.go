@@ -202,7 +202,7 @@ var (
 
 // DataPost implements plugins.DataPostHook.
 func (p *Rspamd) DataPost(c *plugins.Conn, m *plugins.Message) plugins.Result {
-	log := logger(c)
+	log := c.Logger()
 	p.breakerSetup.Do(func() { p.breaker.SetLogger(c.Log) })
 	if c.Tx == nil {
 		log.Error().Str("plugin", Name).Msg("data_post hook called without a transaction")
@@ -303,22 +303,12 @@ func (p *Rspamd) setHeaders(h http.Header, c *plugins.Conn) {
 	h.Set("Queue-Id", c.Tx.ID)
 	h.Set("MTA-Name", c.Hostname)
 	if c.TLS != nil {
-		h.Set("TLS-Version", tlsVersion(c.TLS.Version))
+		h.Set("TLS-Version", plugins.TLSVersionName(c.TLS.Version))
 	}
 	if p.password != "" {
 		h.Set("Password", p.password)
 	}
 	h.Set("Content-Type", "message/rfc822")
-}
-
-var nop = zerolog.Nop()
-
-// logger is the connection's logger, or one that drops everything.
-func logger(c *plugins.Conn) *zerolog.Logger {
-	if c.Log == nil {
-		return &nop
-	}
-	return c.Log
 }
 
 var (

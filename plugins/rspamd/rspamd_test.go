@@ -2,7 +2,6 @@ package rspamd_test
 
 import (
 	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -69,21 +68,6 @@ func start(t *testing.T, url, ini string, smtpINI ...string) (*servertest.Server
 	return servertest.Start(t, files), spool
 }
 
-// stored returns the messages in the Maildir's new/.
-func stored(t *testing.T, spool string) []string {
-	t.Helper()
-	es, _ := os.ReadDir(filepath.Join(spool, "new"))
-	var out []string
-	for _, e := range es {
-		b, err := os.ReadFile(filepath.Join(spool, "new", e.Name()))
-		if err != nil {
-			t.Fatal(err)
-		}
-		out = append(out, string(b))
-	}
-	return out
-}
-
 func header(msg string) string {
 	h, _, _ := strings.Cut(msg, "\r\n\r\n")
 	return h
@@ -96,7 +80,7 @@ func TestGTUBEIsRefused(t *testing.T) {
 	if r.Code != 550 || !strings.HasPrefix(r.Text(), "5.7.1 Gtube pattern") {
 		t.Fatalf("GTUBE got %s, want 550 5.7.1 Gtube pattern", r)
 	}
-	if got := stored(t, spool); len(got) != 0 {
+	if got := servertest.Stored(t, spool); len(got) != 0 {
 		t.Fatalf("a refused message was stored: %q", got)
 	}
 	servertest.Eventually(t, 10*time.Millisecond, "the rejected line names rspamd", func() bool {
@@ -111,7 +95,7 @@ func TestCleanMessageIsStoredWithRspamdHeaders(t *testing.T) {
 	if r.Code != 250 {
 		t.Fatalf("clean message got %s, want 250", r)
 	}
-	msgs := stored(t, spool)
+	msgs := servertest.Stored(t, spool)
 	if len(msgs) != 1 {
 		t.Fatalf("%d messages stored, want 1", len(msgs))
 	}
@@ -149,7 +133,7 @@ func TestActions(t *testing.T) {
 	if r.Code != 451 || !strings.HasPrefix(r.Text(), "4.7.1 ") {
 		t.Errorf("greylist got %s, want 451 4.7.1", r)
 	}
-	if got := stored(t, spool); len(got) != 0 {
+	if got := servertest.Stored(t, spool); len(got) != 0 {
 		t.Fatalf("deferred messages were stored: %q", got)
 	}
 
@@ -160,7 +144,7 @@ func TestActions(t *testing.T) {
 	if r.Code != 250 {
 		t.Fatalf("add header got %s, want 250", r)
 	}
-	msgs := stored(t, spool)
+	msgs := servertest.Stored(t, spool)
 	if len(msgs) != 1 {
 		t.Fatalf("%d messages stored, want 1", len(msgs))
 	}
@@ -192,7 +176,7 @@ func TestSpooledMessageIsScanned(t *testing.T) {
 	if r.Code != 250 {
 		t.Fatalf("a 60 KB message that rspamd flags got %s, want 250", r)
 	}
-	msgs := stored(t, spool)
+	msgs := servertest.Stored(t, spool)
 	if len(msgs) != 1 || !strings.Contains(header(msgs[0]), "X-Spam-Flag: YES") || !strings.HasSuffix(msgs[0], filler) {
 		t.Fatalf("the large message was not stored whole with its scan: %d messages", len(msgs))
 	}
@@ -205,7 +189,7 @@ func TestMaxSizeSkipsTheScan(t *testing.T) {
 	if r.Code != 250 {
 		t.Fatalf("a GTUBE over max_size got %s, want 250 (not scanned)", r)
 	}
-	if msgs := stored(t, spool); len(msgs) != 1 || strings.Contains(msgs[0], "X-Spam") {
+	if msgs := servertest.Stored(t, spool); len(msgs) != 1 || strings.Contains(msgs[0], "X-Spam") {
 		t.Fatalf("want the message stored without X-Spam fields: %q", msgs)
 	}
 }
@@ -234,10 +218,10 @@ func TestRspamdDown(t *testing.T) {
 			t.Fatalf("fail = tempfail, message %d: %s, want 451 4.7.1", i, r)
 		}
 	}
-	if msgs := stored(t, openSpool); len(msgs) != 3 || strings.Contains(msgs[0], "X-Spam") {
+	if msgs := servertest.Stored(t, openSpool); len(msgs) != 3 || strings.Contains(msgs[0], "X-Spam") {
 		t.Fatalf("fail = open stored %d messages (want 3, unscanned)", len(msgs))
 	}
-	if msgs := stored(t, closedSpool); len(msgs) != 1 {
+	if msgs := servertest.Stored(t, closedSpool); len(msgs) != 1 {
 		t.Fatalf("fail = tempfail stored %d messages, want only the one sent before the outage", len(msgs))
 	}
 
@@ -249,7 +233,7 @@ func TestRspamdDown(t *testing.T) {
 	servertest.Eventually(t, 50*time.Millisecond, "the deferred message is taken once rspamd is back", func() bool {
 		return servertest.Deliver(t, closed.Addr, env, message("retried")).Code == 250
 	})
-	msgs := stored(t, closedSpool)
+	msgs := servertest.Stored(t, closedSpool)
 	if len(msgs) != 2 {
 		t.Fatalf("fail = tempfail stored %d messages, want 2", len(msgs))
 	}

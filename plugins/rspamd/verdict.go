@@ -1,7 +1,6 @@
 package rspamd
 
 import (
-	"crypto/tls"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -315,19 +314,4 @@ func (v *Verdict) summary(n int) string {
 		s += ": " + syms
 	}
 	return s
-}
-
-// tlsVersion names a TLS version as rspamd's TLS-Version header expects.
-func tlsVersion(v uint16) string {
-	switch v {
-	case tls.VersionTLS13:
-		return "TLSv1.3"
-	case tls.VersionTLS12:
-		return "TLSv1.2"
-	case tls.VersionTLS11:
-		return "TLSv1.1"
-	case tls.VersionTLS10:
-		return "TLSv1"
-	}
-	return "unknown"
 }
