@@ -1,6 +1,9 @@
 package rspamd_test
 
 import (
+	"io"
+	"net"
+	"net/http"
 	"os"
 	"strings"
 	"sync"
@@ -273,4 +276,77 @@ func TestMain(m *testing.M) {
 		os.RemoveAll(sharedDir)
 	}
 	os.Exit(code)
+}
+
+// A stand-in for rspamd that keeps connections alive (rspamd 3.4 does
+// not): the plugin reuses its connections, at most threadpool_size of
+// them, instead of one per message; and rspamd is told the envelope, the
+// client and the message as it will be stored.
+func TestRequestAndConnectionReuse(t *testing.T) {
+	var mu sync.Mutex
+	var conns int
+	var reqs []*http.Request
+	var bodies []string
+	srv := &http.Server{
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			b, _ := io.ReadAll(r.Body)
+			mu.Lock()
+			reqs = append(reqs, r)
+			bodies = append(bodies, string(b))
+			mu.Unlock()
+			w.Header().Set("Content-Type", "application/json")
+			io.WriteString(w, `{"action":"no action","score":0.5,"required_score":15,"symbols":{"X":{"name":"X","score":0.5}}}`)
+		}),
+		ConnState: func(_ net.Conn, s http.ConnState) {
+			if s == http.StateNew {
+				mu.Lock()
+				conns++
+				mu.Unlock()
+			}
+		},
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+
+	lmx, spool := start(t, "http://"+ln.Addr().String(), "", "threadpool_size = 2\n")
+	const n = 10
+	for range n {
+		r := servertest.Deliver(t, lmx.Addr, servertest.Plain("alice@example.org", "user@example.com", "bob@example.com"), message("reuse"))
+		if r.Code != 250 {
+			t.Fatalf("got %s", r)
+		}
+	}
+	if got := len(servertest.Stored(t, spool)); got != n {
+		t.Fatalf("%d messages stored, want %d", got, n)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if conns > 2 {
+		t.Errorf("%d connections to rspamd for %d messages, want at most threadpool_size (2)", conns, n)
+	}
+	r := reqs[0]
+	if r.Method != "POST" || r.URL.Path != "/checkv2" {
+		t.Errorf("request %s %s", r.Method, r.URL.Path)
+	}
+	for k, want := range map[string]string{"From": "alice@example.org", "Ip": "127.0.0.1", "Helo": "client.test", "Mta-Name": servertest.Host} {
+		if got := r.Header.Get(k); got != want {
+			t.Errorf("header %s = %q, want %q", k, got, want)
+		}
+	}
+	if got := r.Header.Values("Rcpt"); strings.Join(got, ",") != "user@example.com,bob@example.com" {
+		t.Errorf("Rcpt headers %q", got)
+	}
+	if r.Header.Get("Queue-Id") == "" {
+		t.Errorf("no Queue-Id")
+	}
+	if !strings.HasPrefix(bodies[0], "Received: from client.test ([127.0.0.1])") || !strings.HasSuffix(bodies[0], message("reuse")) {
+		t.Errorf("rspamd got %q, want loopmx's Received and the message", bodies[0])
+	}
+	if r.ContentLength != int64(len(bodies[0])) {
+		t.Errorf("Content-Length %d for a body of %d octets", r.ContentLength, len(bodies[0]))
+	}
 }
