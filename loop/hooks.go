@@ -40,7 +40,7 @@ func (c *conn) submit(call plugins.Call, i int) {
 	c.call, c.callIdx = call, i
 	view := c.view
 	job := func() plugins.Result { return ch.RunOne(view, &call, i) }
-	if !c.tr.await(job, c.gen, ch.Timeout(call.Hook, i)) {
+	if !c.tr.await(c.srv.pool, job, c.gen, ch.Timeout(call.Hook, i)) {
 		// RFC 5321 4.2.2 421: the pool queue is full; shed this client
 		// politely rather than queueing without bound.
 		c.pending = false
@@ -64,6 +64,10 @@ func (c *conn) pauseOver() {
 
 // hookReturned goes on after the blocking plugin at c.callIdx answered.
 func (c *conn) hookReturned(res plugins.Result) {
+	if c.spilling != nil {
+		c.spillDone()
+		return
+	}
 	c.pending = false
 	switch {
 	case res.Action == plugins.Continue && res.Delay > 0:
@@ -80,6 +84,10 @@ func (c *conn) hookReturned(res plugins.Result) {
 // the message (the late hook still holds the old ones), and the late
 // result is dropped by generation.
 func (c *conn) hookExpired() {
+	if c.spilling != nil {
+		c.spillExpired()
+		return
+	}
 	c.pending = false
 	name := c.setup.chain.PluginAt(c.call.Hook, c.callIdx)
 	c.srv.log.Warn().Str("conn", c.view.ID).Str("plugin", name).Str("hook", c.call.Hook.String()).

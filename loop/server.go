@@ -198,7 +198,8 @@ type Server struct {
 	spoolAfter int
 	maxBodyMem int64
 	spoolDir   string
-	bodyMem    atomic.Int64 // body buffer octets held past the first buffer, all sessions
+	bodyMem    atomic.Int64   // body buffer octets held past the first buffer, all sessions
+	spillPool  *workpool.Pool // the spool writers
 }
 
 // New binds the listeners. The server does nothing until Start.
@@ -254,6 +255,14 @@ func New(opts Options, chain *plugins.Chain, pool *workpool.Pool) (*Server, erro
 		maxBodyMem:    opts.MaxBodyMemory,
 		spoolDir:      opts.SpoolDir,
 	}
+	if s.spoolAfter > 0 {
+		// One write in flight per connection at most.
+		queue := s.opts.MaxConnections
+		if queue <= 0 {
+			queue = 1 << 16
+		}
+		s.spillPool = workpool.New(spoolWriters, queue)
+	}
 	s.initGuard()
 	s.gen.Store(&generation{chain: chain, proto: opts.Proto})
 	// Other loops, or other processes that were handed the same sockets,
@@ -261,9 +270,11 @@ func New(opts Options, chain *plugins.Chain, pool *workpool.Pool) (*Server, erro
 	s.rearm = opts.Loops > 1 || len(opts.Listeners) > 0
 	if err := s.openListeners(); err != nil {
 		s.closeListeners()
+		s.closeSpillPool()
 		return nil, err
 	}
 	if len(s.listeners) == 0 {
+		s.closeSpillPool()
 		return nil, errors.New("loop: no listen address")
 	}
 	return s, nil
@@ -321,6 +332,14 @@ func (s *Server) Shutdown(ctx context.Context) {
 		s.force()
 		s.wakeStreams(true)
 		<-done
+	}
+	s.closeSpillPool()
+}
+
+// closeSpillPool stops the spool writers once their writes are done.
+func (s *Server) closeSpillPool() {
+	if s.spillPool != nil {
+		s.spillPool.Close()
 	}
 }
 

@@ -61,14 +61,14 @@ func backoff(failures int, lo, hi time.Duration) time.Duration {
 // contract variables are set afresh for each worker.
 var envNotForWorkers = []string{
 	"NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES",
-	EnvRole, EnvWorkerID, EnvGeneration, EnvListenFDs, EnvListenSpec, EnvReadyFD, envHandoff,
+	EnvRole, EnvWorkerID, EnvGeneration, EnvListenFDs, EnvListenSpec, EnvReadyFD, EnvTicketKeysFD, envHandoff,
 }
 
 // workerEnviron returns base without envNotForWorkers, plus the worker
 // contract for worker id of generation gen with n listeners at fds 3..
-// (described by specs when there are any), and the ready pipe right after
-// them.
-func workerEnviron(base []string, id, gen, n int, specs []config.Listener) []string {
+// (described by specs when there are any), the ready pipe right after
+// them and, when tickets is set, the shared session-ticket keys after it.
+func workerEnviron(base []string, id, gen, n int, specs []config.Listener, tickets bool) []string {
 	env := withoutVars(base, envNotForWorkers...)
 	env = append(env,
 		EnvRole+"=worker",
@@ -79,6 +79,9 @@ func workerEnviron(base []string, id, gen, n int, specs []config.Listener) []str
 	)
 	if len(specs) > 0 {
 		env = append(env, EnvListenSpec+"="+strings.Join(specStrings(specs), ","))
+	}
+	if tickets {
+		env = append(env, EnvTicketKeysFD+"="+strconv.Itoa(4+n))
 	}
 	return env
 }
@@ -143,8 +146,11 @@ func (s *sup) spawn(sl *slot, gen int, graceful time.Duration, cred *syscall.Cre
 		files = append(files, uintptr(fd))
 	}
 	files = append(files, w.Fd())
+	if s.tickets != nil {
+		files = append(files, uintptr(s.tickets.share.Fd()))
+	}
 	pid, err := syscall.ForkExec(s.opts.Exe, s.workerArgs(), &syscall.ProcAttr{
-		Env:   workerEnviron(os.Environ(), sl.id, gen, len(fds), s.socks.specs),
+		Env:   workerEnviron(os.Environ(), sl.id, gen, len(fds), s.socks.specs, s.tickets != nil),
 		Files: files,
 		Sys:   &syscall.SysProcAttr{Credential: cred},
 	})
