@@ -16,8 +16,10 @@ build:
 run: build
 	./bin/loopmx
 
-# Installs what the tests need (swaks, smtp-source from postfix, redis-server, haproxy) when
-# missing and root can install it, then runs everything with -race.
+# Installs what the tests need (swaks, postfix for smtp-source and the
+# XCLIENT/XFORWARD test, redis-server, haproxy, rspamd, opendkim and
+# opendkim-tools) when missing and root can install it, then runs
+# everything with -race.
 # The Redis-using packages run a second time against a Redis Cluster of
 # three masters (internal/redisx/redistest).
 REDIS_PKGS = ./internal/redisx/... ./plugins/limit ./plugins/results ./plugins/greylist ./plugins/rcpt_to.valid ./plugins/rcpt_to.verify
@@ -31,6 +33,9 @@ deps:
 	[ -x /usr/sbin/smtp-source ] || missing="$$missing postfix"; \
 	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
 	[ -x /usr/sbin/haproxy ] || command -v haproxy >/dev/null 2>&1 || missing="$$missing haproxy"; \
+	command -v rspamd >/dev/null 2>&1 || missing="$$missing rspamd"; \
+	[ -x /usr/sbin/opendkim ] || missing="$$missing opendkim"; \
+	[ -x /usr/sbin/opendkim-genkey ] || missing="$$missing opendkim-tools"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    echo "installing:$$missing"; \

@@ -41,6 +41,7 @@ import (
 	_ "loopmx/plugins/helo.checks"
 	_ "loopmx/plugins/limit"
 	_ "loopmx/plugins/mail_from.is_resolvable"
+	_ "loopmx/plugins/milter"
 	_ "loopmx/plugins/queue/discard"
 	_ "loopmx/plugins/queue/lmtp"
 	_ "loopmx/plugins/queue/maildir"
@@ -49,6 +50,7 @@ import (
 	_ "loopmx/plugins/rcpt_to.valid"
 	_ "loopmx/plugins/rcpt_to.verify"
 	_ "loopmx/plugins/results"
+	_ "loopmx/plugins/rspamd"
 	_ "loopmx/plugins/spf"
 	_ "loopmx/plugins/toobusy"
 )

@@ -31,6 +31,11 @@ type conn struct {
 	// unusable is set when the session must not be reused: an I/O error,
 	// an aborted DATA phase, a reply out of step.
 	unusable bool
+	// switched is set once XCLIENT made the session another client's
+	// (xclient.go): it is not pooled. xclient holds the XCLIENT
+	// attributes the next hop offered ("" when it did not).
+	switched bool
+	xclient  string
 }
 
 // failKind says why a next hop could not take a message.
@@ -146,13 +151,16 @@ func (f *Forwarder) open(c *conn) *failure {
 // hello sends EHLO, or LHLO for LMTP (RFC 2033 4.1), and records the
 // keywords. An SMTP next hop that refuses EHLO gets HELO (RFC 5321
 // 4.1.4) and is then used without extensions.
-func (f *Forwarder) hello(c *conn) *failure {
+func (f *Forwarder) hello(c *conn) *failure { return f.helloAs(c, f.s.Helo) }
+
+// helloAs is hello with the name given.
+func (f *Forwarder) helloAs(c *conn, name string) *failure {
 	verb := "EHLO "
 	if f.proto == LMTP {
 		verb = "LHLO "
 	}
 	var lines []string
-	if err := c.write(f.s.CommandTimeout, verb+f.s.Helo); err != nil {
+	if err := c.write(f.s.CommandTimeout, verb+name); err != nil {
 		return c.setupFail(err)
 	}
 	r, err := c.read(f.s.CommandTimeout, &lines)
@@ -167,10 +175,13 @@ func (f *Forwarder) hello(c *conn) *failure {
 			k, v, _ := strings.Cut(l, " ")
 			c.ext[strings.ToUpper(k)] = v
 		}
+		if v, ok := c.ext["XCLIENT"]; ok && !c.switched {
+			c.xclient = v
+		}
 		return nil
 	}
 	if f.proto == SMTP && r.Class() == 5 {
-		r, err = c.command(f.s.CommandTimeout, "HELO "+f.s.Helo)
+		r, err = c.command(f.s.CommandTimeout, "HELO "+name)
 		if err != nil {
 			return c.setupFail(err)
 		}

@@ -17,6 +17,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"loopmx/internal/throttle"
 	"loopmx/plugins"
 	"loopmx/smtpproto"
 )
@@ -27,6 +28,8 @@ type Forwarder struct {
 	proto Protocol
 	s     Settings
 	pool  *pool
+	// clientLog throttles the warning about a refused XCLIENT/XFORWARD.
+	clientLog throttle.Throttle
 }
 
 // New returns a forwarder for settings that passed Setup's checks.
@@ -36,6 +39,8 @@ func New(name string, proto Protocol, s Settings) *Forwarder {
 		proto: proto,
 		s:     s,
 		pool:  sharedPool(proto, s),
+
+		clientLog: throttle.Throttle{Every: time.Minute},
 	}
 }
 
@@ -56,15 +61,24 @@ func (f *Forwarder) Close() error {
 // of the message and forwards it; the README.md of queue/smtp_forward and
 // queue/lmtp says what the client is told in each case.
 func (f *Forwarder) Queue(c *plugins.Conn, m *plugins.Message) plugins.Result {
-	log := logger(c)
+	log := c.Logger()
 	if c.Tx == nil || len(c.Tx.Rcpts) == 0 {
 		log.Error().Str("plugin", f.name).Msg("queue hook called without a transaction or recipients")
 		return plugins.InternalError()
 	}
 	start := time.Now()
 	env := &Envelope{From: c.Tx.From, Rcpts: c.Tx.Rcpts, SMTPUTF8: c.Tx.SMTPUTF8}
+	if f.s.Client != ClientOff {
+		env.Client = ClientOf(c, m.Protocol)
+	}
 	head := append(c.AppendReceived(make([]byte, 0, 256), m.Protocol, start), m.AddedHeaders()...)
 	d, fails := f.send(env, head, m, start.Add(f.s.Budget))
+	if env.clientRefused != nil {
+		if ok, held := f.clientLog.Allow(time.Now()); ok {
+			log.Warn().Str("plugin", f.name).Str("tx", c.Tx.ID).Err(env.clientRefused).Int64("not_logged", held).
+				Msg("the next hop refused to be told the client; it sees loopmx as the client (authorise loopmx for XCLIENT or XFORWARD there)")
+		}
+	}
 	if d == nil {
 		return f.failed(c, fails)
 	}
@@ -152,9 +166,9 @@ func (f *Forwarder) failed(c *plugins.Conn, fails []*failure) plugins.Result {
 			}
 		}
 	}
-	ev := logger(c).Warn()
+	ev := c.Logger().Warn()
 	if rep == replyBroken {
-		ev = logger(c).Error()
+		ev = c.Logger().Error()
 	}
 	errs := make([]error, len(fails))
 	for i, fl := range fails {
@@ -175,7 +189,7 @@ func (f *Forwarder) failed(c *plugins.Conn, fails []*failure) plugins.Result {
 // the message are weighed the same way; if some recipients got it, the
 // reply says how many and the log has the details.
 func (f *Forwarder) verdict(c *plugins.Conn, env *Envelope, d *delivery) plugins.Result {
-	log := logger(c)
+	log := c.Logger()
 	if d.stage == stageMail || d.stage == stageData || (d.stage == stageEnd && f.proto == SMTP) {
 		if d.reply.Class() == 2 {
 			return f.accepted(c, d, d.reply)
@@ -224,7 +238,7 @@ var stageName = [...]string{stageMail: "MAIL", stageRcpt: "RCPT", stageData: "DA
 
 // accepted answers 250 with our queue id and the next hop's own text.
 func (f *Forwarder) accepted(c *plugins.Conn, d *delivery, r Reply) plugins.Result {
-	if ev := logger(c).Debug(); ev.Enabled() {
+	if ev := c.Logger().Debug(); ev.Enabled() {
 		ev.Str("plugin", f.name).Str("tx", c.Tx.ID).Str("host", d.host).
 			Str("backend", r.Error()).Msg("next hop took the message")
 	}
@@ -269,16 +283,6 @@ func result(rep smtpproto.Reply) plugins.Result {
 		return plugins.Result{Action: plugins.Reject, Reply: rep}
 	}
 	return plugins.Result{Action: plugins.TempFail, Reply: rep}
-}
-
-var nop = zerolog.Nop()
-
-// logger is the connection's logger, or one that drops everything.
-func logger(c *plugins.Conn) *zerolog.Logger {
-	if c.Log == nil {
-		return &nop
-	}
-	return c.Log
 }
 
 var (

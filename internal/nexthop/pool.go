@@ -57,6 +57,13 @@ func (p *pool) put(c *conn, now time.Time) {
 		c.close()
 		return
 	}
+	if c.switched {
+		// XCLIENT made it the session of one client, and the next hop
+		// allows no second switch (the client it now sees is not one it
+		// trusts with XCLIENT).
+		p.retire(c)
+		return
+	}
 	p.mu.Lock()
 	if p.closed {
 		p.mu.Unlock()

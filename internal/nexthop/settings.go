@@ -47,6 +47,9 @@ type Settings struct {
 	PoolSize int
 	// MaxMessages is the number of messages sent over one session.
 	MaxMessages int
+	// Client says whether and how the next hop is told who the client
+	// was (XCLIENT or XFORWARD, only when it offers them).
+	Client ClientMode
 	// Budget bounds one whole delivery, all hosts and steps together. It
 	// is kept below the chain's timeout for the plugin, so that the plugin
 	// answers before the loop gives up on it.
@@ -101,9 +104,15 @@ func LoadSettings(cfg *config.Config, name string) (Settings, error) {
 		MaxMessages:    pc.Int("", "max_messages_per_connection", DefaultMaxMessages),
 		Budget:         budget(pc.Timeout()),
 	}
+	xclient := pc.String("", "xclient", "off")
 	if err := pc.Check(); err != nil {
 		return Settings{}, fmt.Errorf("plugin/%s: %w", name, err)
 	}
+	mode, ok := clientModes[strings.ToLower(xclient)]
+	if !ok {
+		return Settings{}, fmt.Errorf("plugin/%s: %s: xclient: %q is not one of off, xclient, xforward, auto", name, pc.File(), xclient)
+	}
+	s.Client = mode
 	if err := s.check(); err != nil {
 		return Settings{}, fmt.Errorf("plugin/%s: %s: %w", name, pc.File(), err)
 	}

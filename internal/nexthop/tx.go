@@ -18,6 +18,12 @@ type Envelope struct {
 	Rcpts []string
 	// SMTPUTF8 is set when the client's MAIL carried SMTPUTF8.
 	SMTPUTF8 bool
+	// Client, when set, is told to a next hop that offers XCLIENT or
+	// XFORWARD, as the settings' xclient key says (xclient.go).
+	Client *Client
+	// clientRefused is the next hop's refusal of XCLIENT or XFORWARD,
+	// for the log.
+	clientRefused error
 }
 
 // stage names the point of the dialog that decided a transaction.
@@ -47,6 +53,12 @@ type delivery struct {
 // next hop accepted all of it, the message.
 func (f *Forwarder) transact(c *conn, env *Envelope, head []byte, body *plugins.Message, reused bool) (*delivery, *failure) {
 	c.txs++
+	if f.clientVerb(c, env) == "XCLIENT" {
+		var fail *failure
+		if env.clientRefused, fail = f.xclient(c, env.Client, reused); fail != nil {
+			return nil, fail
+		}
+	}
 	d, fail := f.envelope(c, env, len(head)+int(body.Size())+eolMissing(body), reused)
 	if fail != nil || d.stage != 0 {
 		return d, fail
@@ -102,6 +114,19 @@ func (f *Forwarder) envelope(c *conn, env *Envelope, size int, reused bool) (*de
 			}
 		}
 	}
+	nx := 0
+	if f.clientVerb(c, env) == "XFORWARD" {
+		nx = f.writeXforward(c, env)
+		if nx > 0 && !pipe {
+			if err := w.Flush(); err != nil {
+				return nil, early(err)
+			}
+			var err error
+			if env.clientRefused, err = readXforward(c, nx, cmd); err != nil {
+				return nil, early(err)
+			}
+		}
+	}
 	f.writeMail(c, env, size)
 	if pipe {
 		for _, rcpt := range env.Rcpts {
@@ -116,6 +141,12 @@ func (f *Forwarder) envelope(c *conn, env *Envelope, size int, reused bool) (*de
 	if reused && pipe {
 		if fail := rset(); fail != nil {
 			return nil, fail
+		}
+	}
+	if nx > 0 && pipe {
+		var err error
+		if env.clientRefused, err = readXforward(c, nx, cmd); err != nil {
+			return nil, early(err)
 		}
 	}
 	mail, err := c.read(cmd, nil)
