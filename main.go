@@ -25,6 +25,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"loopmx/config"
+	"loopmx/internal/metrics"
 	"loopmx/loop"
 	"loopmx/loop/workpool"
 	"loopmx/plugins"
@@ -204,7 +205,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	if isWorker {
-		return serve(cfg, stderr, sockets{files: w.Listeners, specs: w.Specs, ready: w.Ready, worker: w.ID})
+		return serve(cfg, stderr, sockets{files: w.Listeners, specs: w.Specs, ready: w.Ready, worker: w.ID, metrics: w.MetricsChannel()})
 	}
 	if cfg.Main.Nodes >= 1 {
 		return superviseRun(cfg, *dir, stderr)
@@ -292,6 +293,19 @@ func superviseRun(cfg *config.Config, dir string, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "loopmx: cannot find my own binary:", err)
 		return 1
 	}
+	var observer supervisor.Observer
+	if m := cfg.Main; m.MetricsListen != "" {
+		sm := metrics.NewSupervisor(version, log)
+		ep, err := metrics.Listen(m.MetricsListen, metrics.EndpointOptions{Gatherer: sm.Gatherer(), Ready: sm.Ready, Pprof: m.MetricsPprof, Log: log})
+		if err != nil {
+			log.Error().Err(err).Msg("supervisor cannot start")
+			return 1
+		}
+		defer ep.Close()
+		defer sm.Workers.Close()
+		log.Info().Str("metrics_listen", ep.Addr()).Msg("metrics endpoint ready")
+		observer = supervisorMetrics{sm}
+	}
 	return supervisor.Run(cfg, supervisor.Options{
 		ConfigDir: dir,
 		Exe:       exe,
@@ -305,18 +319,32 @@ func superviseRun(cfg *config.Config, dir string, stderr io.Writer) int {
 			}
 			return c, nil
 		},
-		Listen: loop.ListenFile,
-		Log:    log,
+		Listen:   loop.ListenFile,
+		Log:      log,
+		Observer: observer,
 	})
+}
+
+// supervisorMetrics is the metrics endpoint as the supervisor's observer.
+type supervisorMetrics struct{ *metrics.Supervisor }
+
+// Sockets hands the supervisor's listening sockets to the endpoint.
+func (m supervisorMetrics) Sockets(socks []supervisor.Socket) {
+	out := make([]metrics.Socket, len(socks))
+	for i, s := range socks {
+		out[i] = metrics.Socket{Listener: s.Listener, Socket: s.Socket, FD: s.FD}
+	}
+	m.SetSockets(out)
 }
 
 // sockets are the listening sockets a server was handed, and what to do
 // once it accepts.
 type sockets struct {
-	files  []*os.File        // from a supervisor or systemd; nil: bind the config's addresses
-	specs  []config.Listener // what each of files is
-	ready  func()            // called once the server accepts
-	worker int               // the worker id under a supervisor, 0 alone
+	files   []*os.File        // from a supervisor or systemd; nil: bind the config's addresses
+	specs   []config.Listener // what each of files is
+	ready   func()            // called once the server accepts
+	worker  int               // the worker id under a supervisor, 0 alone
+	metrics *os.File          // a worker's metrics channel to its supervisor, or nil
 }
 
 // serve runs the SMTP server in this process: on listeners handed over by
@@ -359,6 +387,7 @@ func serveChain(cfg *config.Config, log zerolog.Logger, stderr io.Writer, socks 
 		opts.Specs = socks.specs
 	}
 	opts.TLS = tlsConf
+	opts.Metrics = socks.metrics != nil || (socks.worker == 0 && cfg.Main.MetricsListen != "")
 	srv, err := loop.New(opts, chain, pool)
 	if err != nil {
 		log.Error().Err(err).Msg("cannot listen")
@@ -368,6 +397,12 @@ func serveChain(cfg *config.Config, log zerolog.Logger, stderr io.Writer, socks 
 		log.Error().Err(err).Msg("cannot start event loops")
 		return 1
 	}
+	stopMetrics, err := serveMetrics(cfg, log, srv, socks)
+	if err != nil {
+		log.Error().Err(err).Msg("cannot serve metrics")
+		return 1
+	}
+	defer stopMetrics()
 	// Signals are handled from here on, before the server says it is
 	// ready: a HUP or TERM sent the moment it is ready must not find the
 	// default action (exit) in place.
@@ -506,6 +541,7 @@ func restartOnly(started, next *config.Config) []string {
 	add(a.MaxPipelineBuffer != b.MaxPipelineBuffer, "max_pipeline_buffer")
 	add(fmt.Sprint(a.ProxyTrusted) != fmt.Sprint(b.ProxyTrusted), "proxy_trusted")
 	add(a.Nodes != b.Nodes, "nodes")
+	add(a.MetricsListen != b.MetricsListen || a.MetricsPprof != b.MetricsPprof, "metrics_listen/metrics_pprof")
 	return keys
 }
 
@@ -514,4 +550,30 @@ func cfgName(cfg *config.Config) string {
 		return "(embedded default)"
 	}
 	return cfg.Dir
+}
+
+// serveMetrics starts what the metrics need once srv runs: the endpoint
+// of a single process (metrics_listen), or a worker's answers to its
+// supervisor. The function returned runs after the drain: a worker sends
+// its final counts, the endpoint closes.
+func serveMetrics(cfg *config.Config, log zerolog.Logger, srv *loop.Server, socks sockets) (func(), error) {
+	if socks.metrics != nil {
+		reg := metrics.NewRegistry(metrics.Options{Version: version, Source: srv})
+		ch, err := metrics.ServeWorker(socks.metrics, reg)
+		if err != nil {
+			return nil, err
+		}
+		return ch.Final, nil
+	}
+	m := cfg.Main
+	if socks.worker > 0 || m.MetricsListen == "" {
+		return func() {}, nil
+	}
+	reg := metrics.NewRegistry(metrics.Options{Version: version, Source: srv, Sockets: srv.MetricsSockets, Host: true})
+	ep, err := metrics.Listen(m.MetricsListen, metrics.EndpointOptions{Gatherer: reg, Ready: srv.Ready, Pprof: m.MetricsPprof, Log: log})
+	if err != nil {
+		return nil, err
+	}
+	log.Info().Str("metrics_listen", ep.Addr()).Msg("metrics endpoint ready")
+	return ep.Close, nil
 }

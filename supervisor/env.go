@@ -41,8 +41,9 @@ type Worker struct {
 	Listeners  []*os.File
 	// Specs say what each of Listeners is (address, implicit TLS, PROXY
 	// header), as the supervisor bound them or systemd named them.
-	Specs []config.Listener
-	ready *os.File
+	Specs   []config.Listener
+	ready   *os.File
+	metrics *os.File
 }
 
 // WorkerEnv reads the worker contract from the environment. ok is false
@@ -80,6 +81,13 @@ func WorkerEnv() (w Worker, ok bool, err error) {
 			return Worker{}, true, fmt.Errorf("supervisor: %s=%q is not a descriptor", EnvReadyFD, s)
 		}
 		w.ready = os.NewFile(uintptr(fd), "ready")
+	}
+	if s := os.Getenv(EnvMetricsFD); s != "" {
+		fd, err := strconv.Atoi(s)
+		if err != nil {
+			return Worker{}, true, fmt.Errorf("supervisor: %s=%q is not a descriptor", EnvMetricsFD, s)
+		}
+		w.metrics = os.NewFile(uintptr(fd), "metrics")
 	}
 	return w, true, nil
 }

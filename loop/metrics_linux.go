@@ -1,0 +1,70 @@
+package loop
+
+import (
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"loopmx/internal/metrics"
+)
+
+// loopMeter is the loop's meter, for the connections it accepts.
+func (el *eventLoop) loopMeter() *meter { return el.met }
+
+// addLoopMeters asks every event loop for a copy of its counts, waits
+// for them (up to scrapeWait) and adds them to dst.
+func (s *Server) addLoopMeters(dst *metrics.Shard) {
+	loops := s.engine.loops
+	ws := make([]chan struct{}, len(loops))
+	for i, el := range loops {
+		if el.met == nil {
+			continue
+		}
+		if ws[i] = el.met.request(); ws[i] != nil {
+			el.post(ctlMetrics)
+		}
+	}
+	waitPublished(ws)
+	for _, el := range loops {
+		if el.met != nil {
+			el.met.addPublished(dst)
+		}
+	}
+}
+
+// loopLags is each loop's lag as toobusy sees it (eventLoop.Load).
+func (s *Server) loopLags() []time.Duration {
+	out := make([]time.Duration, len(s.engine.loops))
+	for i, el := range s.engine.loops {
+		out[i] = time.Duration(max(el.lagCur.Load(), el.lagPrev.Load()))
+	}
+	return out
+}
+
+// acceptError sorts an accept(2) failure for loopmx_accept_errors_total.
+func acceptError(e syscall.Errno) metrics.AcceptError {
+	switch e {
+	case unix.EMFILE:
+		return metrics.AcceptEMFILE
+	case unix.ENFILE:
+		return metrics.AcceptENFILE
+	case unix.ENOBUFS:
+		return metrics.AcceptENOBUFS
+	case unix.ENOMEM:
+		return metrics.AcceptENOMEM
+	}
+	return metrics.AcceptOther
+}
+
+// MetricsSockets lists the listening sockets, for their accept queues.
+func (s *Server) MetricsSockets() []metrics.Socket {
+	if s.draining.Load() {
+		return nil // the listeners close once the loops let go of them
+	}
+	out := make([]metrics.Socket, len(s.listeners))
+	for i, l := range s.listeners {
+		out[i] = metrics.Socket{Listener: l.addr.String(), Socket: "shared", FD: l.fd}
+	}
+	return out
+}
