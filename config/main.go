@@ -24,6 +24,9 @@ type Main struct {
 	StressThreshold     int            // stress_threshold: percent of max_connections open that turns on stress mode; 0 = never
 	StressTimeout       time.Duration  // stress_timeout: every timeout above is at most this under stress
 	MaxMessageSize      int64          // max_message_size: bytes, advertised as SIZE
+	SpoolAfter          int64          // spool_after: body bytes a session keeps in memory before it spills to spool_dir
+	MaxBodyMemory       int64          // max_body_memory: in-memory bodies of all sessions before they spill early
+	SpoolDir            string         // spool_dir: where bodies spill, as written (resolve with Config.Path)
 	MaxRecipients       int            // max_recipients: RCPT TO per transaction
 	MaxLineLength       int            // max_line_length: command line bytes incl. CRLF
 	MaxDataLineLength   int            // max_data_line_length: message line bytes incl. CRLF; 0 = unlimited
@@ -260,6 +263,21 @@ var mainSettings = []setting{
 	intSetting("stress_threshold", "80", 0, 100, func(m *Main) *int { return &m.StressThreshold }),
 	durationSetting("stress_timeout", "10s", time.Second, func(m *Main) *time.Duration { return &m.StressTimeout }),
 	sizeSetting("max_message_size", "25m", 1, func(m *Main) *int64 { return &m.MaxMessageSize }),
+	// docs/config.md (Message bodies) says why these values.
+	sizeSetting("spool_after", "64k", 0, func(m *Main) *int64 { return &m.SpoolAfter }),
+	sizeSetting("max_body_memory", "64m", 0, func(m *Main) *int64 { return &m.MaxBodyMemory }),
+	{
+		key: "spool_dir",
+		def: "./var/spool/tmp",
+		parse: func(c *Config, v string) error {
+			if strings.TrimSpace(v) == "" {
+				return &valueError{v, "is empty (name a directory on a local disk)", nil}
+			}
+			c.Main.SpoolDir = strings.TrimSpace(v)
+			return nil
+		},
+		show: func(c *Config) string { return c.Main.SpoolDir },
+	},
 	// RFC 5321 4.5.3.1.8: at least 100 recipients must be accepted.
 	intSetting("max_recipients", "100", 1, noMax, func(m *Main) *int { return &m.MaxRecipients }),
 	intSetting("max_line_length", "512", minLineLength, maxLineLength, func(m *Main) *int { return &m.MaxLineLength }),

@@ -2,6 +2,7 @@ package loop
 
 import (
 	"net/netip"
+	"os"
 	"strconv"
 	"time"
 
@@ -60,6 +61,12 @@ type conn struct {
 	msg     *plugins.Message
 
 	refusals []string // "<hook> <code> <plugin>" of the refusals in the open transaction
+
+	// the message body beyond memory (spool.go)
+	spool    *os.File // where the body spilled; nil while it fits in memory
+	spooled  int64    // octets written to spool
+	held     int      // body buffer octets counted in the server's max_body_memory
+	spoolErr error    // the body could not be written: the message is refused at its end
 
 	m connMeter // what the metrics need (metrics.go)
 }
@@ -172,6 +179,7 @@ func (c *conn) process() {
 		}
 		switch ev.Kind {
 		case smtpproto.KindNeedMore:
+			c.spillCheck()
 			c.tr.retain()
 			if c.tr.draining() {
 				c.drainCheck()
@@ -201,7 +209,12 @@ func (c *conn) process() {
 					c.view.BeginTx(ev.Arg, c.tr.now())
 				}
 				if ev.Kind == smtpproto.KindMessage {
-					c.msg = &plugins.Message{Body: c.sess.Body(), Protocol: c.sess.Protocol()}
+					if c.msg = c.message(); c.msg == nil {
+						res := plugins.DenySoft(451, "4.3.0", "Cannot store the message now; try again later")
+						res.Plugin = "spool"
+						c.resolve(call, res)
+						continue
+					}
 					call.Msg = c.msg
 				}
 				c.runHook(call, 0)
@@ -252,7 +265,8 @@ func (c *conn) restart(p uint8, now time.Time) {
 
 // endTx tells the tx_end hooks, writes the transaction's log line and
 // forgets the transaction.
-func (c *conn) endTx(result string, code, size int) {
+func (c *conn) endTx(result string, code int, size int64) {
+	c.releaseMessage()
 	tx := c.view.Tx
 	if tx == nil {
 		return
@@ -262,7 +276,7 @@ func (c *conn) endTx(result string, code, size int) {
 	}
 	if l := c.srv.log.Info(); l.Enabled() {
 		l.Str("tx", tx.ID).Str("ip", c.view.RemoteIP.String()).Str("helo", c.view.Helo).
-			Str("from", tx.From).Strs("rcpts", tx.Rcpts).Int("size", size).
+			Str("from", tx.From).Strs("rcpts", tx.Rcpts).Int64("size", size).
 			Str("result", result).Int("code", code).Strs("refused", c.refusals).
 			Dur("duration_ms", c.tr.now().Sub(tx.Started)).Msg("transaction")
 	}

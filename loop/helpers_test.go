@@ -58,6 +58,7 @@ func testOptions(t *testing.T, log zerolog.Logger) loop.Options {
 	opts.Proto.Hostname = "mx.test"
 	opts.InactivityTimeout = 30 * time.Second
 	opts.GracefulTimeout = 5 * time.Second
+	opts.SpoolDir = t.TempDir()
 	return opts
 }
 
@@ -177,6 +178,7 @@ type stored struct {
 	Rcpts    []string
 	Body     string
 	Protocol string
+	Spooled  bool // the body came from a spool file
 }
 
 // recorder is a queue plugin that keeps a copy of every message and its
@@ -198,7 +200,11 @@ func (r *recorder) Blocks(h plugins.Hook) bool { return r.block && h == plugins.
 func (r *recorder) Queue(c *plugins.Conn, m *plugins.Message) plugins.Result {
 	r.entered.ping()
 	r.gate.wait()
-	s := stored{Body: string(m.Body), Protocol: m.Protocol}
+	body, err := io.ReadAll(m.Reader())
+	if err != nil {
+		return plugins.InternalError()
+	}
+	s := stored{Body: string(body), Protocol: m.Protocol, Spooled: m.Spooled()}
 	if c.Tx != nil {
 		s.From = c.Tx.From
 		s.Rcpts = slices.Clone(c.Tx.Rcpts)

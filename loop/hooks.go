@@ -92,7 +92,7 @@ func (c *conn) hookExpired() {
 	c.view = c.view.Clone()
 	if c.call.Msg != nil {
 		c.sess.DetachBody()
-		c.msg = &plugins.Message{Body: c.call.Msg.Body, Protocol: c.call.Msg.Protocol}
+		c.msg = c.call.Msg.Copy()
 		c.call.Msg = c.msg
 	}
 	if c.closed {
@@ -180,9 +180,12 @@ func (c *conn) resolve(call plugins.Call, res plugins.Result) {
 		if !ok {
 			result = "refused"
 		}
+		var size int64
+		if call.Msg != nil {
+			size = call.Msg.Size()
+		}
 		c.messageDone(call, res, rep.Code)
-		c.endTx(result, rep.Code, len(call.Msg.Body))
-		c.msg = nil
+		c.endTx(result, rep.Code, size)
 	}
 	if res.Action.Disconnects() {
 		c.shutdown("disconnected by " + res.Plugin)

@@ -396,7 +396,7 @@ func (c *conn) messageDone(call plugins.Call, res plugins.Result, code int) {
 	}
 	m.lock()
 	defer m.unlock()
-	m.shard.Size.Observe(int64(len(call.Msg.Body)))
+	m.shard.Size.Observe(call.Msg.Size())
 	if call.Hook != plugins.HookQueue {
 		return
 	}

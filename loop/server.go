@@ -81,6 +81,13 @@ type Options struct {
 	MaxConnectionsPerIP int
 	PerIPPrefixV4       int
 	PerIPPrefixV6       int
+	// SpoolAfter is the body a session keeps in memory before it writes
+	// it to a spool file in SpoolDir (0: bodies stay in memory);
+	// MaxBodyMemory is the in-memory body total of all sessions past
+	// which they spill early (0: no total).
+	SpoolAfter    int
+	MaxBodyMemory int64
+	SpoolDir      string
 	// MaxPipelineBuffer caps unprocessed input kept per connection, and
 	// what one read takes; a connection holding that much is not read
 	// until it catches up.
@@ -128,6 +135,9 @@ func OptionsFrom(cfg *config.Config, log zerolog.Logger) Options {
 		PerIPPrefixV4:       m.PerIPPrefixV4,
 		PerIPPrefixV6:       m.PerIPPrefixV6,
 		MaxPipelineBuffer:   m.MaxPipelineBuffer,
+		SpoolAfter:          int(m.SpoolAfter),
+		MaxBodyMemory:       m.MaxBodyMemory,
+		SpoolDir:            cfg.Path(m.SpoolDir),
 		GracefulTimeout:     m.GracefulTimeout,
 		Backlog:             m.Backlog,
 		TCPKeepalive:        m.TCPKeepalive,
@@ -187,6 +197,12 @@ type Server struct {
 	replyTimeout   []byte
 	acceptLog      throttle.Throttle
 	stream         *meter // the stream transports' counts; nil with metrics off (metrics.go)
+
+	// bodies beyond memory (spool.go)
+	spoolAfter int
+	maxBodyMem int64
+	spoolDir   string
+	bodyMem    atomic.Int64 // body buffer octets held past the first buffer, all sessions
 }
 
 // New binds the listeners. The server does nothing until Start.
@@ -219,6 +235,14 @@ func New(opts Options, chain *plugins.Chain, pool *workpool.Pool) (*Server, erro
 	if err := prepareProto(opts.Proto, chain, opts.TLS != nil); err != nil {
 		return nil, err
 	}
+	if opts.SpoolAfter > 0 {
+		if opts.SpoolDir == "" {
+			return nil, errors.New("loop: spool_after without a spool_dir (use OptionsFrom)")
+		}
+		if err := prepareSpool(opts.SpoolDir); err != nil {
+			return nil, err
+		}
+	}
 	host := opts.Proto.Hostname
 	s := &Server{
 		opts:          opts,
@@ -230,6 +254,9 @@ func New(opts Options, chain *plugins.Chain, pool *workpool.Pool) (*Server, erro
 		replyShutdown: []byte("421 4.3.2 " + host + " Service shutting down, try again later\r\n"),
 		replyTimeout:  []byte("421 4.4.2 " + host + " Error: timeout exceeded\r\n"),
 		acceptLog:     throttle.Throttle{Every: time.Second},
+		spoolAfter:    opts.SpoolAfter,
+		maxBodyMem:    opts.MaxBodyMemory,
+		spoolDir:      opts.SpoolDir,
 	}
 	s.initGuard()
 	s.gen.Store(&generation{chain: chain, proto: opts.Proto})

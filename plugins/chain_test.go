@@ -199,7 +199,7 @@ func (a *argPlugin) Rcpt(c *plugins.Conn, to string) plugins.Result {
 	return plugins.NoOpinion()
 }
 func (a *argPlugin) Queue(c *plugins.Conn, m *plugins.Message) plugins.Result {
-	a.got = append(a.got, "queue "+m.Protocol+" "+string(m.Body))
+	a.got = append(a.got, "queue "+m.Protocol+" "+string(m.Bytes()))
 	return plugins.OK()
 }
 
@@ -211,7 +211,7 @@ func TestHooksGetTheirArguments(t *testing.T) {
 		{Hook: plugins.HookHelo, Arg: "client.example.org"},
 		{Hook: plugins.HookMail, Arg: ""},
 		{Hook: plugins.HookRcpt, Arg: "user@example.com"},
-		{Hook: plugins.HookQueue, Msg: &plugins.Message{Body: []byte("Subject: x\r\n\r\nhi\r\n"), Protocol: "ESMTP"}},
+		{Hook: plugins.HookQueue, Msg: plugins.NewMessage([]byte("Subject: x\r\n\r\nhi\r\n"), "ESMTP")},
 	} {
 		ch.Step(c, &call, 0)
 	}
@@ -399,7 +399,7 @@ func TestQueueNeedsAnAcceptingPlugin(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := &plugins.Conn{ID: "t.1"}
-			call := &plugins.Call{Hook: plugins.HookQueue, Msg: &plugins.Message{Body: []byte("x\r\n")}}
+			call := &plugins.Call{Hook: plugins.HookQueue, Msg: plugins.NewMessage([]byte("x\r\n"), "")}
 			res, next, done := tc.ch.Step(c, call, 0)
 			if !done {
 				res = tc.ch.RunFrom(c, call, next)

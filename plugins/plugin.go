@@ -11,10 +11,6 @@
 package plugins
 
 import (
-	"bufio"
-	"bytes"
-	"net/mail"
-	"net/textproto"
 	"sort"
 	"sync"
 
@@ -84,55 +80,4 @@ func lookup(name string) (Factory, bool) {
 	defer regMu.Unlock()
 	f, ok := registry[name]
 	return f, ok
-}
-
-// Message is what data_post and queue hooks see of a message.
-type Message struct {
-	// Body is the message as received: CRLF line ends, dot-unstuffed, no
-	// headers added by loopmx. It is valid only during the hook.
-	Body []byte
-	// Protocol is the Received "with" word (SMTP, ESMTP, UTF8SMTP, ...).
-	Protocol string
-
-	header    mail.Header
-	headerLen int
-	parsed    bool
-}
-
-// Size is the message size in octets as received.
-func (m *Message) Size() int { return len(m.Body) }
-
-// Header parses the message header on first use (RFC 5322 2.2). A message
-// without a blank line is all header; a header that does not parse gives
-// an empty map.
-func (m *Message) Header() mail.Header {
-	if !m.parsed {
-		m.parsed = true
-		m.headerLen = headerEnd(m.Body)
-		r := textproto.NewReader(bufio.NewReader(bytes.NewReader(m.Body[:m.headerLen])))
-		h, err := r.ReadMIMEHeader()
-		if err != nil && len(h) == 0 {
-			h = textproto.MIMEHeader{}
-		}
-		m.header = mail.Header(h)
-	}
-	return m.header
-}
-
-// HeaderBytes returns the raw header block, including the blank line that
-// ends it.
-func (m *Message) HeaderBytes() []byte {
-	return m.Body[:headerEnd(m.Body)]
-}
-
-// headerEnd finds the end of the header block: just after the first empty
-// line, or the whole body when there is none.
-func headerEnd(b []byte) int {
-	if bytes.HasPrefix(b, []byte("\r\n")) {
-		return 2
-	}
-	if i := bytes.Index(b, []byte("\r\n\r\n")); i >= 0 {
-		return i + 4
-	}
-	return len(b)
 }

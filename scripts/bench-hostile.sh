@@ -6,7 +6,10 @@
 # scenario against it with -pid, and stops the server by its pid. Nothing
 # is left running.
 #
-# Usage: scripts/bench-hostile.sh trickle|noread [loopmx-hostile flags]
+# Usage: scripts/bench-hostile.sh trickle|noread|bigdata [loopmx-hostile flags]
+#
+# bigdata stores into a Maildir of its own (queue/maildir) and passes it
+# to loopmx-hostile with -spool, which checks every message on disk.
 #
 # Environment:
 #   HOSTILE_INI  extra [main] lines for smtp.ini, e.g. "max_connections_per_ip = 0"
@@ -16,7 +19,7 @@ cd "$(dirname "$0")/.."
 build_binaries
 go build -trimpath -o bin/loopmx-hostile ./bench/hostile
 
-scenario=${1:?usage: scripts/bench-hostile.sh trickle|noread [flags]}
+scenario=${1:?usage: scripts/bench-hostile.sh trickle|noread|bigdata [flags]}
 shift
 
 # Both ends need a descriptor per connection.
@@ -40,7 +43,14 @@ mkdir "$tmp/config"
 	printf '%s\n' "${HOSTILE_INI:-}"
 	printf '[log]\nlevel = warn\n'
 } > "$tmp/config/smtp.ini"
-printf 'rcpt_to.in_host_list\nqueue/discard\n' > "$tmp/config/plugins"
+queue=queue/discard
+extra=()
+if [ "$scenario" = bigdata ]; then
+	queue=queue/maildir
+	printf 'path = %s\n' "$tmp/maildir" > "$tmp/config/maildir.ini"
+	extra=(-spool "$tmp/maildir")
+fi
+printf 'rcpt_to.in_host_list\n%s\n' "$queue" > "$tmp/config/plugins"
 echo "localhost" > "$tmp/config/host_list"
 
 bin/loopmx -c "$tmp/config" 2> "$tmp/server.log" &
@@ -53,7 +63,7 @@ for _ in $(seq 1 100); do
 done
 echo "loopmx pid $pid on 127.0.0.1:$port; ulimit -n $(ulimit -n); extra smtp.ini: ${HOSTILE_INI:-none}" >&2
 status=0
-bin/loopmx-hostile -scenario "$scenario" -pid "$pid" "$@" "127.0.0.1:$port" || status=$?
+bin/loopmx-hostile -scenario "$scenario" -pid "$pid" "${extra[@]}" "$@" "127.0.0.1:$port" || status=$?
 if ! kill -0 "$pid" 2>/dev/null; then
 	echo "bench-hostile.sh: loopmx died during the run:" >&2
 	tail -20 "$tmp/server.log" >&2

@@ -144,6 +144,31 @@ func (s *Session) Body() []byte { return s.body }
 // Resolve of a pending EHLO sends (a capabilities hook chose them).
 func (s *Session) SetEHLOKeywords(kw []string) { s.ehloKeywords = kw }
 
+// BodySize is the size of the message read so far (or of the message of
+// a KindMessage event), kept or not.
+func (s *Session) BodySize() int64 { return s.bodySize }
+
+// Spilled tells the session that the host wrote the octets Body returned
+// elsewhere (a spool file): the buffer starts again empty, and Body then
+// returns only what arrived since. The host owns the order of the parts.
+// shrink gives a large buffer back for a small one.
+func (s *Session) Spilled(shrink bool) {
+	if s.dropping {
+		return
+	}
+	if shrink && cap(s.body) > maxPooledBody/8 {
+		releaseBody(s.body)
+		s.body = getBody()
+		return
+	}
+	s.body = s.body[:0]
+}
+
+// DropBody stops keeping the message, as for one certain to be refused:
+// the rest is read and counted, and the message still ends with
+// KindMessage for the host to answer (the host could not keep it).
+func (s *Session) DropBody() { s.discard() }
+
 // DetachBody gives the message buffer up without recycling it: a hook
 // that timed out may still be reading it.
 func (s *Session) DetachBody() { s.body = nil }

@@ -25,7 +25,7 @@ import (
 	"time"
 )
 
-const usage = `usage: loopmx-hostile -scenario trickle|noread [flags] HOST:PORT
+const usage = `usage: loopmx-hostile -scenario trickle|noread|bigdata [flags] HOST:PORT
 
 trickle  -n connections from -from each send one byte every -every (a
          command line that never ends, or with -in data a message after
@@ -39,6 +39,13 @@ noread   -n clients (spread over -sources addresses from 127.0.1.1) say
          server stops reading them all; with -pid it reports the
          server's resident memory (VmRSS) before and after, and the
          growth per client.
+bigdata  -n clients (from -sources addresses from 127.0.2.1) each send
+         -msgs messages of -size octets at -rate octets a second, all at
+         once, then idle without QUIT. It reports the acknowledged
+         messages a second; with -pid the server's VmRSS before, its peak
+         (VmHWM) and its VmRSS while the clients idle (every 30 s for
+         -settle), and with -spool that every acknowledged message is in
+         that Maildir whole.
 
 Flags:
 `
@@ -60,6 +67,11 @@ type options struct {
 	deadline   time.Duration
 	sources    int
 	pid        int
+	size       int
+	rate       int
+	msgs       int
+	settle     time.Duration
+	spool      string
 }
 
 func realMain(args []string, stdout, stderr io.Writer) int {
@@ -79,6 +91,11 @@ func realMain(args []string, stdout, stderr io.Writer) int {
 	fs.DurationVar(&o.deadline, "deadline", 60*time.Second, "trickle: the server's documented deadline (command_timeout), for the verdict")
 	fs.IntVar(&o.sources, "sources", 100, "noread: source addresses 127.0.1.1, 127.0.1.2, ...")
 	fs.IntVar(&o.pid, "pid", 0, "the server's pid, to read its VmRSS")
+	fs.IntVar(&o.size, "size", 10<<20, "bigdata: message size in octets")
+	fs.IntVar(&o.rate, "rate", 640<<10, "bigdata: octets a second each client sends (0: unpaced)")
+	fs.IntVar(&o.msgs, "msgs", 1, "bigdata: messages each client sends")
+	fs.DurationVar(&o.settle, "settle", 150*time.Second, "bigdata: how long to watch the server's memory while the clients idle")
+	fs.StringVar(&o.spool, "spool", "", "bigdata: the server's Maildir, to check every message is stored whole")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
@@ -101,6 +118,8 @@ func realMain(args []string, stdout, stderr io.Writer) int {
 		return runTrickle(o, stdout)
 	case "noread":
 		return runNoRead(o, stdout)
+	case "bigdata":
+		return runBigData(o, stdout)
 	}
 	fmt.Fprintf(stderr, "loopmx-hostile: unknown scenario %q\n", o.scenario)
 	return 1
@@ -367,13 +386,17 @@ func honestSession(o options) (time.Duration, error) {
 }
 
 // vmRSS reads a process's resident memory in bytes, 0 if unknown.
-func vmRSS(pid int) int64 {
+func vmRSS(pid int) int64 { return procStatus(pid, "VmRSS:") }
+
+// procStatus reads a size field of /proc/PID/status in bytes (VmRSS:,
+// VmHWM:), 0 if unknown.
+func procStatus(pid int, field string) int64 {
 	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
 	if err != nil {
 		return 0
 	}
 	for line := range strings.SplitSeq(string(b), "\n") {
-		if f := strings.Fields(line); len(f) >= 2 && f[0] == "VmRSS:" {
+		if f := strings.Fields(line); len(f) >= 2 && f[0] == field {
 			kb, _ := strconv.ParseInt(f[1], 10, 64)
 			return kb << 10
 		}

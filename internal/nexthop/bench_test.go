@@ -24,8 +24,8 @@ func BenchmarkForward(b *testing.B) {
 	c := &plugins.Conn{ID: "b.1", RemoteIP: netip.MustParseAddr("192.0.2.1"), RemotePort: 40000, Hostname: "mx.test", Helo: "client.test"}
 	c.BeginTx("alice@example.org", time.Now())
 	c.Tx.Rcpts = []string{"bob@example.com"}
-	msg := &plugins.Message{Body: []byte("Subject: bench\r\n\r\n" + strings.Repeat(strings.Repeat("x", 62)+"\r\n", 16)), Protocol: "ESMTP"}
-	b.SetBytes(int64(len(msg.Body)))
+	msg := plugins.NewMessage([]byte("Subject: bench\r\n\r\n"+strings.Repeat(strings.Repeat("x", 62)+"\r\n", 16)), "ESMTP")
+	b.SetBytes(msg.Size())
 	b.ReportAllocs()
 	for b.Loop() {
 		if r := f.Queue(c, msg); r.Action != plugins.Accept {

@@ -62,8 +62,8 @@ func (f *Forwarder) Queue(c *plugins.Conn, m *plugins.Message) plugins.Result {
 	}
 	start := time.Now()
 	env := &Envelope{From: c.Tx.From, Rcpts: c.Tx.Rcpts, SMTPUTF8: c.Tx.SMTPUTF8}
-	head := c.AppendReceived(make([]byte, 0, 256), m.Protocol, start)
-	d, fails := f.send(env, head, m.Body, start.Add(f.s.Budget))
+	head := append(c.AppendReceived(make([]byte, 0, 256), m.Protocol, start), m.AddedHeaders()...)
+	d, fails := f.send(env, head, m, start.Add(f.s.Budget))
 	if d == nil {
 		return f.failed(c, fails)
 	}
@@ -73,7 +73,7 @@ func (f *Forwarder) Queue(c *plugins.Conn, m *plugins.Message) plugins.Result {
 // send tries the hosts in order until one gives an answer. A host that
 // may already hold the message (the end-of-data mark went out) is not
 // followed by another.
-func (f *Forwarder) send(env *Envelope, head, body []byte, limit time.Time) (*delivery, []*failure) {
+func (f *Forwarder) send(env *Envelope, head []byte, body *plugins.Message, limit time.Time) (*delivery, []*failure) {
 	var fails []*failure
 	for _, host := range f.s.Hosts {
 		if !time.Now().Before(limit) {
@@ -96,7 +96,7 @@ var errBudget = errors.New("no time left for this host within the plugin's timeo
 
 // sendVia delivers over a pooled session with host, or a new one. A pooled
 // session that turns out dead is replaced once by a new one.
-func (f *Forwarder) sendVia(host string, env *Envelope, head, body []byte, limit time.Time) (*delivery, *failure) {
+func (f *Forwarder) sendVia(host string, env *Envelope, head []byte, body *plugins.Message, limit time.Time) (*delivery, *failure) {
 	c := f.pool.get(host, time.Now())
 	reused := c != nil
 	for {

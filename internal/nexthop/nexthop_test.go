@@ -5,10 +5,13 @@ import (
 	"bytes"
 	"errors"
 	"io"
+	"os"
 	"strings"
 	"testing"
 	"time"
 	"unicode/utf8"
+
+	"loopmx/plugins"
 )
 
 func TestReadReply(t *testing.T) {
@@ -112,28 +115,59 @@ func FuzzReadReply(f *testing.F) {
 	})
 }
 
-func TestWriteStuffed(t *testing.T) {
+// TestWriteBodyStuffs checks dot-stuffing of bodies held in memory and
+// of spooled ones read in chunks, where a line start may fall on a chunk
+// boundary.
+func TestWriteBodyStuffs(t *testing.T) {
+	edge := strings.Repeat("x", 64<<10-2) + "\r\n.edge\r\n"
 	for _, tc := range []struct{ in, want string }{
 		{"", ""},
 		{"a\r\n", "a\r\n"},
 		{".\r\n", "..\r\n"},
 		{".a\r\n..b\r\nc.\r\n.\r\n", "..a\r\n...b\r\nc.\r\n..\r\n"},
 		{"x\r\n.", "x\r\n.."},
+		{edge, strings.Replace(edge, "\n.", "\n..", 1)},
 	} {
-		var b bytes.Buffer
-		w := bufio.NewWriter(&b)
-		writeStuffed(w, []byte(tc.in))
-		w.Flush()
-		if b.String() != tc.want {
-			t.Errorf("writeStuffed(%q) = %q, want %q", tc.in, b.String(), tc.want)
+		for _, spooled := range []bool{false, true} {
+			m := plugins.NewMessage([]byte(tc.in), "ESMTP")
+			if spooled {
+				m = spooledMessage(t, tc.in)
+			}
+			var b bytes.Buffer
+			w := bufio.NewWriter(&b)
+			if err := writeBody(w, m); err != nil {
+				t.Fatal(err)
+			}
+			w.Flush()
+			if b.String() != tc.want {
+				t.Errorf("writeBody(%.20q, spooled %v) = %.40q, want %.40q", tc.in, spooled, b.String(), tc.want)
+			}
 		}
 	}
 }
 
+// spooledMessage is a message whose body is in a file, as the server
+// makes one that outgrew spool_after.
+func spooledMessage(t *testing.T, body string) *plugins.Message {
+	t.Helper()
+	f, err := os.CreateTemp(t.TempDir(), "spool")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	if _, err := f.WriteString(body); err != nil {
+		t.Fatal(err)
+	}
+	return plugins.NewSpooledMessage(f, int64(len(body)), "ESMTP")
+}
+
 func TestEOLMissing(t *testing.T) {
 	for in, want := range map[string]int{"": 0, "a\r\n": 0, "a": 2, "a\r": 2, "a\n": 2} {
-		if got := eolMissing([]byte(in)); got != want {
+		if got := eolMissing(plugins.NewMessage([]byte(in), "")); got != want {
 			t.Errorf("eolMissing(%q) = %d, want %d", in, got, want)
+		}
+		if got := eolMissing(spooledMessage(t, in)); got != want {
+			t.Errorf("eolMissing(%q) of a spooled body = %d, want %d", in, got, want)
 		}
 	}
 }

@@ -4,7 +4,10 @@ import (
 	"bufio"
 	"bytes"
 	"fmt"
+	"io"
 	"strconv"
+
+	"loopmx/plugins"
 )
 
 // Envelope is what the next hop is told before the message.
@@ -42,9 +45,9 @@ type delivery struct {
 
 // transact runs one mail transaction on c: the envelope, then, when the
 // next hop accepted all of it, the message.
-func (f *Forwarder) transact(c *conn, env *Envelope, head, body []byte, reused bool) (*delivery, *failure) {
+func (f *Forwarder) transact(c *conn, env *Envelope, head []byte, body *plugins.Message, reused bool) (*delivery, *failure) {
 	c.txs++
-	d, fail := f.envelope(c, env, len(head)+len(body)+eolMissing(body), reused)
+	d, fail := f.envelope(c, env, len(head)+int(body.Size())+eolMissing(body), reused)
 	if fail != nil || d.stage != 0 {
 		return d, fail
 	}
@@ -184,7 +187,7 @@ func (f *Forwarder) envelope(c *conn, env *Envelope, size int, reused bool) (*de
 // message sends the header we add and the message after a 354, then reads
 // the reply to its end: one for SMTP, one per recipient for LMTP (RFC
 // 2033 4.2; all recipients were accepted, or we would not be here).
-func (f *Forwarder) message(c *conn, d *delivery, head, body []byte) (*delivery, *failure) {
+func (f *Forwarder) message(c *conn, d *delivery, head []byte, body *plugins.Message) (*delivery, *failure) {
 	broken := func(err error, committed bool) *failure {
 		c.unusable = true
 		return &failure{host: c.host, kind: failBroken, committed: committed, err: err}
@@ -193,7 +196,11 @@ func (f *Forwarder) message(c *conn, d *delivery, head, body []byte) (*delivery,
 	// RFC 5321 4.5.3.2.5: the whole message within the data timeout.
 	c.deadline(f.s.DataTimeout)
 	w.Write(head)
-	writeStuffed(w, body)
+	if err := writeBody(w, body); err != nil {
+		// A spooled body that cannot be read: the end mark is not sent,
+		// so the next hop keeps nothing.
+		return nil, broken(err, false)
+	}
 	if eolMissing(body) > 0 {
 		w.WriteString("\r\n")
 	}
@@ -257,24 +264,58 @@ func writeRcpt(w *bufio.Writer, rcpt string) {
 
 // eolMissing is 2 when body does not end with CRLF and needs one before
 // the end-of-data mark, else 0.
-func eolMissing(body []byte) int {
-	if len(body) == 0 || bytes.HasSuffix(body, []byte("\r\n")) {
+func eolMissing(body *plugins.Message) int {
+	n := body.Size()
+	if n == 0 {
+		return 0
+	}
+	var tail [2]byte
+	k, _ := body.Reader().ReadAt(tail[:min(n, 2)], max(n-2, 0))
+	if k == 2 && tail == [2]byte{'\r', '\n'} {
 		return 0
 	}
 	return 2
 }
 
+// writeBody writes the message with dot-stuffing (writeStuffed). A body
+// in memory goes at once; a spooled one is read in chunks, so memory does
+// not grow with its size.
+func writeBody(w *bufio.Writer, body *plugins.Message) error {
+	if b := body.Bytes(); b != nil || body.Size() == 0 {
+		writeStuffed(w, b, true)
+		return nil
+	}
+	buf := make([]byte, 64<<10)
+	r := body.Reader()
+	lineStart := true
+	for {
+		n, err := r.Read(buf)
+		lineStart = writeStuffed(w, buf[:n], lineStart)
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+	}
+}
+
 // writeStuffed writes body with an extra dot in front of every line that
-// starts with one (RFC 5321 4.5.2). The body arrives unstuffed.
-func writeStuffed(w *bufio.Writer, body []byte) {
-	if len(body) > 0 && body[0] == '.' {
+// starts with one (RFC 5321 4.5.2); the body arrives unstuffed. lineStart
+// says whether body begins a line; the result, whether the next octet
+// would.
+func writeStuffed(w *bufio.Writer, body []byte, lineStart bool) bool {
+	if len(body) == 0 {
+		return lineStart
+	}
+	if lineStart && body[0] == '.' {
 		w.WriteByte('.')
 	}
 	for {
 		i := bytes.Index(body, []byte("\n."))
 		if i < 0 {
 			w.Write(body)
-			return
+			return len(body) > 0 && body[len(body)-1] == '\n'
 		}
 		w.Write(body[:i+2])
 		w.WriteByte('.')

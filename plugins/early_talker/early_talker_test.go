@@ -57,7 +57,7 @@ func (w *watch) Ehlo(c *plugins.Conn, _ string) plugins.Result {
 
 func (w *watch) Queue(_ *plugins.Conn, m *plugins.Message) plugins.Result {
 	w.mu.Lock()
-	w.msgs = append(w.msgs, string(m.Body))
+	w.msgs = append(w.msgs, string(m.Bytes()))
 	w.mu.Unlock()
 	return plugins.OK()
 }

@@ -32,7 +32,7 @@ func (*recorder) Name() string { return "test/queue" }
 
 func (r *recorder) Queue(_ *plugins.Conn, m *plugins.Message) plugins.Result {
 	r.mu.Lock()
-	r.msgs = append(r.msgs, string(m.Body))
+	r.msgs = append(r.msgs, string(m.Bytes()))
 	r.mu.Unlock()
 	return plugins.OK()
 }
@@ -180,7 +180,7 @@ func dataPost(t *testing.T, p *headers.Headers, msg string) string {
 	ch := plugins.NewChain(p)
 	c := &plugins.Conn{ID: "t.1"}
 	c.BeginTx("s@example.org", time.Now())
-	call := &plugins.Call{Hook: plugins.HookDataPost, Msg: &plugins.Message{Body: []byte(msg), Protocol: "ESMTP"}}
+	call := &plugins.Call{Hook: plugins.HookDataPost, Msg: plugins.NewMessage([]byte(msg), "ESMTP")}
 	res, _, done := ch.Step(c, call, 0)
 	if !done {
 		t.Fatal("headers went to the workpool; it must run inline")

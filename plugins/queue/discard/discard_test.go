@@ -13,7 +13,7 @@ import (
 
 func queueReply(t *testing.T, ch *plugins.Chain, c *plugins.Conn) string {
 	t.Helper()
-	call := &plugins.Call{Hook: plugins.HookQueue, Msg: &plugins.Message{Body: []byte("Subject: x\r\n\r\ny\r\n"), Protocol: "ESMTP"}}
+	call := &plugins.Call{Hook: plugins.HookQueue, Msg: plugins.NewMessage([]byte("Subject: x\r\n\r\ny\r\n"), "ESMTP")}
 	res, _, done := ch.Step(c, call, 0)
 	if !done {
 		t.Fatal("discard went to the workpool; it never waits and should run inline")

@@ -171,7 +171,9 @@ func (m *Maildir) deliver(c *plugins.Conn, msg *plugins.Message, name string, no
 	if _, err = f.Write(head); err != nil {
 		return err
 	}
-	if _, err = f.Write(msg.Body); err != nil {
+	// The fields plugins added, then the body: a spooled body is copied
+	// from the spool file inside the kernel.
+	if _, err = msg.WriteTo(f); err != nil {
 		return err
 	}
 	if err = f.Sync(); err != nil {

@@ -53,7 +53,7 @@ func newConn(id string, logBuf *bytes.Buffer, sender string, rcpts ...string) *p
 // which must stop at the blocking maildir hook, then RunFrom on a worker.
 func queue(t *testing.T, ch *plugins.Chain, c *plugins.Conn, msg string) string {
 	t.Helper()
-	call := &plugins.Call{Hook: plugins.HookQueue, Msg: &plugins.Message{Body: []byte(msg), Protocol: "ESMTP"}}
+	call := &plugins.Call{Hook: plugins.HookQueue, Msg: plugins.NewMessage([]byte(msg), "ESMTP")}
 	res, next, done := ch.Step(c, call, 0)
 	if done {
 		t.Fatalf("the maildir queue hook ran inline on the event loop (result %s)", res.Action)
@@ -228,7 +228,7 @@ func TestConcurrentQueueNamesAreUnique(t *testing.T) {
 		wg.Go(func() {
 			var logBuf bytes.Buffer
 			c := newConn(fmt.Sprintf("w1.c%d", i), &logBuf, "s@example.org", fmt.Sprintf("user%d@example.com", i))
-			call := &plugins.Call{Hook: plugins.HookQueue, Msg: &plugins.Message{Body: []byte(body), Protocol: "ESMTP"}}
+			call := &plugins.Call{Hook: plugins.HookQueue, Msg: plugins.NewMessage([]byte(body), "ESMTP")}
 			res := ch.RunFrom(c, call, 0)
 			replies[i] = string(plugins.ReplyFor(plugins.HookQueue, res).AppendTo(nil))
 		})
@@ -584,5 +584,49 @@ func TestStartFailsOnABlockedSpool(t *testing.T) {
 	}
 	if err := m.Close(); err != nil {
 		t.Errorf("Close after a failed Start: %v", err)
+	}
+}
+
+// A body that spilled to a spool file is stored whole, after the trace
+// fields and the fields plugins added.
+func TestQueueStoresSpooledBodyWithAddedFields(t *testing.T) {
+	dir := t.TempDir()
+	ch := open(t, dir)
+	body := "Subject: big\r\n\r\n" + strings.Repeat(strings.Repeat("z", 998)+"\r\n", 3000)
+	f, err := os.CreateTemp(t.TempDir(), "spool")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := f.WriteString(body); err != nil {
+		t.Fatal(err)
+	}
+	msg := plugins.NewSpooledMessage(f, int64(len(body)), "ESMTP")
+	if err := msg.AddHeader("X-Test", "added\r\n\tfolded"); err != nil {
+		t.Fatal(err)
+	}
+	var logBuf bytes.Buffer
+	c := newConn("w1.s", &logBuf, "sender@example.org", "a@example.com")
+	call := &plugins.Call{Hook: plugins.HookQueue, Msg: msg}
+	if res := ch.RunFrom(c, call, 0); res.Action != plugins.Accept {
+		t.Fatalf("result %s %v", res.Action, res.Reply)
+	}
+	files := entries(t, dir, "new")
+	if len(files) != 1 {
+		t.Fatalf("new/ holds %q", files)
+	}
+	data, err := os.ReadFile(filepath.Join(dir, "new", files[0]))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := string(data)
+	_, after, ok := strings.Cut(got, "\tby mx.example.net (loopmx) with ESMTP id w1.s.1\r\n\tfor <a@example.com>;")
+	if !ok {
+		t.Fatalf("no Received header in %q", got[:min(len(got), 400)])
+	}
+	_, after, _ = strings.Cut(after, "\r\n") // the line of the date
+	_, after, _ = strings.Cut(after, "\r\n")
+	if want := "X-Test: added\r\n\tfolded\r\n" + body; after != want {
+		t.Errorf("after the Received header: %d octets starting %q; want the added field then the %d-octet body", len(after), after[:min(len(after), 60)], len(body))
 	}
 }
