@@ -302,7 +302,7 @@ func superviseRun(cfg *config.Config, dir string, stderr io.Writer) int {
 			return 1
 		}
 		defer ep.Close()
-		defer sm.Workers.Close()
+		defer sm.Close()
 		log.Info().Str("metrics_listen", ep.Addr()).Msg("metrics endpoint ready")
 		observer = supervisorMetrics{sm}
 	}
@@ -563,7 +563,7 @@ func serveMetrics(cfg *config.Config, log zerolog.Logger, srv *loop.Server, sock
 		if err != nil {
 			return nil, err
 		}
-		return ch.Final, nil
+		return func() { ch.Final(); reg.Close() }, nil
 	}
 	m := cfg.Main
 	if socks.worker > 0 || m.MetricsListen == "" {
@@ -572,8 +572,9 @@ func serveMetrics(cfg *config.Config, log zerolog.Logger, srv *loop.Server, sock
 	reg := metrics.NewRegistry(metrics.Options{Version: version, Source: srv, Sockets: srv.MetricsSockets, Host: true})
 	ep, err := metrics.Listen(m.MetricsListen, metrics.EndpointOptions{Gatherer: reg, Ready: srv.Ready, Pprof: m.MetricsPprof, Log: log})
 	if err != nil {
+		reg.Close()
 		return nil, err
 	}
 	log.Info().Str("metrics_listen", ep.Addr()).Msg("metrics endpoint ready")
-	return ep.Close, nil
+	return func() { ep.Close(); reg.Close() }, nil
 }

@@ -40,6 +40,7 @@ type eventLoop struct {
 	nconns int
 	served uint64 // connections accepted by this loop
 	met    *meter // this loop's counts; nil with metrics off (metrics.go)
+	iter   uint64 // iterations of run, for the metrics' accept queue check
 	now    time.Time
 
 	// one list per phase (guard.go) of the open connections that wait for
@@ -176,6 +177,7 @@ func (el *eventLoop) run() {
 			n = 0 // EINTR: the runtime's preemption signal
 		}
 		el.now = time.Now()
+		el.iter++
 		for i := 0; i < n; i++ {
 			ev := &el.events[i]
 			fd := int(ev.Fd)
@@ -326,7 +328,7 @@ func (el *eventLoop) open(fd int, peer netip.AddrPort, l *listener, li int) {
 		el.conns = append(el.conns, make([]*epollConn, len(el.conns)+64)...)
 	}
 	c := newEpollConn(el, fd, peer, l)
-	el.met.opened(li)
+	el.opened(c, li)
 	c.ipHeld = !kind.Proxy
 	el.conns[fd] = c
 	el.nconns++

@@ -23,6 +23,10 @@ type meter struct {
 	shard *metrics.Shard
 	mu    *sync.Mutex // the stream meter's lock; nil for a loop's own
 
+	// A loop's last accept, for the accept queue check (metrics_linux.go).
+	lastIter   uint64
+	lastAccept time.Time
+
 	// A loop's published copy, for scrapes.
 	pubMu   sync.Mutex
 	pub     *metrics.Shard
@@ -188,8 +192,9 @@ func (m *meter) acceptFailed(li int, e metrics.AcceptError) {
 
 // connMeter is what a connection keeps for its metrics.
 type connMeter struct {
-	met        *meter // its owner's: the loop's, or the stream transports'
-	lst        int    // its listener's index
+	met        *meter    // its owner's: the loop's, or the stream transports'
+	lst        int       // its listener's index
+	since      time.Time // the banner's clock: accept, or entry into the accept queue
 	cmd        metrics.Command
 	paused     time.Duration // Delays asked for before the banner
 	banner     bool          // the banner was counted
@@ -216,6 +221,7 @@ func (c *conn) metricsInit(l *listener, load plugins.LoadReporter) {
 		c.m.met = lm.loopMeter()
 	}
 	c.m.lst = srv.listenerIndex(l)
+	c.m.since = c.view.Started
 	c.view.Timer = c
 }
 
@@ -242,7 +248,7 @@ func (c *conn) bannerSent() {
 		return
 	}
 	c.m.banner = true
-	d := time.Since(c.view.Started) - c.m.paused
+	d := time.Since(c.m.since) - c.m.paused
 	m.lock()
 	m.shard.Listeners[c.m.lst].Banner.Observe(d)
 	m.shard.Replies[metrics.CmdConnect][2]++

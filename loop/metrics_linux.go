@@ -68,3 +68,36 @@ func (s *Server) MetricsSockets() []metrics.Socket {
 	}
 	return out
 }
+
+// opened counts connection c, just accepted from listener li, and starts
+// its banner clock. The clock starts when the loop woke for it, unless
+// the connection may have waited in the kernel's accept queue: when the
+// loop accepted another connection in this or its previous iteration,
+// less than a millisecond before, the queue was not empty, and TCP_INFO
+// tells how long ago the handshake's last ACK arrived (in the kernel's
+// ticks: 1 to 10 ms). A loop that keeps up pays no system call.
+func (el *eventLoop) opened(c *epollConn, li int) {
+	m := el.met
+	if m == nil {
+		return
+	}
+	m.opened(li)
+	if el.iter-m.lastIter <= 1 && el.now.Sub(m.lastAccept) < time.Millisecond {
+		if ago, ok := establishedAgo(c.fd); ok {
+			if t := time.Now().Add(-ago); t.Before(c.m.since) {
+				c.m.since = t
+			}
+		}
+	}
+	m.lastIter, m.lastAccept = el.iter, el.now
+}
+
+// establishedAgo is how long ago the accepted socket fd received its last
+// ACK, which for a connection not yet read from is the handshake's.
+func establishedAgo(fd int) (time.Duration, bool) {
+	ti, err := unix.GetsockoptTCPInfo(fd, unix.IPPROTO_TCP, unix.TCP_INFO)
+	if err != nil {
+		return 0, false
+	}
+	return time.Duration(ti.Last_ack_recv) * time.Millisecond, true
+}

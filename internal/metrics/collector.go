@@ -48,11 +48,21 @@ type Options struct {
 	ProcessLabels prometheus.Labels
 }
 
+// Registry is a process's registry; Close stops its listen queue sampler.
+type Registry struct {
+	*prometheus.Registry
+	stop func()
+}
+
+// Close stops what the registry runs in the background.
+func (r *Registry) Close() { r.stop() }
+
 // NewRegistry returns a registry with everything a loopmx process reports:
 // build info, the Go runtime and process series, the SMTP server's
 // series when o.Source is set, the Redis client's, and the listen queues.
-func NewRegistry(o Options) *prometheus.Registry {
+func NewRegistry(o Options) *Registry {
 	reg := prometheus.NewRegistry()
+	r := &Registry{Registry: reg, stop: func() {}}
 	proc := prometheus.WrapRegistererWith(o.ProcessLabels, reg)
 	proc.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
@@ -65,12 +75,14 @@ func NewRegistry(o Options) *prometheus.Registry {
 		reg.MustRegister(redisCollector{})
 	}
 	if o.Sockets != nil {
-		reg.MustRegister(&socketCollector{list: o.Sockets})
+		sc := newSocketCollector(o.Sockets)
+		reg.MustRegister(sc)
+		r.stop = sc.stop
 	}
 	if o.Host {
 		reg.MustRegister(hostCollector{})
 	}
-	return reg
+	return r
 }
 
 // The descriptions of the SMTP server's series. docs/metrics.md explains

@@ -14,7 +14,7 @@ import (
 // (but Gatherer and Ready) are called by the supervisor's main goroutine.
 type Supervisor struct {
 	Workers *Workers
-	reg     *prometheus.Registry
+	reg     *Registry
 	log     zerolog.Logger
 
 	workers    *prometheus.GaugeVec
@@ -74,6 +74,12 @@ func NewSupervisor(version string, log zerolog.Logger) *Supervisor {
 // Gatherer is what the endpoint serves: the supervisor's series and
 // every worker's.
 func (s *Supervisor) Gatherer() prometheus.Gatherer { return prometheus.Gatherers{s.reg, s.Workers} }
+
+// Close stops the supervisor's background sampling and its channels.
+func (s *Supervisor) Close() {
+	s.reg.Close()
+	s.Workers.Close()
+}
 
 // Ready reports whether every worker slot has a ready worker and no stop
 // is under way.

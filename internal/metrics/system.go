@@ -6,6 +6,8 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -29,19 +31,81 @@ var (
 	descQueueMax = prometheus.NewDesc("loopmx_listen_queue_limit",
 		"The accept queue's limit (TCP_INFO tcpi_sacked): backlog, capped by net.core.somaxconn. A full queue drops new connections' SYNs.",
 		[]string{"listener", "socket"}, nil)
+	descQueuePeak = prometheus.NewDesc("loopmx_listen_queue_recent_max",
+		"The longest the accept queue was in the last 10 seconds, sampled every 10 ms: a burst between two scrapes.",
+		[]string{"listener", "socket"}, nil)
 )
 
-// socketCollector reads the accept queue of each listening socket.
+// Sampling of the accept queues between scrapes.
+const (
+	sampleEvery = 10 * time.Millisecond
+	peakSlots   = 10 // one a second: the peak covers the last 10 s
+)
+
+// socketCollector reads the accept queue of each listening socket, and
+// samples it between scrapes for the recent peak.
 type socketCollector struct {
 	list func() []Socket
+	done chan struct{}
+	once sync.Once
+
+	mu    sync.Mutex
+	peaks map[[2]string]*[peakSlots]uint32 // by listener and socket: the peak of each second
+	cur   int64                             // the second being sampled
+}
+
+func newSocketCollector(list func() []Socket) *socketCollector {
+	c := &socketCollector{list: list, done: make(chan struct{}), peaks: map[[2]string]*[peakSlots]uint32{}}
+	go c.sample()
+	return c
+}
+
+func (c *socketCollector) stop() { c.once.Do(func() { close(c.done) }) }
+
+// sample reads every queue each sampleEvery and keeps the peak of each
+// second.
+func (c *socketCollector) sample() {
+	t := time.NewTicker(sampleEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-c.done:
+			return
+		case now := <-t.C:
+			slot := now.Unix() % peakSlots
+			c.mu.Lock()
+			if now.Unix() != c.cur {
+				// A new second: its slot last held the peak of ten seconds ago.
+				c.cur = now.Unix()
+				for _, p := range c.peaks {
+					p[slot] = 0
+				}
+			}
+			for _, s := range c.list() {
+				if n, _, ok := listenQueue(s.FD); ok {
+					k := [2]string{s.Listener, s.Socket}
+					p := c.peaks[k]
+					if p == nil {
+						p = &[peakSlots]uint32{}
+						c.peaks[k] = p
+					}
+					p[slot] = max(p[slot], n)
+				}
+			}
+			c.mu.Unlock()
+		}
+	}
 }
 
 func (c *socketCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- descQueueLen
 	ch <- descQueueMax
+	ch <- descQueuePeak
 }
 
 func (c *socketCollector) Collect(ch chan<- prometheus.Metric) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	for _, s := range c.list() {
 		n, limit, ok := listenQueue(s.FD)
 		if !ok {
@@ -49,6 +113,13 @@ func (c *socketCollector) Collect(ch chan<- prometheus.Metric) {
 		}
 		ch <- prometheus.MustNewConstMetric(descQueueLen, prometheus.GaugeValue, float64(n), s.Listener, s.Socket)
 		ch <- prometheus.MustNewConstMetric(descQueueMax, prometheus.GaugeValue, float64(limit), s.Listener, s.Socket)
+		peak := n
+		if p := c.peaks[[2]string{s.Listener, s.Socket}]; p != nil {
+			for _, v := range p {
+				peak = max(peak, v)
+			}
+		}
+		ch <- prometheus.MustNewConstMetric(descQueuePeak, prometheus.GaugeValue, float64(peak), s.Listener, s.Socket)
 	}
 }
 
