@@ -51,7 +51,7 @@ type socketCollector struct {
 
 	mu    sync.Mutex
 	peaks map[[2]string]*[peakSlots]uint32 // by listener and socket: the peak of each second
-	cur   int64                             // the second being sampled
+	cur   int64                            // the second being sampled
 }
 
 func newSocketCollector(list func() []Socket) *socketCollector {
