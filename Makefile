@@ -16,7 +16,8 @@ build:
 run: build
 	./bin/loopmx
 
-# Installs what the tests need (swaks, smtp-source from postfix, redis-server) when
+# Installs what the tests need (swaks, smtp-source from postfix, redis-server,
+# promtool and prometheus from prometheus) when
 # missing and root can install it, then runs everything with -race.
 test: deps vet fmt-check cross
 	$(GO) test -race -count=1 -timeout 8m ./...
@@ -26,6 +27,7 @@ deps:
 	command -v swaks >/dev/null 2>&1 || missing="$$missing swaks"; \
 	[ -x /usr/sbin/smtp-source ] || missing="$$missing postfix"; \
 	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
+	command -v promtool >/dev/null 2>&1 || missing="$$missing prometheus"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    echo "installing:$$missing"; \

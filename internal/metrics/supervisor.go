@@ -62,6 +62,9 @@ func NewSupervisor(version string, log zerolog.Logger) *Supervisor {
 		Name: "loopmx_supervisor_upgrade_generation",
 		Help: "Binaries this supervisor has run in place: 1 at start, +1 for every binary upgrade (USR2).",
 	})
+	for _, st := range []string{"ready", "starting", "draining"} {
+		s.workers.WithLabelValues(st)
+	}
 	for _, k := range []string{"reload", "upgrade"} {
 		for _, o := range []string{"ok", "failed"} {
 			s.rollouts.WithLabelValues(k, o)
