@@ -83,7 +83,7 @@ environment:
                       overrides threadpool_size of smtp.ini.
 
 documentation: README.md and docs/ in the source tree (config.md lists every
-smtp.ini key; plugins.md, supervisor.md, tls.md, protocol.md), each plugin's
+smtp.ini key; plugins.md, supervisor.md, tls.md, protocol.md, metrics.md), each plugin's
 README.md, and contrib/config, a commented example directory. Installed as
 contrib/systemd/loopmx.service says, docs/ is in /usr/local/share/doc/loopmx.
 `

@@ -23,9 +23,12 @@ type meter struct {
 	shard *metrics.Shard
 	mu    *sync.Mutex // the stream meter's lock; nil for a loop's own
 
-	// A loop's last accept, for the accept queue check (metrics_linux.go).
-	lastIter   uint64
-	lastAccept time.Time
+	// A loop's accepts, for the accept queue check (metrics_linux.go): the
+	// iteration of the last one, and since when it has accepted in every
+	// iteration.
+	lastIter uint64
+	streak   time.Time
+	short    int // connections of the streak the kernel said waited 0 ms, in a row (or skipped after)
 
 	// A loop's published copy, for scrapes.
 	pubMu   sync.Mutex
@@ -271,41 +274,59 @@ func (c *conn) peekCommand() {
 	c.m.cmd = commandOf(c.in)
 }
 
-// commandOf names the verb that starts in.
+// commandOf names the verb that starts in, from its first four letters
+// (STARTTLS is the one verb of more).
 func commandOf(in []byte) metrics.Command {
-	var v [8]byte
-	n := 0
-	for n < len(in) && n < len(v) && in[n] != ' ' && in[n] != '\r' && in[n] != '\n' {
-		v[n] = in[n] &^ 0x20 // upper case, for letters
-		n++
+	if len(in) < 4 {
+		return metrics.CmdOther
 	}
-	switch string(v[:n]) {
-	case "HELO":
+	v := uint32(in[0]&^0x20)<<24 | uint32(in[1]&^0x20)<<16 | uint32(in[2]&^0x20)<<8 | uint32(in[3]&^0x20)
+	if !verbEnds(in, 4) {
+		if v == verb("STAR") && len(in) >= 8 && upper4(in[4:8]) == [4]byte{'T', 'T', 'L', 'S'} && verbEnds(in, 8) {
+			return metrics.CmdStartTLS
+		}
+		return metrics.CmdOther
+	}
+	switch v {
+	case verb("HELO"):
 		return metrics.CmdHelo
-	case "EHLO":
+	case verb("EHLO"):
 		return metrics.CmdEhlo
-	case "MAIL":
+	case verb("MAIL"):
 		return metrics.CmdMail
-	case "RCPT":
+	case verb("RCPT"):
 		return metrics.CmdRcpt
-	case "DATA":
+	case verb("DATA"):
 		return metrics.CmdData
-	case "BDAT":
+	case verb("BDAT"):
 		return metrics.CmdBdat
-	case "RSET":
+	case verb("RSET"):
 		return metrics.CmdRset
-	case "NOOP":
+	case verb("NOOP"):
 		return metrics.CmdNoop
-	case "QUIT":
+	case verb("QUIT"):
 		return metrics.CmdQuit
-	case "VRFY":
+	case verb("VRFY"):
 		return metrics.CmdVrfy
-	case "HELP":
+	case verb("HELP"):
 		return metrics.CmdHelp
-	case "STARTTLS":
-		return metrics.CmdStartTLS
 	}
 	return metrics.CmdOther
+}
+
+// verbEnds reports whether a verb of n letters ends in at n.
+func verbEnds(in []byte, n int) bool {
+	return len(in) == n || in[n] == ' ' || in[n] == '\r' || in[n] == '\n'
+}
+
+// verb packs a four-letter verb as commandOf reads one.
+func verb(s string) uint32 {
+	return uint32(s[0])<<24 | uint32(s[1])<<16 | uint32(s[2])<<8 | uint32(s[3])
+}
+
+// upper4 upper-cases four letters.
+func upper4(b []byte) [4]byte {
+	return [4]byte{b[0] &^ 0x20, b[1] &^ 0x20, b[2] &^ 0x20, b[3] &^ 0x20}
 }
 
 // replied counts the reply b (to the command being answered, or to the
@@ -360,37 +381,36 @@ func (c *conn) timed(job func() plugins.Result) func() plugins.Result {
 
 // hookTimed counts the blocking hook that just answered: its wait for a
 // worker and its run.
-func (c *conn) hookTimed() {
+func (c *conn) hookTimed() { c.blockingDone(true) }
+
+// hookTimedOut counts a blocking hook that overran its timeout, for the
+// time until it was given up on (its job may still run: its times are
+// not read).
+func (c *conn) hookTimedOut() { c.blockingDone(false) }
+
+func (c *conn) blockingDone(answered bool) {
 	t := c.m.call
 	if t == nil {
 		return
 	}
 	c.m.call = nil
+	run := time.Since(t.submitted)
 	m := c.m.met
 	m.lock()
-	m.shard.PoolWait.Observe(t.start.Sub(t.submitted))
-	m.shard.Hook(c.setup.chain.PluginAt(c.call.Hook, c.callIdx), c.call.Hook.String()).Observe(t.end.Sub(t.start))
-	m.unlock()
-}
-
-// hookTimedOut counts a blocking hook that overran its timeout at the
-// time it was given up on (its job may still run; its times are not read).
-func (c *conn) hookTimedOut() {
-	t := c.m.call
-	if t == nil {
-		return
+	if answered {
+		run = t.end.Sub(t.start)
+		m.shard.PoolWait.Observe(t.start.Sub(t.submitted))
 	}
-	c.m.call = nil
-	m := c.m.met
-	m.lock()
-	m.shard.Hook(c.setup.chain.PluginAt(c.call.Hook, c.callIdx), c.call.Hook.String()).Observe(time.Since(t.submitted))
+	m.shard.Hook(c.setup.chain.PluginAt(c.call.Hook, c.callIdx), c.call.Hook.String()).Observe(run)
 	m.unlock()
 }
 
-// hookStarting notes when the queue hook's first plugin starts.
+// hookStarting notes when the queue hook's first plugin starts, by the
+// transport's clock (an event loop's is the time it woke: a queue hook
+// is timed to the batch of work, enough for fsyncs and next hops).
 func (c *conn) hookStarting(h plugins.Hook, i int) {
 	if c.m.met != nil && h == plugins.HookQueue && i == 0 {
-		c.m.queueStart = time.Now()
+		c.m.queueStart = c.tr.now()
 	}
 }
 
@@ -419,7 +439,7 @@ func (c *conn) messageDone(call plugins.Call, res plugins.Result, code int) {
 	}
 	m.shard.Messages[metrics.MessageKey{Plugin: plugin, Outcome: outcome}]++
 	if !c.m.queueStart.IsZero() {
-		m.shard.QueueTime.Observe(time.Since(c.m.queueStart))
+		m.shard.QueueTime.Observe(c.tr.now().Sub(c.m.queueStart))
 		c.m.queueStart = time.Time{}
 	}
 }

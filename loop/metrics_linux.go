@@ -69,27 +69,51 @@ func (s *Server) MetricsSockets() []metrics.Socket {
 	return out
 }
 
+// queuedFor is how long a loop must have found a connection to accept in
+// every iteration before it asks the kernel how long each one waited: the
+// kernel's answer counts in ticks of 1 to 10 ms, so a shorter wait is
+// below what it can tell. When it answers 0 for shortRun connections in a
+// row, the queue is short and the loop asks for one connection in
+// shortRun only, until one waited a tick.
+const (
+	queuedFor = 2 * time.Millisecond
+	shortRun  = 8
+)
+
 // opened counts connection c, just accepted from listener li, and starts
 // its banner clock. The clock starts when the loop woke for it, unless
-// the connection may have waited in the kernel's accept queue: when the
-// loop accepted another connection in this or its previous iteration,
-// less than a millisecond before, the queue was not empty, and TCP_INFO
-// tells how long ago the handshake's last ACK arrived (in the kernel's
-// ticks: 1 to 10 ms). A loop that keeps up pays no system call.
+// the connection may have waited long in the kernel's accept queue: when
+// the loop has accepted in every iteration for queuedFor, the queue has
+// not been empty since, and TCP_INFO tells how long ago the connection's
+// handshake ended (for every connection while the queue is long, for one
+// in shortRun while it is short). A loop that keeps up makes no system
+// call for it.
 func (el *eventLoop) opened(c *epollConn, li int) {
 	m := el.met
 	if m == nil {
 		return
 	}
 	m.opened(li)
-	if el.iter-m.lastIter <= 1 && el.now.Sub(m.lastAccept) < time.Millisecond {
-		if ago, ok := establishedAgo(c.fd); ok {
+	switch {
+	case m.lastIter == 0 || el.iter-m.lastIter > 1:
+		m.streak, m.short = el.now, 0 // the queue was found empty since the last accept
+	case el.now.Sub(m.streak) < queuedFor:
+	case m.short >= shortRun && m.short%shortRun != 0:
+		m.short++ // a short queue: not this one
+	default:
+		ago, ok := establishedAgo(c.fd)
+		switch {
+		case !ok:
+		case ago == 0:
+			m.short++
+		default:
+			m.short = 0
 			if t := time.Now().Add(-ago); t.Before(c.m.since) {
 				c.m.since = t
 			}
 		}
 	}
-	m.lastIter, m.lastAccept = el.iter, el.now
+	m.lastIter = el.iter
 }
 
 // establishedAgo is how long ago the accepted socket fd received its last

@@ -139,3 +139,52 @@ func TestMetricsOff(t *testing.T) {
 		t.Errorf("a server without metrics reported %+v", s)
 	}
 }
+
+// TestMetricsTLSAndProxy: a STARTTLS handshake counts by version, its
+// connection's end counts on its listener after the move to the stream
+// transport, and PROXY headers count by outcome.
+func TestMetricsTLSAndProxy(t *testing.T) {
+	env := newTLSEnv(t, "", "mx.test")
+	ts, proxyAddr := proxyServer(t, func(o *loop.Options) { env.with(o); o.Metrics = true }, &recorder{})
+
+	c := connect(t, ts.addr)
+	c.hello()
+	s := mustStartTLS(c, env.client("mx.test"))
+	s.quit()
+
+	p := viaProxy(t, proxyAddr, "PROXY TCP4 192.0.2.7 127.0.0.1 40000 25\r\n")
+	p.cmd("QUIT", "221")
+	bad := dial(t, proxyAddr)
+	bad.write("PROXY NONSENSE\r\n")
+	bad.expectClosedSilently()
+	ts.waitConnections(t, 0)
+
+	snap := snapshot(ts)
+	if n := snap.TLS[metrics.TLSKey{Outcome: "ok", Version: "1.3"}]; n != 1 || len(snap.TLS) != 1 {
+		t.Errorf("TLS handshakes %v, want one ok with 1.3", snap.TLS)
+	}
+	if l := snap.Shard.Listeners[0]; l.Opened != 1 || l.Closed["quit"] != 1 {
+		t.Errorf("plain listener: opened %d, closed %v; want the TLS session opened and ended by quit", l.Opened, l.Closed)
+	}
+	if snap.Proxy[metrics.ProxyOK] != 1 || snap.Proxy[metrics.ProxyMalformed] != 1 {
+		t.Errorf("PROXY outcomes %v, want one ok and one malformed", snap.Proxy)
+	}
+	if l := snap.Shard.Listeners[1]; l.Opened != 2 || l.Closed["quit"] != 1 || l.Closed["bad PROXY header"] != 1 {
+		t.Errorf("PROXY listener: opened %d, closed %v", l.Opened, l.Closed)
+	}
+}
+
+// TestMetricsCommandOf: replies are counted under the verb the client
+// sent, in any case; anything else is "other".
+func TestMetricsCommandOf(t *testing.T) {
+	for in, want := range map[string]metrics.Command{
+		"EHLO x\r\n": metrics.CmdEhlo, "ehlo x\r\n": metrics.CmdEhlo, "QUIT\r\n": metrics.CmdQuit, "rset\r\n": metrics.CmdRset,
+		"StartTLS\r\n": metrics.CmdStartTLS, "STARTTLSX\r\n": metrics.CmdOther, "STAR\r\n": metrics.CmdOther,
+		"MAILX FROM:<>\r\n": metrics.CmdOther, "GET / HTTP/1.1\r\n": metrics.CmdOther, "DAT": metrics.CmdOther,
+		"BDAT 10 LAST\r\n": metrics.CmdBdat, "data\r\n": metrics.CmdData,
+	} {
+		if got := loop.CommandOf([]byte(in)); got != want {
+			t.Errorf("%q counts as %s, want %s", in, got, want)
+		}
+	}
+}

@@ -116,7 +116,7 @@ func (ch *Chain) Close() error {
 func (ch *Chain) Step(c *Conn, call *Call, i int) (res Result, next int, done bool) {
 	list := ch.byHook[call.Hook]
 	var t0 time.Time
-	if c.Timer != nil {
+	if c.Timer != nil && i < len(list) {
 		t0 = time.Now()
 	}
 	for ; i < len(list); i++ {

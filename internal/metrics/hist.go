@@ -50,19 +50,13 @@ type DurHist struct {
 // Observe adds one duration; a negative one counts as zero.
 func (h *DurHist) Observe(d time.Duration) {
 	v := max(int64(d), 0)
-	i := 0
-	for i < numDur && v > durBounds[i] {
-		i++
-	}
-	h.Counts[i]++
+	h.Counts[bucket(durBounds[:], v)]++
 	h.SumNs += v
 }
 
 // Add adds o's counts to h.
 func (h *DurHist) Add(o *DurHist) {
-	for i := range h.Counts {
-		h.Counts[i] += o.Counts[i]
-	}
+	addCounts(h.Counts[:], o.Counts[:])
 	h.SumNs += o.SumNs
 }
 
@@ -83,20 +77,31 @@ type SizeHist struct {
 
 // Observe adds one size.
 func (h *SizeHist) Observe(n int64) {
-	i := 0
-	for i < numSize && n > sizeBounds[i] {
-		i++
-	}
-	h.Counts[i]++
+	h.Counts[bucket(sizeBounds[:], n)]++
 	h.Sum += n
 }
 
 // Add adds o's counts to h.
 func (h *SizeHist) Add(o *SizeHist) {
-	for i := range h.Counts {
-		h.Counts[i] += o.Counts[i]
-	}
+	addCounts(h.Counts[:], o.Counts[:])
 	h.Sum += o.Sum
+}
+
+// bucket is the index of the first bound v does not exceed, or
+// len(bounds) for +Inf.
+func bucket(bounds []int64, v int64) int {
+	i := 0
+	for i < len(bounds) && v > bounds[i] {
+		i++
+	}
+	return i
+}
+
+// addCounts adds src to dst, bucket by bucket.
+func addCounts(dst, src []uint64) {
+	for i := range dst {
+		dst[i] += src[i]
+	}
 }
 
 // cumulative turns per-bucket counts into the cumulative map a constant

@@ -32,13 +32,15 @@ var (
 		"The accept queue's limit (TCP_INFO tcpi_sacked): backlog, capped by net.core.somaxconn. A full queue drops new connections' SYNs.",
 		[]string{"listener", "socket"}, nil)
 	descQueuePeak = prometheus.NewDesc("loopmx_listen_queue_recent_max",
-		"The longest the accept queue was in the last 10 seconds, sampled every 10 ms: a burst between two scrapes.",
+		"The longest the accept queue was in the last 10 seconds, sampled every 100 ms: a burst between two scrapes.",
 		[]string{"listener", "socket"}, nil)
 )
 
-// Sampling of the accept queues between scrapes.
+// Sampling of the accept queues between scrapes: a queue that lasts
+// 100 ms makes senders wait as long as the banner SLO allows; a shorter
+// one need not wake the process more often.
 const (
-	sampleEvery = 10 * time.Millisecond
+	sampleEvery = 100 * time.Millisecond
 	peakSlots   = 10 // one a second: the peak covers the last 10 s
 )
 
