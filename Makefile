@@ -17,16 +17,21 @@ run: build
 	./bin/loopmx
 
 # Installs what the tests need (swaks, smtp-source from postfix, redis-server,
-# promtool and prometheus from prometheus) when
+# haproxy, promtool and prometheus from prometheus) when
 # missing and root can install it, then runs everything with -race.
+# The Redis-using packages run a second time against a Redis Cluster of
+# three masters (internal/redisx/redistest).
+REDIS_PKGS = ./internal/redisx/... ./plugins/limit ./plugins/results ./plugins/greylist ./plugins/rcpt_to.valid ./plugins/rcpt_to.verify
 test: deps vet fmt-check cross
 	$(GO) test -race -count=1 -timeout 8m ./...
+	LOOPMX_TEST_REDIS=cluster $(GO) test -race -count=1 -timeout 5m $(REDIS_PKGS)
 
 deps:
 	@missing=""; \
 	command -v swaks >/dev/null 2>&1 || missing="$$missing swaks"; \
 	[ -x /usr/sbin/smtp-source ] || missing="$$missing postfix"; \
 	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
+	[ -x /usr/sbin/haproxy ] || command -v haproxy >/dev/null 2>&1 || missing="$$missing haproxy"; \
 	command -v promtool >/dev/null 2>&1 || missing="$$missing prometheus"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \

@@ -3,6 +3,7 @@ module loopmx
 go 1.26.8
 
 require (
+	blitiri.com.ar/go/spf v1.6.0
 	github.com/mattn/go-isatty v0.0.20
 	github.com/miekg/dns v1.1.73
 	github.com/redis/go-redis/v9 v9.23.0

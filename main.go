@@ -26,6 +26,7 @@ import (
 
 	"loopmx/config"
 	"loopmx/internal/metrics"
+	"loopmx/internal/ticketkeys"
 	"loopmx/loop"
 	"loopmx/loop/workpool"
 	"loopmx/plugins"
@@ -35,15 +36,21 @@ import (
 	_ "loopmx/plugins/access"
 	_ "loopmx/plugins/dnsbl"
 	_ "loopmx/plugins/early_talker"
+	_ "loopmx/plugins/fcrdns"
+	_ "loopmx/plugins/greylist"
 	_ "loopmx/plugins/headers"
 	_ "loopmx/plugins/helo.checks"
 	_ "loopmx/plugins/limit"
+	_ "loopmx/plugins/mail_from.is_resolvable"
 	_ "loopmx/plugins/queue/discard"
 	_ "loopmx/plugins/queue/lmtp"
 	_ "loopmx/plugins/queue/maildir"
 	_ "loopmx/plugins/queue/smtp_forward"
 	_ "loopmx/plugins/rcpt_to.in_host_list"
+	_ "loopmx/plugins/rcpt_to.valid"
+	_ "loopmx/plugins/rcpt_to.verify"
 	_ "loopmx/plugins/results"
+	_ "loopmx/plugins/spf"
 	_ "loopmx/plugins/toobusy"
 )
 
@@ -182,7 +189,14 @@ func run(args []string, stdout, stderr io.Writer) int {
 			return err
 		})
 	case "check-config":
-		chain, _, err := prepare(cfg)
+		chain, tlsConf, err := prepare(cfg)
+		if err == nil && tlsConf != nil && tlsConf.Tickets.File != "" {
+			// The server reads it at start (the supervisor, or the
+			// process alone); workers get the keys from the supervisor.
+			if _, err = ticketkeys.ReadFile(tlsConf.Tickets.File); err != nil {
+				chain.Close()
+			}
+		}
 		if err != nil {
 			fmt.Fprintln(stderr, err)
 			return 1
@@ -205,7 +219,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	if isWorker {
-		return serve(cfg, stderr, sockets{files: w.Listeners, specs: w.Specs, ready: w.Ready, worker: w.ID, metrics: w.MetricsChannel()})
+		return serve(cfg, stderr, sockets{files: w.Listeners, specs: w.Specs, ready: w.Ready, worker: w.ID, tickets: w.TicketKeys, metrics: w.MetricsChannel()})
 	}
 	if cfg.Main.Nodes >= 1 {
 		return superviseRun(cfg, *dir, stderr)
@@ -340,11 +354,14 @@ func (m supervisorMetrics) Sockets(socks []supervisor.Socket) {
 // sockets are the listening sockets a server was handed, and what to do
 // once it accepts.
 type sockets struct {
-	files   []*os.File        // from a supervisor or systemd; nil: bind the config's addresses
-	specs   []config.Listener // what each of files is
-	ready   func()            // called once the server accepts
-	worker  int               // the worker id under a supervisor, 0 alone
-	metrics *os.File          // a worker's metrics channel to its supervisor, or nil
+	files  []*os.File        // from a supervisor or systemd; nil: bind the config's addresses
+	specs  []config.Listener // what each of files is
+	ready  func()            // called once the server accepts
+	worker int               // the worker id under a supervisor, 0 alone
+	// tickets are the supervisor's session-ticket keys, shared by all its
+	// workers; nil alone, where the process keeps keys of its own.
+	tickets *ticketkeys.Share
+	metrics *os.File // a worker's metrics channel to its supervisor, or nil
 }
 
 // serve runs the SMTP server in this process: on listeners handed over by
@@ -388,6 +405,11 @@ func serveChain(cfg *config.Config, log zerolog.Logger, stderr io.Writer, socks 
 	}
 	opts.TLS = tlsConf
 	opts.Metrics = socks.metrics != nil || (socks.worker == 0 && cfg.Main.MetricsListen != "")
+	local, err := startTickets(log, socks, tlsConf)
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		return 1
+	}
 	srv, err := loop.New(opts, chain, pool)
 	if err != nil {
 		log.Error().Err(err).Msg("cannot listen")
@@ -430,7 +452,7 @@ func serveChain(cfg *config.Config, log zerolog.Logger, stderr io.Writer, socks 
 		for range hups {
 			supervisor.Notify("RELOADING=1")
 			mu.Lock()
-			if next, err := reloadChain(cfg, log, srv, tlsConf, *current); err == nil {
+			if next, err := reloadChain(cfg, log, srv, tlsConf, local, *current); err == nil {
 				*current = next
 			}
 			mu.Unlock()
@@ -479,7 +501,7 @@ func serveChain(cfg *config.Config, log zerolog.Logger, stderr io.Writer, socks 
 // connections. A config the server would refuse is logged and the old one
 // stays in force. Settings that only a restart can change (listeners,
 // loops, workpool, connection limits, timeouts) are named in a warning.
-func reloadChain(cfg *config.Config, log zerolog.Logger, srv *loop.Server, tlsConf *loop.TLSConfig, prev *plugins.Chain) (*plugins.Chain, error) {
+func reloadChain(cfg *config.Config, log zerolog.Logger, srv *loop.Server, tlsConf *loop.TLSConfig, tickets *ticketkeys.Local, prev *plugins.Chain) (*plugins.Chain, error) {
 	dir := cfg.Dir
 	if cfg.Embedded {
 		dir = ""
@@ -488,6 +510,13 @@ func reloadChain(cfg *config.Config, log zerolog.Logger, srv *loop.Server, tlsCo
 	var chain *plugins.Chain
 	if err == nil {
 		chain, _, err = prepare(next)
+	}
+	if err == nil && tickets != nil {
+		// A key file that cannot be read fails the reload, as under a
+		// supervisor; the keys in use stay.
+		if err = reloadTickets(next, tickets); err != nil {
+			chain.Close()
+		}
 	}
 	if err == nil {
 		if err = chain.Start(); err != nil {
@@ -505,6 +534,7 @@ func reloadChain(cfg *config.Config, log zerolog.Logger, srv *loop.Server, tlsCo
 			log.Info().Msg("SIGHUP: TLS certificates reloaded")
 		}
 	}
+
 	opts := loop.OptionsFrom(next, log)
 	if err := srv.Reload(chain, opts.Proto, func() {
 		if err := prev.Close(); err != nil {
@@ -543,6 +573,31 @@ func restartOnly(started, next *config.Config) []string {
 	add(a.Nodes != b.Nodes, "nodes")
 	add(a.MetricsListen != b.MetricsListen || a.MetricsPprof != b.MetricsPprof, "metrics_listen/metrics_pprof")
 	return keys
+}
+
+// startTickets installs the TLS session-ticket keys before the server
+// accepts: a worker follows its supervisor's shared set, a process alone
+// keeps its own (generated and rotated, or read from ticket_key_file)
+// and returns it for reloads.
+func startTickets(log zerolog.Logger, socks sockets, tlsConf *loop.TLSConfig) (*ticketkeys.Local, error) {
+	if tlsConf == nil || tlsConf.Tickets.Disabled {
+		return nil, nil
+	}
+	if socks.tickets != nil {
+		return nil, socks.tickets.Follow(tlsConf.SetTicketKeys, func(err error) {
+			log.Error().Err(err).Msg("cannot read the supervisor's session-ticket keys; the ones in use stay")
+		})
+	}
+	return ticketkeys.StartLocal(tlsConf.Tickets, tlsConf.SetTicketKeys)
+}
+
+// reloadTickets gives a process alone the ticket settings of next.
+func reloadTickets(next *config.Config, tickets *ticketkeys.Local) error {
+	p, err := ticketkeys.PolicyFrom(next)
+	if err != nil {
+		return err
+	}
+	return tickets.Reload(p)
 }
 
 func cfgName(cfg *config.Config) string {

@@ -160,6 +160,7 @@ type options struct {
 	rejectTo  string
 	starttls  bool
 	metrics   string
+	resume    bool
 }
 
 // realMain is the program with its arguments and outputs passed in, for
@@ -194,6 +195,7 @@ func realMain(args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&o.to, "to", "bench@example.com", "RCPT TO address (with -rcpts > 1, local+N@domain)")
 	fs.StringVar(&o.rejectTo, "reject-to", "nobody@unknown.invalid", "mix: the recipient a real MX refuses")
 	fs.StringVar(&o.metrics, "metrics", "", "the server's Prometheus endpoint (http://127.0.0.1:9125/metrics): print its banner percentiles for each scenario beside the client's, and its listen queue")
+	fs.BoolVar(&o.resume, "resume", false, "with -starttls: one TLS session cache for each scenario, so every handshake after the first resumes a session (a sender that comes back) instead of a full one")
 	fs.BoolVar(&o.starttls, "starttls", false, "after EHLO, upgrade with STARTTLS (a full handshake each time) and say EHLO again; idle then holds TLS sessions; flood ignores it")
 	compare := fs.Bool("compare", false, "compare mode: read RESULT.json files and print medians and ratios to -base")
 	base := fs.String("base", "loopmx", "compare mode: the label every other is divided into")
@@ -270,6 +272,7 @@ func (o options) paramsFor(name string) (params, error) {
 		p.Mix = o.mix
 	}
 	p.StartTLS = o.starttls && name != "flood"
+	p.Resume = p.StartTLS && o.resume
 	return p, p.validate()
 }
 
@@ -379,9 +382,15 @@ func (e *env) execute(p params, sc *script) Result {
 	if p.StartTLS {
 		// The certificate is not checked: the target is this machine, test
 		// servers use self-signed certificates, and checking would add
-		// client work to every handshake. No session cache: every
-		// handshake is a full one, the cost a new sender causes.
+		// client work to every handshake. Without -resume there is no
+		// session cache: every handshake is a full one, the cost a new
+		// sender causes.
 		r.tls = &tls.Config{InsecureSkipVerify: true}
+		if p.Resume {
+			// -resume: the senders come back; tickets make their
+			// handshakes abbreviated ones.
+			r.tls.ClientSessionCache = tls.NewLRUClientSessionCache(64)
+		}
 	}
 	r.left.Store(p.N)
 	var srv *serverDelta
@@ -470,7 +479,7 @@ func (e *env) monitor(r *run, srv *serverDelta, start time.Time, done chan struc
 // warmUp runs unmeasured sessions so that the server has grown its pools and
 // heap before the first figures are taken.
 func warmUp(e *env, o options, sc *script) error {
-	p := params{Scenario: "session", Conc: min(10, o.warmup), N: int64(o.warmup), Duration: 30 * time.Second, Timeout: o.timeout, StartTLS: o.starttls}
+	p := params{Scenario: "session", Conc: min(10, o.warmup), N: int64(o.warmup), Duration: 30 * time.Second, Timeout: o.timeout, StartTLS: o.starttls, Resume: o.starttls && o.resume}
 	quiet := *e
 	quiet.pid, quiet.progress, quiet.metrics = 0, nil, ""
 	res := quiet.execute(p, sc)

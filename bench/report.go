@@ -24,6 +24,7 @@ type Result struct {
 	Seconds        float64            `json:"seconds"`
 	Sessions       int64              `json:"sessions"`
 	Messages       int64              `json:"messages"`
+	Resumed        int64              `json:"resumed,omitempty"` // TLS handshakes that resumed (-resume)
 	SessionsPerSec float64            `json:"sessions_per_sec"`
 	MessagesPerSec float64            `json:"messages_per_sec"`
 	Errors         map[string]int64   `json:"errors"`
@@ -91,6 +92,7 @@ func buildResult(p params, st *stats, active, client time.Duration, srv *serverD
 		Seconds:  active.Seconds(),
 		Sessions: st.sessions.Load(),
 		Messages: st.messages.Load(),
+		Resumed:  st.resumed.Load(),
 		Errors:   map[string]int64{},
 		Latency:  map[string]Summary{},
 	}

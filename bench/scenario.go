@@ -22,6 +22,7 @@ type params struct {
 	Mix      string        `json:"mix,omitempty"`
 	Hold     time.Duration `json:"hold_ns,omitempty"`
 	StartTLS bool          `json:"starttls,omitempty"` // upgrade with STARTTLS after the first EHLO
+	Resume   bool          `json:"resume,omitempty"`   // with StartTLS: one session cache for the run, so handshakes resume
 	Timeout  time.Duration `json:"timeout_ns"`
 }
 
@@ -30,6 +31,7 @@ type stats struct {
 	phase    [numPhases]hist
 	sessions atomic.Int64
 	messages atomic.Int64
+	resumed  atomic.Int64 // TLS handshakes that resumed a session
 	errs     [numErrKinds]atomic.Int64
 	outcomes [numOutcomes]atomic.Int64
 

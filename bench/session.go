@@ -230,6 +230,9 @@ func (w *worker) hello() error {
 		return fmt.Errorf("starttls: handshake: %w", err)
 	}
 	w.r.st.phase[phTLS].record(time.Since(t0))
+	if tc.ConnectionState().DidResume {
+		w.r.st.resumed.Add(1)
+	}
 	w.c = tc
 	w.br.Reset(tc)
 	return w.ehlo()

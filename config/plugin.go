@@ -108,6 +108,21 @@ func (p *PluginConfig) Duration(section, key string, def time.Duration) time.Dur
 	return d
 }
 
+// Choice returns the value of key in section, one of choices in lower
+// case (the file may write it in any case), or def.
+func (p *PluginConfig) Choice(section, key, def string, choices ...string) string {
+	v, ok := p.f.lookup(section, key)
+	if !ok {
+		return def
+	}
+	c, err := parseChoice(v, choices...)
+	if err != nil {
+		p.f.fail(section, key, err)
+		return def
+	}
+	return c
+}
+
 // Path returns the value of key in section, or def, resolved against the
 // config directory unless it is absolute. An empty def stays empty; an
 // empty value in the file is an error.

@@ -81,6 +81,7 @@ big = 3g
 small = 512
 on = yes
 off = Off
+mode = Connect
 wait = 1m30s
 secs = 45
 rel = ./var/spool
@@ -115,6 +116,8 @@ port = 6379
 		{"Bool yes", p.Bool("", "on", false), true},
 		{"Bool Off", p.Bool("", "off", true), false},
 		{"Bool missing", p.Bool("", "nope", true), true},
+		{"Choice", p.Choice("", "mode", "rcpt", "connect", "rcpt"), "connect"},
+		{"Choice missing", p.Choice("", "nope", "rcpt", "connect", "rcpt"), "rcpt"},
 		{"Duration", p.Duration("", "wait", 0), 90 * time.Second},
 		{"Duration seconds", p.Duration("", "secs", 0), 45 * time.Second},
 		{"Duration missing", p.Duration("", "nope", time.Hour), time.Hour},
@@ -219,6 +222,17 @@ func TestPluginBadValueReturnsDefault(t *testing.T) {
 	if p.Int("", "n", 3) != 3 || p.Bool("", "b", true) != true ||
 		p.Duration("", "d", time.Second) != time.Second || p.Int64("", "s", 4) != 4 {
 		t.Error("a getter did not return its default for a bad value")
+	}
+}
+
+func TestPluginChoiceError(t *testing.T) {
+	_, p := pluginConfig(t, "x", "x.ini", "reject = later\n")
+	if got := p.Choice("", "reject", "rcpt", "connect", "rcpt"); got != "rcpt" {
+		t.Errorf("a bad choice gave %q, want the default", got)
+	}
+	want := `config: x.ini: [main] reject: "later" is not one of connect, rcpt`
+	if err := p.Check(); err == nil || err.Error() != want {
+		t.Errorf("Check: %v, want %s", err, want)
 	}
 }
 

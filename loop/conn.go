@@ -63,10 +63,13 @@ type conn struct {
 	refusals []string // "<hook> <code> <plugin>" of the refusals in the open transaction
 
 	// the message body beyond memory (spool.go)
-	spool    *os.File // where the body spilled; nil while it fits in memory
-	spooled  int64    // octets written to spool
-	held     int      // body buffer octets counted in the server's max_body_memory
-	spoolErr error    // the body could not be written: the message is refused at its end
+	spool    *os.File     // where the body spilled; nil while it fits in memory
+	spooled  int64        // octets written to spool
+	held     int          // body buffer octets counted in the server's max_body_memory
+	spoolErr error        // the body could not be written: the message is refused at its end
+	spilling *spillJob    // the spool write in flight
+	msgWait  bool         // the message waits for its last spool write
+	msgCall  plugins.Call // the hook call it will then start
 
 	m connMeter // what the metrics need (metrics.go)
 }
@@ -209,13 +212,8 @@ func (c *conn) process() {
 					c.view.BeginTx(ev.Arg, c.tr.now())
 				}
 				if ev.Kind == smtpproto.KindMessage {
-					if c.msg = c.message(); c.msg == nil {
-						res := plugins.DenySoft(451, "4.3.0", "Cannot store the message now; try again later")
-						res.Plugin = "spool"
-						c.resolve(call, res)
-						continue
-					}
-					call.Msg = c.msg
+					c.endOfMessage(call)
+					continue
 				}
 				c.runHook(call, 0)
 			}

@@ -8,6 +8,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"loopmx/loop/workpool"
 	"loopmx/plugins"
 )
 
@@ -269,11 +270,11 @@ func (e *epollConn) setEvents(ev uint32) {
 // await hands a blocking hook to the workpool; the result comes back
 // through the loop's wake-up (hookDone), the timeout through the timer
 // heap (timerFired).
-func (e *epollConn) await(job func() plugins.Result, gen uint32, timeout time.Duration) bool {
+func (e *epollConn) await(pool *workpool.Pool, job func() plugins.Result, gen uint32, timeout time.Duration) bool {
 	el := e.reactor
 	el.unlist(e)
 	el.addTimer(e, timerHook, el.now.Add(timeout))
-	if !e.srv.pool.Submit(func() { el.post(hookResult{c: e, gen: gen, res: job()}) }) {
+	if !pool.Submit(func() { el.post(hookResult{c: e, gen: gen, res: job()}) }) {
 		el.removeTimer(e)
 		return false
 	}

@@ -199,10 +199,13 @@ type Server struct {
 	stream         *meter // the stream transports' counts; nil with metrics off (metrics.go)
 
 	// bodies beyond memory (spool.go)
-	spoolAfter int
-	maxBodyMem int64
-	spoolDir   string
-	bodyMem    atomic.Int64 // body buffer octets held past the first buffer, all sessions
+	spoolAfter   int
+	maxBodyMem   int64
+	spoolDir     string
+	bodyMem      atomic.Int64   // body buffer octets held past the first buffer, all sessions
+	bodyPeak     atomic.Int64   // the most bodyMem reached since it was last 0
+	lastGiveBack atomic.Int64   // when memory was last given back (Unix ns)
+	spillPool    *workpool.Pool // the spool writers
 }
 
 // New binds the listeners. The server does nothing until Start.
@@ -258,6 +261,14 @@ func New(opts Options, chain *plugins.Chain, pool *workpool.Pool) (*Server, erro
 		maxBodyMem:    opts.MaxBodyMemory,
 		spoolDir:      opts.SpoolDir,
 	}
+	if s.spoolAfter > 0 {
+		// One write in flight per connection at most.
+		queue := s.opts.MaxConnections
+		if queue <= 0 {
+			queue = 1 << 16
+		}
+		s.spillPool = workpool.New(spoolWriters, queue)
+	}
 	s.initGuard()
 	s.gen.Store(&generation{chain: chain, proto: opts.Proto})
 	// Other loops, or other processes that were handed the same sockets,
@@ -265,9 +276,11 @@ func New(opts Options, chain *plugins.Chain, pool *workpool.Pool) (*Server, erro
 	s.rearm = opts.Loops > 1 || len(opts.Listeners) > 0
 	if err := s.openListeners(); err != nil {
 		s.closeListeners()
+		s.closeSpillPool()
 		return nil, err
 	}
 	if len(s.listeners) == 0 {
+		s.closeSpillPool()
 		return nil, errors.New("loop: no listen address")
 	}
 	s.startMetrics()
@@ -326,6 +339,14 @@ func (s *Server) Shutdown(ctx context.Context) {
 		s.force()
 		s.wakeStreams(true)
 		<-done
+	}
+	s.closeSpillPool()
+}
+
+// closeSpillPool stops the spool writers once their writes are done.
+func (s *Server) closeSpillPool() {
+	if s.spillPool != nil {
+		s.spillPool.Close()
 	}
 }
 

@@ -204,3 +204,20 @@ func waitNoSpoolFiles(t *testing.T, dir string) {
 	t.Helper()
 	waitSpoolFiles(t, dir, func(n int) bool { return n == 0 }, "every spool file closed")
 }
+
+// Over TLS (the stream transport) a large body spills the same way.
+func TestLargeBodySpillsOverTLS(t *testing.T) {
+	env := newTLSEnv(t, "", "mx.test")
+	rec := &recorder{}
+	ts := startServer(t, func(o *loop.Options) { env.with(o); spoolOptions(t.TempDir())(o) }, 2, 16, hostList(), rec)
+	wire, want := bigBody(10000)
+	c := connect(t, ts.addr)
+	c.hello()
+	s := mustStartTLS(c, env.client("mx.test"))
+	s.hello()
+	s.deliver("a@example.com", wire)
+	s.quit()
+	if m := rec.only(t); !m.Spooled || m.Body != want {
+		t.Errorf("spooled %v, %d octets (want %d), intact %v", m.Spooled, len(m.Body), len(want), m.Body == want)
+	}
+}

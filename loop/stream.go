@@ -6,6 +6,7 @@ import (
 	"net"
 	"time"
 
+	"loopmx/loop/workpool"
 	"loopmx/plugins"
 )
 
@@ -95,10 +96,10 @@ func (s *stream) closeNow() {
 
 // await runs the blocking hook on the workpool and waits for it here, up
 // to the plugin's timeout.
-func (s *stream) await(job func() plugins.Result, gen uint32, timeout time.Duration) bool {
+func (s *stream) await(pool *workpool.Pool, job func() plugins.Result, gen uint32, timeout time.Duration) bool {
 	c := s.c
 	results := s.results
-	ok := c.srv.pool.Submit(func() {
+	ok := pool.Submit(func() {
 		r := job()
 		select {
 		case results <- streamResult{gen: gen, res: r}:

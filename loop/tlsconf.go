@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"loopmx/config"
+	"loopmx/internal/ticketkeys"
 )
 
 // TLSConfig is the server side of STARTTLS and implicit TLS, read from
@@ -19,7 +20,11 @@ type TLSConfig struct {
 	keyFiles         []string
 	certs            atomic.Pointer[[]tls.Certificate]
 	HandshakeTimeout time.Duration
-	conf             *tls.Config
+	// Tickets says where the session-ticket keys come from (tls.ini
+	// session_tickets, ticket_key_*); the caller installs them with
+	// SetTicketKeys.
+	Tickets ticketkeys.Policy
+	conf    *tls.Config
 }
 
 var tlsVersions = map[string]uint16{
@@ -39,8 +44,12 @@ func LoadTLS(cfg *config.Config) (*TLSConfig, error) {
 	ciphers := pc.Strings("", "ciphers", nil)
 	askCert := pc.Bool("", "request_client_cert", false)
 	hs := pc.Duration("", "handshake_timeout", 30*time.Second)
+	tickets, terr := ticketkeys.ReadPolicy(pc)
 	if err := pc.Check(); err != nil {
 		return nil, err
+	}
+	if terr != nil {
+		return nil, terr
 	}
 	if len(certs) == 0 && len(keys) == 0 {
 		return nil, nil
@@ -48,7 +57,7 @@ func LoadTLS(cfg *config.Config) (*TLSConfig, error) {
 	if len(certs) != len(keys) {
 		return nil, fmt.Errorf("config: tls.ini: cert and key: %d certificates but %d keys (list them in pairs)", len(certs), len(keys))
 	}
-	t := &TLSConfig{file: pc.File(), HandshakeTimeout: hs}
+	t := &TLSConfig{file: pc.File(), HandshakeTimeout: hs, Tickets: tickets}
 	for i := range certs {
 		t.certFiles = append(t.certFiles, cfg.Path(certs[i]))
 		t.keyFiles = append(t.keyFiles, cfg.Path(keys[i]))
@@ -57,7 +66,7 @@ func LoadTLS(cfg *config.Config) (*TLSConfig, error) {
 	if !ok {
 		return nil, fmt.Errorf("config: tls.ini: min_version: %q is not one of 1.0, 1.1, 1.2, 1.3", minV)
 	}
-	conf := &tls.Config{MinVersion: v, GetCertificate: t.getCertificate}
+	conf := &tls.Config{MinVersion: v, GetCertificate: t.getCertificate, SessionTicketsDisabled: tickets.Disabled}
 	if askCert {
 		conf.ClientAuth = tls.RequestClientCert
 	}
@@ -118,3 +127,14 @@ func (t *TLSConfig) getCertificate(hello *tls.ClientHelloInfo) (*tls.Certificate
 
 // Config is the crypto/tls server configuration.
 func (t *TLSConfig) Config() *tls.Config { return t.conf }
+
+// SetTicketKeys installs the session-ticket keys, the one that encrypts
+// first (ticketkeys.Set.ForTLS). Handshakes that start afterwards use
+// them, on every connection of the process. Without a call, crypto/tls
+// makes keys of its own for this process only: a client would then resume
+// only on the worker that gave it its ticket.
+func (t *TLSConfig) SetTicketKeys(keys [][ticketkeys.KeySize]byte) {
+	if len(keys) > 0 && !t.conf.SessionTicketsDisabled {
+		t.conf.SetSessionTicketKeys(keys)
+	}
+}

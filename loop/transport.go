@@ -3,6 +3,7 @@ package loop
 import (
 	"time"
 
+	"loopmx/loop/workpool"
 	"loopmx/plugins"
 )
 
@@ -25,10 +26,10 @@ type transport interface {
 	now() time.Time
 	// draining reports whether the server has stopped taking sessions.
 	draining() bool
-	// await runs job, a blocking hook, on the workpool. Its result comes
-	// back through conn.hookReturned, or conn.hookExpired once timeout has
-	// passed; false means the pool refused the job.
-	await(job func() plugins.Result, gen uint32, timeout time.Duration) bool
+	// await runs job, a blocking hook or a spool write, on pool. Its
+	// result comes back through conn.hookReturned, or conn.hookExpired
+	// once timeout has passed; false means the pool refused the job.
+	await(pool *workpool.Pool, job func() plugins.Result, gen uint32, timeout time.Duration) bool
 	// pause parks the connection for d (a hook's Delay) and then calls
 	// conn.pauseOver; input that arrives meanwhile is early talk.
 	pause(d time.Duration)

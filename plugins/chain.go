@@ -14,6 +14,7 @@ type entry struct {
 	p       Plugin
 	blocks  [numHooks]bool
 	cb      ConnBlocker // per-call refinement of blocks, or nil
+	kb      CallBlocker // the same with the call's arguments, or nil
 	timeout time.Duration
 }
 
@@ -66,6 +67,7 @@ func NewChain(ps ...Plugin) *Chain {
 func (ch *Chain) add(name string, p Plugin) {
 	e := entry{name: name, p: p, timeout: config.DefaultPluginTimeout}
 	e.cb, _ = p.(ConnBlocker)
+	e.kb, _ = p.(CallBlocker)
 	b, _ := p.(Blocker)
 	idx := len(ch.entries)
 	for h := range numHooks {
@@ -121,7 +123,7 @@ func (ch *Chain) Step(c *Conn, call *Call, i int) (res Result, next int, done bo
 	}
 	for ; i < len(list); i++ {
 		e := &ch.entries[list[i]]
-		if e.blocks[call.Hook] && (e.cb == nil || e.cb.BlocksConn(c, call.Hook)) {
+		if e.blocks[call.Hook] && e.blocksNow(c, call) {
 			return Result{}, i, false
 		}
 		r := ch.invoke(e, c, call)
@@ -135,6 +137,18 @@ func (ch *Chain) Step(c *Conn, call *Call, i int) (res Result, next int, done bo
 		}
 	}
 	return hookTable[call.Hook].undecided, i, true
+}
+
+// blocksNow asks the plugin's CallBlocker, else its ConnBlocker, whether
+// this call of a blocking hook will wait.
+func (e *entry) blocksNow(c *Conn, call *Call) bool {
+	switch {
+	case e.kb != nil:
+		return e.kb.BlocksCall(c, call)
+	case e.cb != nil:
+		return e.cb.BlocksConn(c, call.Hook)
+	}
+	return true
 }
 
 // RunOne runs only the plugin at position i of call.Hook. The loop uses

@@ -652,3 +652,28 @@ func TestNotes(t *testing.T) {
 		t.Error("a zero Transaction has a note")
 	}
 }
+
+// byRecipient blocks at RCPT only for the recipients not in inline, as a
+// cache would; it also has a ConnBlocker that would block every call.
+type byRecipient struct {
+	probe
+	inline map[string]bool
+}
+
+func (p *byRecipient) BlocksCall(_ *plugins.Conn, call *plugins.Call) bool {
+	return !p.inline[call.Arg]
+}
+func (p *byRecipient) BlocksConn(*plugins.Conn, plugins.Hook) bool { return true }
+
+func TestCallBlockerSeesTheRecipient(t *testing.T) {
+	p := &byRecipient{probe: probe{name: "cache", blocks: []plugins.Hook{plugins.HookRcpt}, res: plugins.OK()},
+		inline: map[string]bool{"known@example.com": true}}
+	ch := plugins.NewChain(p)
+	for to, wantDone := range map[string]bool{"known@example.com": true, "other@example.com": false} {
+		c := &plugins.Conn{ID: "t.1"}
+		_, _, done := ch.Step(c, &plugins.Call{Hook: plugins.HookRcpt, Arg: to}, 0)
+		if done != wantDone {
+			t.Errorf("RCPT TO:<%s>: Step done = %v, want %v (BlocksCall decides, not BlocksConn)", to, done, wantDone)
+		}
+	}
+}

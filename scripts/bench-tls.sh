@@ -4,7 +4,9 @@
 # bench/peers, both offering STARTTLS with the same self-signed ECDSA P-256
 # certificate, each measured in ROUNDS interleaved rounds, twice a round:
 # once with -starttls (every session does EHLO, STARTTLS, a full TLS
-# handshake, EHLO again) and once in plaintext, each time on a fresh server
+# handshake, EHLO again), once with -starttls -resume (the same, but the
+# client keeps a session cache, so every handshake after the first resumes
+# with a session ticket) and once in plaintext, each time on a fresh server
 # process so the idle scenario finds a fresh heap. Then the medians and
 # ratios, TLS first.
 #
@@ -79,13 +81,14 @@ start_gosmtp-sink() {
 servers=(loopmx gosmtp-sink)
 echo "bench-tls: ${servers[*]}; $ROUNDS rounds, server on core $SERVER_CORE, client on core $CLIENT_CORE, -scale $SCALE" >&2
 for ((r = 1; r <= ROUNDS; r++)); do
-	for mode in tls plain; do
+	for mode in tls resume plain; do
 		for ((i = 0; i < ${#servers[@]}; i++)); do
 			name=${servers[$(((i + r - 1) % ${#servers[@]}))]}
 			port=$(bin/loopmx-bench -free-port)
 			"start_$name" "$port"
 			flags=()
 			[ "$mode" = tls ] && flags=(-starttls)
+			[ "$mode" = resume ] && flags=(-starttls -resume)
 			status=0
 			t0=$SECONDS
 			# shellcheck disable=SC2086 # BENCH_ARGS is a list of flags
@@ -100,7 +103,7 @@ for ((r = 1; r <= ROUNDS; r++)); do
 done
 
 shopt -s nullglob
-for mode in tls plain; do
+for mode in tls resume plain; do
 	results=("$out/$mode".*.json)
 	if [ ${#results[@]} -eq 0 ]; then
 		echo "bench-tls.sh: no $mode run finished" >&2
@@ -109,6 +112,11 @@ for mode in tls plain; do
 	echo
 	if [ "$mode" = tls ]; then
 		echo "== STARTTLS: idle = RSS per held TLS session (after EHLO, STARTTLS, EHLO); session = the whole dialog with STARTTLS"
+	elif [ "$mode" = resume ]; then
+		echo "== STARTTLS with resumption (session tickets): the same, every handshake after the first abbreviated"
+		for f in "${results[@]}"; do
+			python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print("  %s: %s" % (sys.argv[1].rsplit("/",1)[-1], ", ".join("%s %d/%d resumed" % (x["params"]["scenario"], x.get("resumed",0), x["sessions"]) for x in r["results"])))' "$f" 2>/dev/null || true
+		done
 	else
 		echo "== plaintext: idle = RSS per connection after the greeting; session = the same dialog without STARTTLS"
 	fi

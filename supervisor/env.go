@@ -22,6 +22,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"loopmx/config"
+	"loopmx/internal/ticketkeys"
 )
 
 // Environment variables of the supervisor/worker contract.
@@ -32,6 +33,9 @@ const (
 	EnvListenFDs  = "LOOPMX_LISTEN_FDS" // listeners at fds 3.., in the order of config.Main.Listeners
 	EnvListenSpec = "LOOPMX_LISTEN"     // what each of them is: "smtp 127.0.0.1:25,smtps [::]:465,proxy 10.0.0.1:25"
 	EnvReadyFD    = "LOOPMX_READY_FD"   // the worker writes "READY\n" there once it accepts
+	// EnvTicketKeysFD is the descriptor of the session-ticket keys every
+	// worker shares (ticketkeys.Share), right after the ready pipe.
+	EnvTicketKeysFD = "LOOPMX_TICKET_KEYS_FD"
 )
 
 // Worker describes this process when a supervisor started it.
@@ -41,9 +45,12 @@ type Worker struct {
 	Listeners  []*os.File
 	// Specs say what each of Listeners is (address, implicit TLS, PROXY
 	// header), as the supervisor bound them or systemd named them.
-	Specs   []config.Listener
-	ready   *os.File
-	metrics *os.File
+	Specs []config.Listener
+	// TicketKeys is the supervisor's set of session-ticket keys, nil when
+	// it passed none.
+	TicketKeys *ticketkeys.Share
+	ready      *os.File
+	metrics    *os.File
 }
 
 // WorkerEnv reads the worker contract from the environment. ok is false
@@ -82,9 +89,16 @@ func WorkerEnv() (w Worker, ok bool, err error) {
 		}
 		w.ready = os.NewFile(uintptr(fd), "ready")
 	}
+	if s := os.Getenv(EnvTicketKeysFD); s != "" {
+		fd, err := strconv.Atoi(s)
+		if err != nil || fd < 3 {
+			return Worker{}, true, fmt.Errorf("supervisor: %s=%q is not a descriptor", EnvTicketKeysFD, s)
+		}
+		w.TicketKeys = ticketkeys.ShareFromFD(fd)
+	}
 	if s := os.Getenv(EnvMetricsFD); s != "" {
 		fd, err := strconv.Atoi(s)
-		if err != nil {
+		if err != nil || fd < 3 {
 			return Worker{}, true, fmt.Errorf("supervisor: %s=%q is not a descriptor", EnvMetricsFD, s)
 		}
 		w.metrics = os.NewFile(uintptr(fd), "metrics")

@@ -22,6 +22,12 @@ func (s *sup) reload() {
 		s.notify(readyState(s))
 		return
 	}
+	if err := s.reloadTickets(cfg); err != nil {
+		s.log.Error().Err(err).Msg("reload failed: the config has an error; the workers keep running with the old one")
+		s.rolledOut("reload", false)
+		s.notify(readyState(s))
+		return
+	}
 	s.rolledOut("reload", s.rollout(cfg, "reload"))
 	s.notify(readyState(s))
 }

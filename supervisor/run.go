@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strconv"
 	"syscall"
 	"time"
@@ -97,6 +98,8 @@ type sup struct {
 	done   chan struct{} // closed when run returns
 
 	watchdog <-chan time.Time
+	tickets  *tickets
+	ticketFD int // after a USR2: the previous image's shared ticket keys, else -1
 
 	announced   bool      // READY=1 was sent for the first generation
 	adopted     bool      // this image took over from the previous one (USR2)
@@ -128,6 +131,7 @@ func newSup(cfg *config.Config, opts Options, sigs <-chan os.Signal) (*sup, erro
 		stableAfter:  stableAfter,
 		readyTimeout: 30 * time.Second,
 		stopMargin:   5 * time.Second,
+		ticketFD:     -1,
 	}
 	if cfg.Main.Nodes < 1 {
 		return nil, fmt.Errorf("supervisor: nodes = %d: a supervisor needs at least one worker", cfg.Main.Nodes)
@@ -138,6 +142,13 @@ func newSup(cfg *config.Config, opts Options, sigs <-chan os.Signal) (*sup, erro
 	}
 	if cfg.Main.User != "" && s.cred == nil {
 		s.log.Warn().Str("user", cfg.Main.User).Msg("smtp.ini sets user, but loopmx does not run as root: workers run as the current user")
+	}
+	if s.cred != nil && cfg.Main.SpoolAfter > 0 {
+		// The workers spill bodies into spool_dir as the user; create it
+		// for them, as root, when it is missing.
+		if err := makeDirFor(cfg.Path(cfg.Main.SpoolDir), int(s.cred.Uid), int(s.cred.Gid)); err != nil {
+			return nil, fmt.Errorf("config: smtp.ini: [main] spool_dir = %s: %w", cfg.Main.SpoolDir, err)
+		}
 	}
 	if s.devnull, err = os.Open(os.DevNull); err != nil {
 		return nil, fmt.Errorf("supervisor: %w", err)
@@ -161,6 +172,11 @@ func newSup(cfg *config.Config, opts Options, sigs <-chan os.Signal) (*sup, erro
 		for id := 1; id <= m.Nodes; id++ {
 			s.slots = append(s.slots, &slot{id: id})
 		}
+	}
+	if err := s.startTickets(cfg, s.ticketFD); err != nil {
+		s.socks.close()
+		s.devnull.Close()
+		return nil, err
 	}
 	s.images++
 	s.publishSockets()
@@ -233,6 +249,8 @@ func (s *sup) pump(timeout <-chan time.Time) bool {
 		s.handle(ev)
 	case <-s.watchdog:
 		s.notify("WATCHDOG=1")
+	case <-s.ticketTimer():
+		s.rotateTickets()
 	case <-timeout:
 		return true
 	}
@@ -509,4 +527,25 @@ func WatchdogTicker() <-chan time.Time {
 		return nil
 	}
 	return time.NewTicker(time.Duration(usec) * time.Microsecond / 2).C
+}
+
+// makeDirFor creates dir and its missing parents (mode 0700) owned by
+// uid:gid. Directories that exist are left as they are.
+func makeDirFor(dir string, uid, gid int) error {
+	var missing []string
+	for d := filepath.Clean(dir); ; d = filepath.Dir(d) {
+		if _, err := os.Stat(d); err == nil || d == filepath.Dir(d) {
+			break
+		}
+		missing = append(missing, d)
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	for _, d := range missing {
+		if err := os.Chown(d, uid, gid); err != nil {
+			return err
+		}
+	}
+	return nil
 }

@@ -59,6 +59,9 @@ type handoff struct {
 	Shared    []int             `json:"shared,omitempty"` // descriptors
 	Slots     []handoffSlot     `json:"slots"`
 	Draining  []handoffProc     `json:"draining,omitempty"` // workers asked to stop that still run
+	// TicketKeys is the descriptor of the shared session-ticket keys
+	// (ticketkeys.Share); 0 from images that had none.
+	TicketKeys int `json:"ticket_keys,omitempty"`
 }
 
 type handoffSlot struct {
@@ -94,6 +97,9 @@ func (s *sup) handoff() handoff {
 		if !current[p] {
 			h.Draining = append(h.Draining, handoffProc{ID: p.id, PID: p.pid, Gen: p.gen, Started: p.started.UnixNano()})
 		}
+	}
+	if s.tickets != nil {
+		h.TicketKeys = s.tickets.share.Fd()
 	}
 	return h
 }
@@ -154,6 +160,9 @@ func (s *sup) adopt(h *handoff) error {
 		}
 	}
 	s.socks, s.gen, s.images = k, h.Gen, h.Images
+	if h.TicketKeys > 0 {
+		s.ticketFD = h.TicketKeys
+	}
 	s.adopted, s.announced = true, true
 	for _, hs := range h.Slots {
 		sl := &slot{id: hs.ID, failures: hs.Failures}
@@ -261,6 +270,9 @@ wait:
 		return
 	}
 	fds := s.socks.all()
+	if s.tickets != nil {
+		fds = append(fds, s.tickets.share.Fd())
+	}
 	for _, fd := range fds {
 		unix.FcntlInt(uintptr(fd), unix.F_SETFD, 0) // keep it open across the exec
 	}

@@ -61,14 +61,15 @@ func backoff(failures int, lo, hi time.Duration) time.Duration {
 // contract variables are set afresh for each worker.
 var envNotForWorkers = []string{
 	"NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES",
-	EnvRole, EnvWorkerID, EnvGeneration, EnvListenFDs, EnvListenSpec, EnvReadyFD, EnvMetricsFD, envHandoff,
+	EnvRole, EnvWorkerID, EnvGeneration, EnvListenFDs, EnvListenSpec, EnvReadyFD, EnvTicketKeysFD, EnvMetricsFD, envHandoff,
 }
 
 // workerEnviron returns base without envNotForWorkers, plus the worker
 // contract for worker id of generation gen with n listeners at fds 3..
 // (described by specs when there are any), the ready pipe right after
-// them and, when metrics is set, the metrics channel after that.
-func workerEnviron(base []string, id, gen, n int, specs []config.Listener, metrics bool) []string {
+// them, when tickets is set, the shared session-ticket keys after it and,
+// when metrics is set, the metrics channel last.
+func workerEnviron(base []string, id, gen, n int, specs []config.Listener, tickets, metrics bool) []string {
 	env := withoutVars(base, envNotForWorkers...)
 	env = append(env,
 		EnvRole+"=worker",
@@ -80,8 +81,13 @@ func workerEnviron(base []string, id, gen, n int, specs []config.Listener, metri
 	if len(specs) > 0 {
 		env = append(env, EnvListenSpec+"="+strings.Join(specStrings(specs), ","))
 	}
+	next := 4 + n // the first descriptor after the ready pipe
+	if tickets {
+		env = append(env, EnvTicketKeysFD+"="+strconv.Itoa(next))
+		next++
+	}
 	if metrics {
-		env = append(env, EnvMetricsFD+"="+strconv.Itoa(4+n))
+		env = append(env, EnvMetricsFD+"="+strconv.Itoa(next))
 	}
 	return env
 }
@@ -146,6 +152,9 @@ func (s *sup) spawn(sl *slot, gen int, graceful time.Duration, cred *syscall.Cre
 		files = append(files, uintptr(fd))
 	}
 	files = append(files, w.Fd())
+	if s.tickets != nil {
+		files = append(files, uintptr(s.tickets.share.Fd()))
+	}
 	var mine, theirs *os.File
 	if s.opts.Observer != nil {
 		if mine, theirs, err = metricsPair(); err != nil {
@@ -156,7 +165,7 @@ func (s *sup) spawn(sl *slot, gen int, graceful time.Duration, cred *syscall.Cre
 		files = append(files, theirs.Fd())
 	}
 	pid, err := syscall.ForkExec(s.opts.Exe, s.workerArgs(), &syscall.ProcAttr{
-		Env:   workerEnviron(os.Environ(), sl.id, gen, len(fds), s.socks.specs, theirs != nil),
+		Env:   workerEnviron(os.Environ(), sl.id, gen, len(fds), s.socks.specs, s.tickets != nil, theirs != nil),
 		Files: files,
 		Sys:   &syscall.SysProcAttr{Credential: cred},
 	})

@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -54,6 +55,11 @@ func runBigData(o options, out io.Writer) int {
 	var wg sync.WaitGroup
 	start := time.Now()
 	deadline := start.Add(o.dur)
+	// A prober from 127.0.0.4 measures the banner while the bodies
+	// arrive: spool writes must not hold up the event loop.
+	probeStop := make(chan struct{})
+	probed := make(chan []time.Duration, 1)
+	go func() { probed <- probeBanners(o.addr, probeStop) }()
 	for i := range o.n {
 		wg.Add(1)
 		go func() {
@@ -71,6 +77,8 @@ func runBigData(o options, out io.Writer) int {
 	}
 	wg.Wait()
 	took := time.Since(start)
+	close(probeStop)
+	banners := <-probed
 	peak := int64(0)
 	var idle []int64
 	if o.pid > 0 {
@@ -95,6 +103,11 @@ func runBigData(o options, out io.Writer) int {
 	fmt.Fprintf(out, "replies: %d x 250, %d failed; %.2f messages/s acknowledged\n", ok.Load(), failed.Load(), float64(ok.Load())/took.Seconds())
 	for e, k := range errs {
 		fmt.Fprintf(out, "  %d x %s\n", k, e)
+	}
+	if n := len(banners); n > 0 {
+		slices.Sort(banners)
+		fmt.Fprintf(out, "banner of a new client during the run (%d probes): median %v, p99 %v, max %v\n",
+			n, banners[n/2].Round(time.Microsecond), banners[n*99/100].Round(time.Microsecond), banners[n-1].Round(time.Microsecond))
 	}
 	pass := failed.Load() == 0
 	if o.pid > 0 {
@@ -165,6 +178,30 @@ func bigMessage(o options, c net.Conn, r *bufio.Reader, subject string, wire []b
 		}
 	}
 	return cmd(c, r, ".", "250")
+}
+
+// probeBanners connects every 50 ms until stop and returns how long each
+// banner took.
+func probeBanners(addr string, stop <-chan struct{}) []time.Duration {
+	var got []time.Duration
+	for {
+		select {
+		case <-stop:
+			return got
+		case <-time.After(50 * time.Millisecond):
+		}
+		t0 := time.Now()
+		c, err := dialFrom(addr, "127.0.0.4")
+		if err != nil {
+			continue
+		}
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		if b, err := readReply(bufio.NewReader(c)); err == nil && strings.HasPrefix(b, "220") {
+			got = append(got, time.Since(t0))
+		}
+		io.WriteString(c, "QUIT\r\n")
+		c.Close()
+	}
 }
 
 // checkMaildir counts the messages in dir/new whose body (after the

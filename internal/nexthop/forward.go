@@ -35,7 +35,7 @@ func New(name string, proto Protocol, s Settings) *Forwarder {
 		name:  name,
 		proto: proto,
 		s:     s,
-		pool:  newPool(s.PoolSize, s.IdleTimeout, s.MaxMessages, min(s.CommandTimeout, 5*time.Second)),
+		pool:  sharedPool(proto, s),
 	}
 }
 
@@ -45,9 +45,10 @@ func (f *Forwarder) Name() string { return f.name }
 // Blocks implements plugins.Blocker: the queue hook waits for the network.
 func (f *Forwarder) Blocks(h plugins.Hook) bool { return h == plugins.HookQueue }
 
-// Close implements plugins.Closer: idle sessions are ended with QUIT.
+// Close implements plugins.Closer: idle sessions are ended with QUIT
+// once no other user of the pool is left.
 func (f *Forwarder) Close() error {
-	f.pool.close()
+	releasePool(f.pool)
 	return nil
 }
 

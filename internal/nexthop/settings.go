@@ -73,9 +73,19 @@ func budget(timeout time.Duration) time.Duration {
 // forwarder speaking proto. It is the Factory of the smtp_forward and
 // lmtp plugins.
 func Setup(cfg *config.Config, name string, proto Protocol) (plugins.Plugin, error) {
-	pc, err := cfg.Plugin(name)
+	s, err := LoadSettings(cfg, name)
 	if err != nil {
 		return nil, err
+	}
+	return New(name, proto, s), nil
+}
+
+// LoadSettings reads and checks the settings of the forwarding plugin
+// name from <name>.ini.
+func LoadSettings(cfg *config.Config, name string) (Settings, error) {
+	pc, err := cfg.Plugin(name)
+	if err != nil {
+		return Settings{}, err
 	}
 	s := Settings{
 		Hosts:          pc.Strings("", "hosts", nil),
@@ -92,12 +102,12 @@ func Setup(cfg *config.Config, name string, proto Protocol) (plugins.Plugin, err
 		Budget:         budget(pc.Timeout()),
 	}
 	if err := pc.Check(); err != nil {
-		return nil, fmt.Errorf("plugin/%s: %w", name, err)
+		return Settings{}, fmt.Errorf("plugin/%s: %w", name, err)
 	}
 	if err := s.check(); err != nil {
-		return nil, fmt.Errorf("plugin/%s: %s: %w", name, pc.File(), err)
+		return Settings{}, fmt.Errorf("plugin/%s: %s: %w", name, pc.File(), err)
 	}
-	return New(name, proto, s), nil
+	return s, nil
 }
 
 // check validates settings that parsed; the error names the key.

@@ -58,7 +58,7 @@ const busyEvery = time.Minute
 // Ready, so that a hook that would be refused anyway answers inline on
 // the event loop instead of going to the workpool.
 type Client struct {
-	*redis.Client
+	redis.UniversalClient
 
 	breaker   *breaker.Breaker
 	max       int
@@ -74,8 +74,8 @@ type Client struct {
 
 func newClient(s Settings) *Client {
 	return &Client{
-		Client: redis.NewClient(s.Options()),
-		breaker: breaker.New("redis "+s.Server, breaker.Options{
+		UniversalClient: s.newUniversal(),
+		breaker: breaker.New("redis "+s.Where(), breaker.Options{
 			Failures:   s.BreakerFailures,
 			Backoff:    s.BreakerBackoff,
 			MaxBackoff: s.BreakerBackoffMax,

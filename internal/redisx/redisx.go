@@ -17,6 +17,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -47,8 +48,17 @@ const (
 
 // Settings are the values of redis.ini.
 type Settings struct {
-	// Server is the Redis address, host:port.
+	// Server is the Redis address, host:port, when one server serves.
 	Server string
+	// Sentinels are the addresses of a Redis Sentinel set that names the
+	// master MasterName; the client follows a failover by itself.
+	Sentinels  []string
+	MasterName string
+	// SentinelPassword authenticates to the sentinels when not empty.
+	SentinelPassword string
+	// Cluster are seed addresses of a Redis Cluster; the client learns
+	// the rest of the cluster from them and follows its changes.
+	Cluster []string
 	// DB is the database number selected after connecting.
 	DB int
 	// Password authenticates to the server when not empty.
@@ -104,13 +114,17 @@ func Load(cfg *config.Config) (s Settings, ok bool, err error) {
 		return Settings{}, false, nil
 	}
 	s = Settings{
-		Server:       pc.String("", "server", DefaultServer),
-		DB:           pc.Int("", "db", 0),
-		Password:     pc.String("", "password", ""),
-		PoolSize:     pc.Int("", "pool_size", DefaultPoolSize),
-		DialTimeout:  pc.Duration("", "dial_timeout", DefaultDialTimeout),
-		ReadTimeout:  pc.Duration("", "read_timeout", DefaultReadTimeout),
-		WriteTimeout: pc.Duration("", "write_timeout", DefaultWriteTimeout),
+		Server:           pc.String("", "server", DefaultServer),
+		Sentinels:        addrList(pc.String("", "sentinels", "")),
+		MasterName:       pc.String("", "master_name", ""),
+		SentinelPassword: pc.String("", "sentinel_password", ""),
+		Cluster:          addrList(pc.String("", "cluster", "")),
+		DB:               pc.Int("", "db", 0),
+		Password:         pc.String("", "password", ""),
+		PoolSize:         pc.Int("", "pool_size", DefaultPoolSize),
+		DialTimeout:      pc.Duration("", "dial_timeout", DefaultDialTimeout),
+		ReadTimeout:      pc.Duration("", "read_timeout", DefaultReadTimeout),
+		WriteTimeout:     pc.Duration("", "write_timeout", DefaultWriteTimeout),
 
 		MaxInflight:       pc.Int("", "max_inflight", defaultMaxInflight(cfg.Main.ThreadpoolSize)),
 		BreakerFailures:   pc.Int("", "breaker_failures", DefaultBreakerFailures),
@@ -158,12 +172,36 @@ func (s *Settings) validate(pc *config.PluginConfig) error {
 	bad := func(key, why string) error {
 		return fmt.Errorf("config: %s: [main] %s: %q %s", File, key, pc.String("", key, ""), why)
 	}
-	host, port, err := net.SplitHostPort(s.Server)
-	if err != nil || host == "" {
-		return bad("server", "is not host:port")
+	set := func(key string) bool { return pc.String("", key, "") != "" }
+	switch {
+	case set("cluster") && (set("sentinels") || set("server")):
+		return bad("cluster", "cannot be set with server or sentinels (one kind of Redis at a time)")
+	case set("sentinels") && set("server"):
+		return bad("sentinels", "cannot be set with server (one kind of Redis at a time)")
+	case set("sentinels") != set("master_name"):
+		return fmt.Errorf("config: %s: [main] sentinels and master_name go together (the master the sentinels watch, and where they are)", File)
+	case len(s.Cluster) > 0 && s.DB != 0:
+		return bad("db", "must be 0 with cluster (Redis Cluster has one database)")
 	}
-	if p, err := strconv.Atoi(port); err != nil || p < 1 || p > 65535 {
-		return bad("server", "has no valid port")
+	addrs, key := []string{s.Server}, "server"
+	switch {
+	case len(s.Sentinels) > 0:
+		addrs, key = s.Sentinels, "sentinels"
+	case len(s.Cluster) > 0:
+		addrs, key = s.Cluster, "cluster"
+	}
+	for _, a := range addrs {
+		what := "" // a list names the address at fault
+		if key != "server" {
+			what = "holds " + strconv.Quote(a) + ", which "
+		}
+		host, port, err := net.SplitHostPort(a)
+		if err != nil || host == "" {
+			return bad(key, what+"is not host:port")
+		}
+		if p, err := strconv.Atoi(port); err != nil || p < 1 || p > 65535 {
+			return bad(key, what+"has no valid port")
+		}
 	}
 	if s.DB < 0 {
 		return bad("db", "is out of range (minimum 0)")
@@ -213,6 +251,80 @@ func (s Settings) Options() *redis.Options {
 			Mode: maintnotifications.ModeDisabled,
 		},
 	}
+}
+
+// Kind says which Redis the settings name: "server", "sentinel" or
+// "cluster".
+func (s Settings) Kind() string {
+	switch {
+	case len(s.Sentinels) > 0:
+		return "sentinel"
+	case len(s.Cluster) > 0:
+		return "cluster"
+	}
+	return "server"
+}
+
+// Where names the Redis for log lines: the server, the master name and
+// its sentinels, or the cluster's seeds.
+func (s Settings) Where() string {
+	switch s.Kind() {
+	case "sentinel":
+		return s.MasterName + " via sentinels " + strings.Join(s.Sentinels, ",")
+	case "cluster":
+		return "cluster " + strings.Join(s.Cluster, ",")
+	}
+	return s.Server
+}
+
+// newUniversal makes the go-redis client for the kind of Redis the
+// settings name, with the options of Options. With sentinels the client
+// asks them for the master and follows a failover; with a cluster it
+// routes each key to its node (the keys of one script share a hash tag,
+// so they are on one node) and follows slot moves.
+func (s Settings) newUniversal() redis.UniversalClient {
+	o := s.Options()
+	switch s.Kind() {
+	case "sentinel":
+		return redis.NewFailoverClient(&redis.FailoverOptions{
+			MasterName:       s.MasterName,
+			SentinelAddrs:    s.Sentinels,
+			SentinelPassword: s.SentinelPassword,
+			DB:               o.DB,
+			Password:         o.Password,
+			PoolSize:         o.PoolSize,
+			DialTimeout:      o.DialTimeout,
+			ReadTimeout:      o.ReadTimeout,
+			WriteTimeout:     o.WriteTimeout,
+			MaxRetries:       o.MaxRetries,
+			ClientName:       o.ClientName,
+			DisableIdentity:  true,
+		})
+	case "cluster":
+		return redis.NewClusterClient(&redis.ClusterOptions{
+			Addrs:           s.Cluster,
+			Password:        o.Password,
+			PoolSize:        o.PoolSize,
+			DialTimeout:     o.DialTimeout,
+			ReadTimeout:     o.ReadTimeout,
+			WriteTimeout:    o.WriteTimeout,
+			MaxRetries:      o.MaxRetries,
+			ClientName:      o.ClientName,
+			DisableIdentity: true,
+			MaintNotificationsConfig: &maintnotifications.Config{
+				Mode: maintnotifications.ModeDisabled,
+			},
+		})
+	}
+	return redis.NewClient(o)
+}
+
+// addrList splits a comma- or space-separated list of addresses.
+func addrList(v string) []string {
+	if strings.TrimSpace(v) == "" {
+		return nil
+	}
+	return strings.FieldsFunc(v, func(r rune) bool { return r == ',' || r == ' ' || r == '\t' })
 }
 
 // shared is one process-wide client and the number of plugins using it.

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"reflect"
 	"sync"
 	"testing"
 	"time"
@@ -56,7 +57,7 @@ func TestDefaults(t *testing.T) {
 		ReadTimeout: 500 * time.Millisecond, WriteTimeout: 500 * time.Millisecond,
 		MaxInflight: 2, SlowCall: 500 * time.Millisecond, BreakerFailures: 3, BreakerBackoff: time.Second,
 		BreakerBackoffMax: 30 * time.Second}
-	if s != want {
+	if !reflect.DeepEqual(s, want) {
 		t.Errorf("settings = %+v, want %+v", s, want)
 	}
 	cfg = loadDir(t, map[string]string{"redis.ini": "server = [::1]:6380\ndb = 3\npassword = s3cret\npool_size = 4\n" +
@@ -69,7 +70,7 @@ func TestDefaults(t *testing.T) {
 	want = redisx.Settings{Server: "[::1]:6380", DB: 3, Password: "s3cret", PoolSize: 4, DialTimeout: 2 * time.Second,
 		ReadTimeout: 250 * time.Millisecond, WriteTimeout: time.Second,
 		MaxInflight: 6, SlowCall: 20 * time.Millisecond, BreakerFailures: 5, BreakerBackoff: 250 * time.Millisecond, BreakerBackoffMax: time.Minute}
-	if s != want {
+	if !reflect.DeepEqual(s, want) {
 		t.Errorf("settings = %+v, want %+v", s, want)
 	}
 	o := s.Options()

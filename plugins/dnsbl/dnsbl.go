@@ -1,54 +1,57 @@
 // Package dnsbl is the dnsbl plugin: it looks the client's address up in
-// DNS blocklists (RFC 5782) and refuses a listed client, either at connect
-// or at each RCPT. The lookup runs once per connection, in the connect
-// hook, on the workpool; its verdict is kept as a connection note, so the
-// RCPT hook is a note lookup that runs inline, and recorded as a finding
-// for the results plugin.
+// DNS blocklists and allowlists (RFC 5782), adds up the weights of the
+// listings it finds, and refuses a client whose score reaches the
+// threshold, either at connect or at each RCPT. The lookup runs once per
+// connection, in the connect hook: on the event loop when the shared DNS
+// cache (internal/dnsx) holds every zone's answer, otherwise on the
+// workpool. Its verdict is kept as a connection note, so the RCPT hook is
+// a note lookup that runs inline, and recorded as a finding for the
+// results plugin.
 package dnsbl
 
 import (
 	"fmt"
-	"net"
 	"net/netip"
+	"strconv"
 	"strings"
 	"time"
 
-	"github.com/rs/zerolog"
-
 	"loopmx/config"
-	"loopmx/internal/throttle"
+	"loopmx/internal/dnsx"
 	"loopmx/plugins"
 )
 
 // Name is the plugin's name in the plugins file.
 const Name = "dnsbl"
 
-// NoteKey is the connection note the plugin sets when a client is listed
-// or its lookup failed. The value prints (fmt's %v) as "listed by ZONE"
-// or "lookup failed"; a client found in no zone gets no note.
+// NoteKey is the connection note the plugin sets when a zone lists the
+// client or its lookup failed. The value prints (fmt's %v) as "listed by
+// ZONE", "lookup failed" or, with weights, the score; a client found in
+// no zone gets no note.
 const NoteKey = "dnsbl"
 
-// Defaults of dnsbl.ini.
-const (
-	DefaultLookupTimeout = 2 * time.Second
-	DefaultCacheTTL      = 60 * time.Second
-	DefaultCacheSize     = 10000
-)
+// DNSWLNote is the connection note the plugin sets when zones with a
+// negative weight (allowlists) list the client: "listed by ZONE, ...".
+// Other plugins read it as a client vouched for (greylist's default skip
+// rule dnswl=listed).
+const DNSWLNote = "dnswl"
+
+// DefaultLookupTimeout is lookup_timeout's default.
+const DefaultLookupTimeout = 2 * time.Second
 
 func init() { plugins.Register(Name, setup) }
 
-// DNSBL holds the zones, the resolver and the verdict cache.
+// DNSBL holds the zones and the resolver.
 type DNSBL struct {
-	zones         []string
-	resolver      *net.Resolver
-	lookupTimeout time.Duration
-	atConnect     bool // reject = connect
-	tempfail      bool // on_error = tempfail
-	skipPrivate   bool
-	cache         *cache // nil when caching is off
+	zones       []*zone
+	threshold   int
+	negative    int  // the sum of every negative weight
+	weighted    bool // a weight or the threshold is not 1: messages show the score
+	atConnect   bool // reject = connect
+	tempfail    bool // on_error = tempfail
+	skipPrivate bool
 
-	// Failed lookups are logged at most once a minute.
-	failLog throttle.Throttle
+	*dnsx.Lookups // the resolver, lookup_timeout, the failure log; Close
 }
 
 // setup reads dnsbl.ini once, at start.
@@ -57,92 +60,64 @@ func setup(cfg *config.Config) (plugins.Plugin, error) {
 	if err != nil {
 		return nil, err
 	}
-	zones := pc.Strings("", "zones", nil)
+	items := pc.Strings("", "zones", nil)
+	threshold := pc.Int("", "threshold", 1)
 	resolver := pc.String("", "resolver", "")
 	lookupTimeout := pc.Duration("", "lookup_timeout", DefaultLookupTimeout)
-	reject := pc.String("", "reject", "rcpt")
-	onError := pc.String("", "on_error", "pass")
-	ttl := pc.Duration("", "cache_ttl", DefaultCacheTTL)
-	size := pc.Int("", "cache_size", DefaultCacheSize)
+	atConnect := pc.Choice("", "reject", "rcpt", "connect", "rcpt") == "connect"
+	tempfail := pc.Choice("", "on_error", "pass", "pass", "tempfail") == "tempfail"
 	skipPrivate := pc.Bool("", "skip_private", true)
+	bad := func(key, value, why string) error {
+		return fmt.Errorf("config: %s: [main] %s: %q %s", pc.File(), key, value, why)
+	}
+	// The verdict cache of old is the shared DNS cache now.
+	const unset = "\x00"
+	for _, key := range []string{"cache_ttl", "cache_size"} {
+		if v := pc.String("", key, unset); v != unset {
+			return nil, bad(key, v, "is no longer a dnsbl setting: answers are cached by the shared DNS layer for their TTL (dns.ini: min_ttl, max_ttl, cache_size)")
+		}
+	}
 	if err := pc.Check(); err != nil {
 		return nil, err
 	}
 
-	bad := func(key, value, why string) error {
-		return fmt.Errorf("config: %s: [main] %s: %q %s", pc.File(), key, value, why)
-	}
-	p := &DNSBL{lookupTimeout: lookupTimeout, skipPrivate: skipPrivate, failLog: throttle.Throttle{Every: time.Minute}}
-	if len(zones) == 0 {
+	p := &DNSBL{threshold: threshold, skipPrivate: skipPrivate, atConnect: atConnect, tempfail: tempfail}
+	if len(items) == 0 {
 		return nil, bad("zones", pc.String("", "zones", ""), "lists no zone (give at least one, such as zen.spamhaus.org)")
 	}
-	for _, z := range zones {
-		z = strings.ToLower(strings.TrimSuffix(z, "."))
-		if !validZone(z) {
-			return nil, bad("zones", z, "is not a DNS zone name")
+	if p.zones, err = parseZones(items); err != nil {
+		return nil, fmt.Errorf("config: %s: [main] zones: %w", pc.File(), err)
+	}
+	if threshold < 1 {
+		return nil, bad("threshold", pc.String("", "threshold", ""), "must be 1 or more (a threshold of 0 would refuse every client)")
+	}
+	p.weighted = threshold != 1
+	for _, z := range p.zones {
+		p.negative += z.negative
+		for _, e := range z.entries {
+			p.weighted = p.weighted || e.weight != 1
 		}
-		p.zones = append(p.zones, z)
 	}
-	if resolver == "" {
-		p.resolver = net.DefaultResolver
-	} else {
-		ap, err := netip.ParseAddrPort(resolver)
-		if err != nil || ap.Port() == 0 {
-			return nil, bad("resolver", resolver, "is not an IP address and port (such as 127.0.0.1:53 or [::1]:53)")
+	var servers []string
+	if resolver != "" {
+		addr, ok := dnsx.ParseServer(resolver)
+		if !ok {
+			return nil, bad("resolver", resolver, "is not an IP address with an optional port (such as 127.0.0.1, 127.0.0.1:5353 or [::1]:53)")
 		}
-		p.resolver = resolverAt(ap.String())
+		servers = []string{addr}
 	}
-	if lookupTimeout <= 0 {
-		return nil, bad("lookup_timeout", pc.String("", "lookup_timeout", ""), "must be more than 0")
+	if err := dnsx.CheckBudget(pc, lookupTimeout); err != nil {
+		return nil, err
 	}
-	if lookupTimeout >= pc.Timeout() {
-		return nil, bad("lookup_timeout", pc.String("", "lookup_timeout", lookupTimeout.String()),
-			fmt.Sprintf("must be less than timeout (%s), the chain's limit for the whole hook", pc.Timeout()))
+	s, err := dnsx.Load(cfg)
+	if err != nil {
+		return nil, err
 	}
-	switch strings.ToLower(reject) {
-	case "connect":
-		p.atConnect = true
-	case "rcpt":
-	default:
-		return nil, bad("reject", reject, "is not one of connect, rcpt")
+	if servers != nil {
+		s.Servers = servers
 	}
-	switch strings.ToLower(onError) {
-	case "tempfail":
-		p.tempfail = true
-	case "pass":
-	default:
-		return nil, bad("on_error", onError, "is not one of pass, tempfail")
-	}
-	if ttl < 0 {
-		return nil, bad("cache_ttl", pc.String("", "cache_ttl", ""), "must not be negative (0 turns the cache off)")
-	}
-	if size < 0 {
-		return nil, bad("cache_size", pc.String("", "cache_size", ""), "must not be negative (0 turns the cache off)")
-	}
-	if ttl > 0 && size > 0 {
-		p.cache = newCache(ttl, size)
-	}
+	p.Lookups = dnsx.NewLookups(dnsx.Shared(cfg.Dir, s), lookupTimeout, Name, "DNSBL lookup failed")
 	return p, nil
-}
-
-// validZone reports whether z, lower-cased and without a trailing dot,
-// looks like a zone name: dot-separated labels of 1 to 63 letters,
-// digits, '-' or '_'.
-func validZone(z string) bool {
-	if z == "" || len(z) > 253 {
-		return false
-	}
-	for label := range strings.SplitSeq(z, ".") {
-		if label == "" || len(label) > 63 {
-			return false
-		}
-		for _, c := range []byte(label) {
-			if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-' || c == '_') {
-				return false
-			}
-		}
-	}
-	return true
 }
 
 // Name implements plugins.Plugin.
@@ -152,10 +127,11 @@ func (*DNSBL) Name() string { return Name }
 // RCPT hook reads a note.
 func (*DNSBL) Blocks(h plugins.Hook) bool { return h == plugins.HookConnect }
 
-// BlocksConn implements plugins.ConnBlocker: a skipped address or a
-// cached verdict is answered on the event loop; only a real lookup goes to
-// the workpool (a round trip through the pool costs about as much CPU as
-// the rest of a whole session).
+// BlocksConn implements plugins.ConnBlocker: a skipped address, or one
+// whose answers the DNS cache holds for every zone, is judged on the
+// event loop; only a lookup that needs the network goes to the workpool
+// (a round trip through the pool costs about as much CPU as the rest of
+// a whole session).
 func (p *DNSBL) BlocksConn(c *plugins.Conn, h plugins.Hook) bool {
 	if h != plugins.HookConnect {
 		return false
@@ -164,34 +140,30 @@ func (p *DNSBL) BlocksConn(c *plugins.Conn, h plugins.Hook) bool {
 	if !ip.IsValid() || p.skipPrivate && private(ip) {
 		return false
 	}
-	v, cached := p.cache.get(ip, time.Now())
-	if cached {
-		// Hand the verdict to Connect: the entry could expire in between,
-		// and Connect must then not look up DNS on the event loop.
-		c.SetNote(inlineKey, v)
-	}
-	return !cached
+	return dnsx.Inline(p.Lookups, c, func(r *dnsx.Resolver) (verdict, error) { return p.cached(r, ip) })
 }
 
-// inlineKey carries a cached verdict from BlocksConn to Connect.
-const inlineKey = "dnsbl.inline"
-
-// Connect implements plugins.ConnectHook. It runs on the workpool: it
-// looks the client up (or finds it in the cache), notes a listing or a
-// failed lookup, and with reject = connect answers at once.
+// Connect implements plugins.ConnectHook. It runs on the workpool, or
+// inline with the verdict BlocksConn found in the cache: it looks the
+// client up, notes a listing or a failed lookup, and with reject =
+// connect answers at once.
 func (p *DNSBL) Connect(c *plugins.Conn) plugins.Result {
 	ip := c.RemoteIP.Unmap()
 	if !ip.IsValid() || p.skipPrivate && private(ip) {
 		c.Record(plugins.Finding{Plugin: Name, Outcome: plugins.Skip, Message: "private address"})
 		return plugins.NoOpinion()
 	}
-	v, inline := c.Note(inlineKey).(verdict)
-	if inline {
-		c.SetNote(inlineKey, nil)
-	} else {
-		v = p.check(ip, c.Log)
+	v, inline := dnsx.Handed[verdict](p.Lookups, c)
+	if !inline {
+		v = p.lookup(p.DNS, ip)
+		if v.err != nil {
+			p.LogFailure(c.Log, "ip", ip.String(), v.err)
+		}
 	}
 	c.Record(v.finding())
+	if len(v.allowedBy) > 0 {
+		c.SetNote(DNSWLNote, "listed by "+strings.Join(v.allowedBy, ", "))
+	}
 	if v.clean() {
 		return plugins.NoOpinion()
 	}
@@ -203,8 +175,9 @@ func (p *DNSBL) Connect(c *plugins.Conn) plugins.Result {
 }
 
 // Rcpt implements plugins.RcptHook. With reject = rcpt it refuses every
-// recipient of a listed client, so that the log shows whom the client
-// tried to send mail from and to. It runs inline.
+// recipient of a client whose score reached the threshold, so that the
+// log shows whom the client tried to send mail from and to. It runs
+// inline.
 func (p *DNSBL) Rcpt(c *plugins.Conn, _ string) plugins.Result {
 	if p.atConnect {
 		return plugins.NoOpinion()
@@ -219,14 +192,14 @@ func (p *DNSBL) Rcpt(c *plugins.Conn, _ string) plugins.Result {
 // answer turns a listing or a failed lookup into the client's reply.
 func (p *DNSBL) answer(h plugins.Hook, ip netip.Addr, v verdict) plugins.Result {
 	switch {
-	case v.zone != "":
+	case v.listed:
 		// RFC 5321 3.1: 554 at the greeting refuses the session; 550 at
 		// RCPT refuses the recipient.
 		code := 550
 		if h == plugins.HookConnect {
 			code = 554
 		}
-		return plugins.Deny(code, "5.7.1", "Service unavailable; client ["+ip.String()+"] listed by "+v.zone)
+		return plugins.Deny(code, "5.7.1", "Service unavailable; client ["+ip.String()+"] listed by "+strings.Join(v.listedBy, ", "))
 	case v.failed && p.tempfail:
 		// RFC 3463 X.4.3: directory (here: DNS) server failure.
 		code := 451
@@ -238,35 +211,6 @@ func (p *DNSBL) answer(h plugins.Hook, ip netip.Addr, v verdict) plugins.Result 
 	return plugins.NoOpinion()
 }
 
-// check returns the verdict for ip from the cache or from DNS. Only
-// definite answers are cached; a failed lookup is tried again by the
-// next connection.
-func (p *DNSBL) check(ip netip.Addr, log *zerolog.Logger) verdict {
-	if v, ok := p.cache.get(ip, time.Now()); ok {
-		return v
-	}
-	v, err := p.lookup(ip)
-	if err != nil {
-		p.logFailure(log, ip, err)
-		return verdict{failed: true}
-	}
-	p.cache.put(ip, v, time.Now())
-	return v
-}
-
-// logFailure logs a failed lookup, at most once a minute, with the number
-// of failures left out since the last line: when the resolver is down,
-// every connection fails the same way.
-func (p *DNSBL) logFailure(log *zerolog.Logger, ip netip.Addr, err error) {
-	if log == nil {
-		return
-	}
-	if ok, held := p.failLog.Allow(time.Now()); ok {
-		log.Warn().Str("plugin", Name).Str("ip", ip.String()).Int64("suppressed", held).
-			Err(err).Msg("DNSBL lookup failed")
-	}
-}
-
 // private reports whether ip is one that no public DNSBL lists: loopback,
 // RFC 1918 and RFC 4193 private, link-local or unspecified.
 func private(ip netip.Addr) bool {
@@ -275,18 +219,29 @@ func private(ip netip.Addr) bool {
 
 // verdict is the outcome of looking one address up in every zone.
 type verdict struct {
-	zone   string // the zone that lists the address, "" for none
-	failed bool   // no zone listed it and at least one lookup failed
+	score     int
+	listedBy  []string // the zones whose listings added to the score, in zones order
+	allowedBy []string // the zones whose listings took from it
+	listed    bool     // the score reached the threshold
+	failed    bool     // not listed, and a zone that could have listed the client failed
+	err       error    // the first failure, for the log
+
+	// threshold is shown with the score when weights are in use; 0 when
+	// they are not, and the messages read as without weights.
+	threshold int
 }
 
-func (v verdict) clean() bool { return v.zone == "" && !v.failed }
+// clean reports that no zone listed the client and no lookup failed.
+func (v verdict) clean() bool {
+	return !v.listed && !v.failed && len(v.listedBy) == 0 && len(v.allowedBy) == 0
+}
 
-// finding is the verdict for the results plugin: pass, fail naming the
-// zone, or err.
+// finding is the verdict for the results plugin: fail when the score
+// reached the threshold, err when a lookup failed, pass otherwise.
 func (v verdict) finding() plugins.Finding {
 	f := plugins.Finding{Plugin: Name, Outcome: plugins.Pass, Message: v.String()}
 	switch {
-	case v.zone != "":
+	case v.listed:
 		f.Outcome = plugins.Fail
 	case v.failed:
 		f.Outcome = plugins.Err
@@ -294,20 +249,44 @@ func (v verdict) finding() plugins.Finding {
 	return f
 }
 
-// String is how the note reads in logs.
+// String is how the note and the finding read: "listed by ZONE", "lookup
+// failed" or "not listed"; with weights in use, with the score:
+// "listed by a.example, b.example (score 4, threshold 3)", "score 2
+// below threshold 3: listed by a.example; allowed by wl.example".
 func (v verdict) String() string {
+	var head string
 	switch {
-	case v.zone != "":
-		return "listed by " + v.zone
+	case v.listed:
+		head = "listed by " + strings.Join(v.listedBy, ", ")
 	case v.failed:
-		return "lookup failed"
+		head = "lookup failed"
+	case v.clean():
+		return "not listed"
 	}
-	return "not listed"
+	if v.threshold == 0 {
+		// Without weights any listing reaches the threshold of 1.
+		return head
+	}
+	score := "score " + strconv.Itoa(v.score)
+	threshold := "threshold " + strconv.Itoa(v.threshold)
+	if head != "" {
+		return head + " (" + score + ", " + threshold + ")"
+	}
+	var parts []string
+	if len(v.listedBy) > 0 {
+		parts = append(parts, "listed by "+strings.Join(v.listedBy, ", "))
+	}
+	if len(v.allowedBy) > 0 {
+		parts = append(parts, "allowed by "+strings.Join(v.allowedBy, ", "))
+	}
+	return score + " below " + threshold + ": " + strings.Join(parts, "; ")
 }
 
 var (
 	_ plugins.ConnectHook = (*DNSBL)(nil)
 	_ plugins.RcptHook    = (*DNSBL)(nil)
 	_ plugins.Blocker     = (*DNSBL)(nil)
+	_ plugins.ConnBlocker = (*DNSBL)(nil)
+	_ plugins.Closer      = (*DNSBL)(nil)
 	_ fmt.Stringer        = verdict{}
 )

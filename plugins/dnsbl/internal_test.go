@@ -2,76 +2,86 @@ package dnsbl
 
 import (
 	"net/netip"
+	"strings"
 	"testing"
-	"time"
 )
 
-func TestReverse(t *testing.T) {
-	cases := []struct{ ip, want string }{
-		// RFC 5782 2.1 and 2.4 give these two.
-		{"192.0.2.99", "99.2.0.192"},
-		{"2001:db8:1:2:3:4:567:89ab", "b.a.9.8.7.6.5.0.4.0.0.0.3.0.0.0.2.0.0.0.1.0.0.0.8.b.d.0.1.0.0.2"},
-		{"127.0.0.1", "1.0.0.127"},
-		{"::1", "1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0"},
-		{"2001:DB8::FFFF", "f.f.f.f.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.8.b.d.0.1.0.0.2"},
-		// An IPv4-mapped IPv6 address is looked up as the IPv4 address.
-		{"::ffff:198.51.100.7", "7.100.51.198"},
+func TestParseZones(t *testing.T) {
+	zones, err := parseZones([]string{
+		"zen.example=127.0.0.[10;11]*8",
+		"bl.example",
+		"ZEN.example.=127.0.0.[2..9]*4",
+		"wl.example=127.0.[0..255].[1;3..4]*-5",
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
-	for _, tc := range cases {
-		if got := reverse(netip.MustParseAddr(tc.ip)); got != tc.want {
-			t.Errorf("reverse(%s) = %q, want %q", tc.ip, got, tc.want)
+	if len(zones) != 3 || zones[0].name != "zen.example" || zones[1].name != "bl.example" || zones[2].name != "wl.example" {
+		t.Fatalf("zones %v: want zen.example (two entries), bl.example, wl.example, in that order", zones)
+	}
+	if len(zones[0].entries) != 2 || zones[2].negative != -5 || zones[2].raises || !zones[0].raises {
+		t.Errorf("zen.example has %d entries, wl.example negative %d raises %v", len(zones[0].entries), zones[2].negative, zones[2].raises)
+	}
+	for _, tc := range []struct {
+		zone    int
+		listing string
+		score   int
+	}{
+		{0, "127.0.0.10", 8},
+		{0, "127.0.0.3", 4},
+		{0, "127.0.0.12", 0},
+		{1, "127.0.0.200", 1}, // no filter: any listing
+		{2, "127.0.9.1", -5},
+		{2, "127.0.9.4", -5},
+		{2, "127.0.9.2", 0},
+	} {
+		got, _, _ := zones[tc.zone].score([]netip.Addr{netip.MustParseAddr(tc.listing)})
+		if got != tc.score {
+			t.Errorf("%s answering %s scores %d, want %d", zones[tc.zone].name, tc.listing, got, tc.score)
+		}
+	}
+	// Two addresses matching one entry count once; each entry counts.
+	got, _, _ := zones[0].score([]netip.Addr{netip.MustParseAddr("127.0.0.10"), netip.MustParseAddr("127.0.0.11"), netip.MustParseAddr("127.0.0.2")})
+	if got != 12 {
+		t.Errorf("zen.example answering .10, .11 and .2 scores %d, want 8+4", got)
+	}
+}
+
+func TestParseZonesErrors(t *testing.T) {
+	for _, tc := range []struct{ item, want string }{
+		{"bad zone!", `"bad zone!" is not a DNS zone name`},
+		{"bl.example*x", `the weight "x"`},
+		{"bl.example*0", `the weight "0"`},
+		{"bl.example=127.0.0", `the filter "127.0.0" is not four octets`},
+		{"bl.example=127.0.0.2.3", `is not four octets`},
+		{"bl.example=127.0.0.[2..300]", `"2..300", which is no octet value`},
+		{"bl.example=127.0.0.[9..2]", `"9..2"`},
+		{"bl.example=127.0.0.[2", `has a [ without ]`},
+		{"bl.example=127.0.0.x", `"x"`},
+	} {
+		_, err := parseZones([]string{tc.item})
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("zones = %s: error %v, want %q", tc.item, err, tc.want)
 		}
 	}
 }
 
-func TestCacheExpires(t *testing.T) {
-	c := newCache(time.Minute, 10)
-	ip := netip.MustParseAddr("192.0.2.1")
-	now := time.Now()
-	c.put(ip, verdict{zone: "bl.test"}, now)
-	if v, ok := c.get(ip, now.Add(59*time.Second)); !ok || v.zone != "bl.test" {
-		t.Errorf("a fresh entry: got %v, %v", v, ok)
-	}
-	if _, ok := c.get(ip, now.Add(time.Minute)); ok {
-		t.Error("an entry is still served at its expiry")
-	}
-	if len(c.m) != 0 {
-		t.Errorf("an expired entry was looked up and kept: %d entries", len(c.m))
-	}
-}
-
-func TestCacheIsBounded(t *testing.T) {
-	const size = 100
-	c := newCache(time.Minute, size)
-	now := time.Now()
-	for i := range 10 * size {
-		ip := addrN(i)
-		c.put(ip, verdict{}, now.Add(time.Duration(i)*time.Millisecond))
-		if len(c.m) > size {
-			t.Fatalf("after %d inserts the cache holds %d entries, more than cache_size %d", i+1, len(c.m), size)
+func TestVerdictString(t *testing.T) {
+	for _, tc := range []struct {
+		v    verdict
+		want string
+	}{
+		{verdict{}, "not listed"},
+		{verdict{listed: true, listedBy: []string{"bl.example"}, score: 1}, "listed by bl.example"},
+		{verdict{failed: true}, "lookup failed"},
+		{verdict{threshold: 3}, "not listed"},
+		{verdict{threshold: 3, listed: true, score: 4, listedBy: []string{"a.example", "b.example"}}, "listed by a.example, b.example (score 4, threshold 3)"},
+		{verdict{threshold: 3, score: 0, listedBy: []string{"a.example"}, allowedBy: []string{"wl.example"}}, "score 0 below threshold 3: listed by a.example; allowed by wl.example"},
+		{verdict{threshold: 3, score: 2, listedBy: []string{"a.example"}}, "score 2 below threshold 3: listed by a.example"},
+		{verdict{threshold: 3, failed: true, score: 2, listedBy: []string{"a.example"}}, "lookup failed (score 2, threshold 3)"},
+	} {
+		if got := tc.v.String(); got != tc.want {
+			t.Errorf("%+v reads %q, want %q", tc.v, got, tc.want)
 		}
 	}
-	// The newest address is always kept.
-	last := addrN(10*size - 1)
-	if _, ok := c.get(last, now); !ok {
-		t.Error("the address cached last is gone")
-	}
-	// Updating a cached address does not evict another one.
-	n := len(c.m)
-	c.put(last, verdict{zone: "bl.test"}, now)
-	if len(c.m) != n {
-		t.Errorf("updating an entry changed the size from %d to %d", n, len(c.m))
-	}
 }
-
-func TestCacheNilIsOff(t *testing.T) {
-	var c *cache
-	ip := netip.MustParseAddr("192.0.2.1")
-	c.put(ip, verdict{}, time.Now())
-	if _, ok := c.get(ip, time.Now()); ok {
-		t.Error("a nil cache answered")
-	}
-}
-
-// addrN returns a distinct IPv4 address for each n below 65536.
-func addrN(n int) netip.Addr { return netip.AddrFrom4([4]byte{198, 51, byte(n >> 8), byte(n)}) }

@@ -2,186 +2,133 @@ package dnsbl
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"net"
 	"net/netip"
-	"strconv"
-	"sync"
-	"time"
+
+	"github.com/miekg/dns"
+
+	"loopmx/internal/dnsx"
 )
 
-// lookup asks every zone about ip at once and waits at most
-// lookupTimeout in all. The first zone to answer with a listing decides;
-// otherwise a failed query makes the whole lookup fail.
-func (p *DNSBL) lookup(ip netip.Addr) (verdict, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), p.lookupTimeout)
+// answer is what one zone said about the client.
+type answer struct {
+	done    bool         // the zone answered (or failed) before the verdict
+	listing []netip.Addr // its listing addresses: 127.0.0.0/8, error codes left out
+	err     error        // the lookup failed
+}
+
+// lookup asks every zone about ip at once through r and waits at most
+// lookupTimeout in all. It stops early once the answers still out can no
+// longer bring the score below the threshold.
+func (p *DNSBL) lookup(r *dnsx.Resolver, ip netip.Addr) verdict {
+	ctx, cancel := p.Context()
 	defer cancel()
-	name := reverse(ip)
-	type answer struct {
-		zone   string
-		listed bool
-		err    error
+	name := dnsx.Reverse(ip)
+	type indexed struct {
+		i int
+		a answer
 	}
-	answers := make(chan answer, len(p.zones)) // buffered: nobody waits for a late one
-	for _, z := range p.zones {
+	answers := make(chan indexed, len(p.zones)) // buffered: nobody waits for a late one
+	for i, z := range p.zones {
 		go func() {
-			listed, err := p.query(ctx, name+"."+z+".")
-			answers <- answer{z, listed, err}
+			answers <- indexed{i, ask(ctx, r, name, z.name)}
 		}()
 	}
-	var failure error
+	got := make([]answer, len(p.zones))
+	score, pendingNegative := 0, p.negative
 	for range p.zones {
 		a := <-answers
-		switch {
-		case a.listed:
-			return verdict{zone: a.zone}, nil
-		case a.err != nil && failure == nil:
-			failure = fmt.Errorf("%s: %w", a.zone, a.err)
+		got[a.i] = a.a
+		z := p.zones[a.i]
+		s, _, _ := z.score(a.a.listing)
+		score += s
+		pendingNegative -= z.negative
+		if score+pendingNegative >= p.threshold {
+			break
 		}
 	}
-	return verdict{}, failure
+	return p.judge(got)
 }
 
-// query looks up the A records of the absolute name q. RFC 5782 2.1: an
-// A record in 127.0.0.0/8 means listed, no record (NXDOMAIN or no data)
-// means not listed. Answers in 127.255.255.0/24 are error codes that
-// some lists (Spamhaus) return instead of an answer, for example to
-// queries through a public resolver; they count as a failed lookup.
-// Other addresses are no listing (a resolver that makes up answers).
-func (p *DNSBL) query(ctx context.Context, q string) (bool, error) {
-	addrs, err := p.resolver.LookupNetIP(ctx, "ip4", q)
+// cached is lookup on the cache-only resolver r, for the event loop, one
+// zone after the other: dnsx.ErrNotCached when a zone's answer is not
+// cached.
+func (p *DNSBL) cached(r *dnsx.Resolver, ip netip.Addr) (verdict, error) {
+	name := dnsx.Reverse(ip)
+	got := make([]answer, len(p.zones))
+	for i, z := range p.zones {
+		got[i] = ask(context.Background(), r, name, z.name)
+		if got[i].err == dnsx.ErrNotCached {
+			return verdict{}, dnsx.ErrNotCached
+		}
+	}
+	return p.judge(got), nil
+}
+
+// ask looks up the A records of name in zone. RFC 5782 2.1: an A record
+// in 127.0.0.0/8 means listed, no record (NXDOMAIN or no data) means not
+// listed. Answers in 127.255.255.0/24 are error codes that some lists
+// (Spamhaus) return instead of an answer, for example to queries through
+// a public resolver; alone, they make the lookup fail. Other addresses
+// are no listing (a resolver that makes up answers).
+func ask(ctx context.Context, r *dnsx.Resolver, name, zone string) answer {
+	rrs, err := r.Exchange(ctx, name+"."+zone+".", dns.TypeA)
+	if dnsx.IsNotFound(err) {
+		return answer{done: true}
+	}
 	if err != nil {
-		var de *net.DNSError
-		if errors.As(err, &de) && de.IsNotFound {
-			return false, nil
-		}
-		return false, err
+		return answer{done: true, err: err}
 	}
+	a := answer{done: true}
 	var refused netip.Addr
-	for _, a := range addrs {
-		a = a.Unmap()
-		if !a.Is4() || a.As4()[0] != 127 {
+	for _, rr := range rrs {
+		rec, ok := rr.(*dns.A)
+		if !ok {
 			continue
 		}
-		if b := a.As4(); b[1] == 255 && b[2] == 255 {
-			refused = a
+		ip, ok := netip.AddrFromSlice(rec.A.To4())
+		if !ok || ip.As4()[0] != 127 {
 			continue
 		}
-		return true, nil
-	}
-	if refused.IsValid() {
-		return false, fmt.Errorf("the zone answered %s, an error code, not a listing", refused)
-	}
-	return false, nil
-}
-
-// resolverAt returns a resolver that sends every query to addr (UDP, and
-// TCP when an answer is truncated) instead of the servers of
-// /etc/resolv.conf.
-func resolverAt(addr string) *net.Resolver {
-	return &net.Resolver{
-		PreferGo: true,
-		Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, network, addr)
-		},
-	}
-}
-
-const hexDigits = "0123456789abcdef"
-
-// reverse returns the name under which DNSBLs list ip, without the zone:
-// the four octets in reverse order for IPv4 (RFC 5782 2.1), the 32 nibbles
-// in reverse order for IPv6 (RFC 5782 2.4).
-func reverse(ip netip.Addr) string {
-	ip = ip.Unmap()
-	if ip.Is4() {
-		b := ip.As4()
-		out := make([]byte, 0, 15)
-		for i := 3; i >= 0; i-- {
-			out = strconv.AppendUint(out, uint64(b[i]), 10)
-			if i > 0 {
-				out = append(out, '.')
-			}
+		if b := ip.As4(); b[1] == 255 && b[2] == 255 {
+			refused = ip
+			continue
 		}
-		return string(out)
+		a.listing = append(a.listing, ip)
 	}
-	b := ip.As16()
-	out := make([]byte, 0, 63)
-	for i := len(b) - 1; i >= 0; i-- {
-		if len(out) > 0 {
-			out = append(out, '.')
+	if len(a.listing) == 0 && refused.IsValid() {
+		a.err = fmt.Errorf("the zone answered %s, an error code, not a listing", refused)
+	}
+	return a
+}
+
+// judge adds up the answers into the verdict.
+func (p *DNSBL) judge(got []answer) verdict {
+	var v verdict
+	for i, a := range got {
+		z := p.zones[i]
+		if !a.done {
+			continue
 		}
-		out = append(out, hexDigits[b[i]&0x0f], '.', hexDigits[b[i]>>4])
-	}
-	return string(out)
-}
-
-// cache keeps verdicts per address for a fixed time, up to a fixed
-// number of addresses, shared by every connection of the process.
-type cache struct {
-	ttl time.Duration
-	max int
-
-	mu sync.Mutex
-	m  map[netip.Addr]cached
-}
-
-type cached struct {
-	v       verdict
-	expires time.Time
-}
-
-// evictSample is how many entries a full cache looks at to choose the
-// one to drop: the one that expires first among them, so that neither
-// insertion nor eviction ever walks the whole map.
-const evictSample = 8
-
-func newCache(ttl time.Duration, max int) *cache {
-	return &cache{ttl: ttl, max: max, m: make(map[netip.Addr]cached, min(max, 1024))}
-}
-
-// get returns the cached verdict for ip, if any is still fresh at now.
-func (c *cache) get(ip netip.Addr, now time.Time) (verdict, bool) {
-	if c == nil {
-		return verdict{}, false
-	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	e, ok := c.m[ip]
-	if !ok {
-		return verdict{}, false
-	}
-	if !now.Before(e.expires) {
-		delete(c.m, ip)
-		return verdict{}, false
-	}
-	return e.v, true
-}
-
-// put caches v for ip from now on, making room first when the cache is
-// full.
-func (c *cache) put(ip netip.Addr, v verdict, now time.Time) {
-	if c == nil {
-		return
-	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if _, ok := c.m[ip]; !ok && len(c.m) >= c.max {
-		// Map iteration starts at a random place: a cheap random sample.
-		var victim netip.Addr
-		var soonest time.Time
-		n := 0
-		for k, e := range c.m {
-			if n == 0 || e.expires.Before(soonest) {
-				victim, soonest = k, e.expires
+		if a.err != nil {
+			if z.raises && v.err == nil {
+				v.err = fmt.Errorf("%s: %w", z.name, a.err)
 			}
-			if n++; n == evictSample {
-				break
-			}
+			continue
 		}
-		delete(c.m, victim)
+		s, raised, lowered := z.score(a.listing)
+		v.score += s
+		if raised {
+			v.listedBy = append(v.listedBy, z.name)
+		}
+		if lowered {
+			v.allowedBy = append(v.allowedBy, z.name)
+		}
 	}
-	c.m[ip] = cached{v: v, expires: now.Add(c.ttl)}
+	if p.weighted {
+		v.threshold = p.threshold
+	}
+	v.listed = v.score >= p.threshold
+	v.failed = !v.listed && v.err != nil
+	return v
 }

@@ -146,7 +146,10 @@ func (s *redisStore) connect(c *plugins.Conn, ip string, st *settings) (connectC
 		return connectCount{}, err
 	}
 	conc := st.maxConcurrency > 0
-	m := member{key: keyOpen + ip, name: s.instance + "/" + c.ID}
+	// The braces are a Redis Cluster hash tag: both keys of the connect
+	// script hash by the address alone, so they live on one node.
+	tag := "{" + ip + "}"
+	m := member{key: keyOpen + tag, name: s.instance + "/" + c.ID}
 	if conc {
 		s.mu.Lock()
 		s.inflight[c.ID] = true
@@ -161,7 +164,7 @@ func (s *redisStore) connect(c *plugins.Conn, ip string, st *settings) (connectC
 	// member it may have added must still be kept or given back.
 	var cc connectCount
 	err := s.client.Do(c.Log, func(ctx context.Context) error {
-		res, err := connectScript.Run(ctx, s.client, []string{keyConn + ip, m.key},
+		res, err := connectScript.Run(ctx, s.client, []string{keyConn + tag, m.key},
 			ratePer, st.connRate.N, time.Now().UnixMilli(), s.ttl.Milliseconds(), m.name, st.maxConcurrency).Int64Slice()
 		var got connectCount
 		if err == nil && len(res) == 3 {

@@ -73,11 +73,11 @@ func TestSharedAcrossProcesses(t *testing.T) {
 			}
 			c.ExpectEOF()
 		}
-		n, err := rs.Client().Get(ctx, "limit:conn:127.0.0.1").Int()
+		n, err := rs.Client().Get(ctx, "limit:conn:{127.0.0.1}").Int()
 		if err != nil || n != 5 {
-			t.Errorf("limit:conn:127.0.0.1 = %d, %v; want 5 connections counted", n, err)
+			t.Errorf("limit:conn:{127.0.0.1} = %d, %v; want 5 connections counted", n, err)
 		}
-		if ttl := rs.Client().PTTL(ctx, "limit:conn:127.0.0.1").Val(); ttl <= 0 {
+		if ttl := rs.Client().PTTL(ctx, "limit:conn:{127.0.0.1}").Val(); ttl <= 0 {
 			t.Errorf("the counter has no expiry (PTTL %v)", ttl)
 		}
 	})
@@ -98,8 +98,8 @@ func TestSharedAcrossProcesses(t *testing.T) {
 			}
 			c.ExpectEOF()
 		}
-		if n := rs.Client().ZCard(ctx, "limit:open:127.0.0.1").Val(); n != 2 {
-			t.Errorf("limit:open:127.0.0.1 holds %d members, want 2", n)
+		if n := rs.Client().ZCard(ctx, "limit:open:{127.0.0.1}").Val(); n != 2 {
+			t.Errorf("limit:open:{127.0.0.1} holds %d members, want 2", n)
 		}
 
 		// Closing a connection on B frees a place on A.
@@ -137,7 +137,7 @@ func TestSharedAcrossProcesses(t *testing.T) {
 		a2.Quit()
 		a3.Quit()
 		servertest.Eventually(t, poll, "the open set empties when the connections close", func() bool {
-			return rs.Client().ZCard(ctx, "limit:open:127.0.0.1").Val() == 0
+			return rs.Client().ZCard(ctx, "limit:open:{127.0.0.1}").Val() == 0
 		})
 	})
 }

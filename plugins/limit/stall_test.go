@@ -240,7 +240,7 @@ func TestRedisStall(t *testing.T) {
 				return srv.Log.Count("circuit closed") == 1
 			})
 			rc := rs.Client()
-			count := func() int64 { n, _ := rc.Get(context.Background(), "limit:conn:127.0.0.1").Int64(); return n }
+			count := func() int64 { n, _ := rc.Get(context.Background(), "limit:conn:{127.0.0.1}").Int64(); return n }
 			seen := count()
 			servertest.Eventually(t, poll, "the connection counter in Redis moves after SIGCONT", func() bool {
 				return count() > seen+stallClients

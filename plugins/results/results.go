@@ -262,6 +262,19 @@ func (r *Results) take(st *state) []publication {
 // mail flow: a failure is logged (at most once a minute) and the results
 // are dropped, as they are, without contacting Redis, when BlocksConn
 // found Redis down or busy.
+// publishScript publishes its pairs of channel and document in order, in
+// one round trip. A script, not a pipeline: a Redis Cluster client sends
+// each PUBLISH of a pipeline to a node of its choosing, and subscribers
+// would then see a transaction's results out of order.
+//
+// ARGV channel, document, channel, document, ...
+var publishScript = redis.NewScript(`
+for i = 1, #ARGV, 2 do
+  redis.call('PUBLISH', ARGV[i], ARGV[i + 1])
+end
+return 0
+`)
+
 func (r *Results) send(c *plugins.Conn, pending []publication) {
 	down, _ := c.Note(downNote).(error)
 	if down != nil {
@@ -272,14 +285,12 @@ func (r *Results) send(c *plugins.Conn, pending []publication) {
 	}
 	err := down
 	if err == nil {
+		args := make([]any, 0, 2*len(pending))
+		for _, pub := range pending {
+			args = append(args, pub.channel, pub.doc)
+		}
 		err = r.client.Do(c.Log, func(ctx context.Context) error {
-			_, err := r.client.Pipelined(ctx, func(p redis.Pipeliner) error {
-				for _, pub := range pending {
-					p.Publish(ctx, pub.channel, pub.doc)
-				}
-				return nil
-			})
-			return err
+			return publishScript.Run(ctx, r.client, nil, args...).Err()
 		})
 	}
 	if errors.Is(err, redisx.ErrBusy) {
