@@ -18,10 +18,10 @@ run: build
 
 # Installs what the tests need (swaks, postfix for smtp-source and the
 # XCLIENT/XFORWARD test, redis-server, haproxy, rspamd, opendkim and
-# opendkim-tools) when missing and root can install it, then runs
-# everything with -race.
-# The Redis-using packages run a second time against a Redis Cluster of
-# three masters (internal/redisx/redistest).
+# opendkim-tools, promtool and prometheus) when missing and root can
+# install it, then runs everything with -race. The Redis-using packages
+# run a second time against a Redis Cluster of three masters
+# (internal/redisx/redistest).
 REDIS_PKGS = ./internal/redisx/... ./plugins/limit ./plugins/results ./plugins/greylist ./plugins/rcpt_to.valid ./plugins/rcpt_to.verify
 test: deps vet fmt-check cross
 	$(GO) test -race -count=1 -timeout 8m ./...
@@ -36,6 +36,7 @@ deps:
 	command -v rspamd >/dev/null 2>&1 || missing="$$missing rspamd"; \
 	[ -x /usr/sbin/opendkim ] || missing="$$missing opendkim"; \
 	[ -x /usr/sbin/opendkim-genkey ] || missing="$$missing opendkim-tools"; \
+	command -v promtool >/dev/null 2>&1 || missing="$$missing prometheus"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    echo "installing:$$missing"; \

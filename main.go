@@ -25,6 +25,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"loopmx/config"
+	"loopmx/internal/metrics"
 	"loopmx/internal/ticketkeys"
 	"loopmx/loop"
 	"loopmx/loop/workpool"
@@ -91,7 +92,7 @@ environment:
                       overrides threadpool_size of smtp.ini.
 
 documentation: README.md and docs/ in the source tree (config.md lists every
-smtp.ini key; plugins.md, supervisor.md, tls.md, protocol.md), each plugin's
+smtp.ini key; plugins.md, supervisor.md, tls.md, protocol.md, metrics.md), each plugin's
 README.md, and contrib/config, a commented example directory. Installed as
 contrib/systemd/loopmx.service says, docs/ is in /usr/local/share/doc/loopmx.
 `
@@ -220,7 +221,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	if isWorker {
-		return serve(cfg, stderr, sockets{files: w.Listeners, specs: w.Specs, ready: w.Ready, worker: w.ID, tickets: w.TicketKeys})
+		return serve(cfg, stderr, sockets{files: w.Listeners, specs: w.Specs, ready: w.Ready, worker: w.ID, tickets: w.TicketKeys, metrics: w.MetricsChannel()})
 	}
 	if cfg.Main.Nodes >= 1 {
 		return superviseRun(cfg, *dir, stderr)
@@ -308,6 +309,19 @@ func superviseRun(cfg *config.Config, dir string, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "loopmx: cannot find my own binary:", err)
 		return 1
 	}
+	var observer supervisor.Observer
+	if m := cfg.Main; m.MetricsListen != "" {
+		sm := metrics.NewSupervisor(version, log)
+		ep, err := metrics.Listen(m.MetricsListen, metrics.EndpointOptions{Gatherer: sm.Gatherer(), Ready: sm.Ready, Pprof: m.MetricsPprof, Log: log})
+		if err != nil {
+			log.Error().Err(err).Msg("supervisor cannot start")
+			return 1
+		}
+		defer ep.Close()
+		defer sm.Close()
+		log.Info().Str("metrics_listen", ep.Addr()).Msg("metrics endpoint ready")
+		observer = supervisorMetrics{sm}
+	}
 	return supervisor.Run(cfg, supervisor.Options{
 		ConfigDir: dir,
 		Exe:       exe,
@@ -321,9 +335,22 @@ func superviseRun(cfg *config.Config, dir string, stderr io.Writer) int {
 			}
 			return c, nil
 		},
-		Listen: loop.ListenFile,
-		Log:    log,
+		Listen:   loop.ListenFile,
+		Log:      log,
+		Observer: observer,
 	})
+}
+
+// supervisorMetrics is the metrics endpoint as the supervisor's observer.
+type supervisorMetrics struct{ *metrics.Supervisor }
+
+// Sockets hands the supervisor's listening sockets to the endpoint.
+func (m supervisorMetrics) Sockets(socks []supervisor.Socket) {
+	out := make([]metrics.Socket, len(socks))
+	for i, s := range socks {
+		out[i] = metrics.Socket{Listener: s.Listener, Socket: s.Socket, FD: s.FD}
+	}
+	m.SetSockets(out)
 }
 
 // sockets are the listening sockets a server was handed, and what to do
@@ -336,6 +363,7 @@ type sockets struct {
 	// tickets are the supervisor's session-ticket keys, shared by all its
 	// workers; nil alone, where the process keeps keys of its own.
 	tickets *ticketkeys.Share
+	metrics *os.File // a worker's metrics channel to its supervisor, or nil
 }
 
 // serve runs the SMTP server in this process: on listeners handed over by
@@ -378,6 +406,7 @@ func serveChain(cfg *config.Config, log zerolog.Logger, stderr io.Writer, socks 
 		opts.Specs = socks.specs
 	}
 	opts.TLS = tlsConf
+	opts.Metrics = socks.metrics != nil || (socks.worker == 0 && cfg.Main.MetricsListen != "")
 	local, err := startTickets(log, socks, tlsConf)
 	if err != nil {
 		fmt.Fprintln(stderr, err)
@@ -392,6 +421,12 @@ func serveChain(cfg *config.Config, log zerolog.Logger, stderr io.Writer, socks 
 		log.Error().Err(err).Msg("cannot start event loops")
 		return 1
 	}
+	stopMetrics, err := serveMetrics(cfg, log, srv, socks)
+	if err != nil {
+		log.Error().Err(err).Msg("cannot serve metrics")
+		return 1
+	}
+	defer stopMetrics()
 	// Signals are handled from here on, before the server says it is
 	// ready: a HUP or TERM sent the moment it is ready must not find the
 	// default action (exit) in place.
@@ -538,6 +573,7 @@ func restartOnly(started, next *config.Config) []string {
 	add(a.MaxPipelineBuffer != b.MaxPipelineBuffer, "max_pipeline_buffer")
 	add(fmt.Sprint(a.ProxyTrusted) != fmt.Sprint(b.ProxyTrusted), "proxy_trusted")
 	add(a.Nodes != b.Nodes, "nodes")
+	add(a.MetricsListen != b.MetricsListen || a.MetricsPprof != b.MetricsPprof, "metrics_listen/metrics_pprof")
 	return keys
 }
 
@@ -571,4 +607,31 @@ func cfgName(cfg *config.Config) string {
 		return "(embedded default)"
 	}
 	return cfg.Dir
+}
+
+// serveMetrics starts what the metrics need once srv runs: the endpoint
+// of a single process (metrics_listen), or a worker's answers to its
+// supervisor. The function returned runs after the drain: a worker sends
+// its final counts, the endpoint closes.
+func serveMetrics(cfg *config.Config, log zerolog.Logger, srv *loop.Server, socks sockets) (func(), error) {
+	if socks.metrics != nil {
+		reg := metrics.NewRegistry(metrics.Options{Version: version, Source: srv})
+		ch, err := metrics.ServeWorker(socks.metrics, reg)
+		if err != nil {
+			return nil, err
+		}
+		return func() { ch.Final(); reg.Close() }, nil
+	}
+	m := cfg.Main
+	if socks.worker > 0 || m.MetricsListen == "" {
+		return func() {}, nil
+	}
+	reg := metrics.NewRegistry(metrics.Options{Version: version, Source: srv, Sockets: srv.MetricsSockets, Host: true})
+	ep, err := metrics.Listen(m.MetricsListen, metrics.EndpointOptions{Gatherer: reg, Ready: srv.Ready, Pprof: m.MetricsPprof, Log: log})
+	if err != nil {
+		reg.Close()
+		return nil, err
+	}
+	log.Info().Str("metrics_listen", ep.Addr()).Msg("metrics endpoint ready")
+	return func() { ep.Close(); reg.Close() }, nil
 }

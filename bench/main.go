@@ -108,6 +108,12 @@ summary table, one row per scenario:
              and server share the cores, and this is the client's share
   cli/msg    the same per message
   A "-" is a figure not measured: no -pid, or a unit the scenario has not.
+With -metrics URL, "server banner" sets, per scenario, the server's own
+banner percentiles (loopmx_banner_seconds over the scenario) beside the
+client's banner (which includes the TCP handshake and any SYN retry) and
+greet (handshake done to greeting: the server's figure plus the time in
+the accept queue), the width of the server's bucket at the client's greet
+p99, and the longest listen queue seen (sampled every 100 ms) of its limit.
 Below it: "latency by phase", count and p50/p90/p99/p99.9/max of each
 phase (connect: the TCP handshake; banner; ehlo; starttls: STARTTLS to the
 end of the TLS handshake; eod: the final dot to the server's reply;
@@ -153,6 +159,7 @@ type options struct {
 	to        string
 	rejectTo  string
 	starttls  bool
+	metrics   string
 	resume    bool
 }
 
@@ -187,6 +194,7 @@ func realMain(args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&o.from, "from", "bench@loopmx.test", "MAIL FROM address")
 	fs.StringVar(&o.to, "to", "bench@example.com", "RCPT TO address (with -rcpts > 1, local+N@domain)")
 	fs.StringVar(&o.rejectTo, "reject-to", "nobody@unknown.invalid", "mix: the recipient a real MX refuses")
+	fs.StringVar(&o.metrics, "metrics", "", "the server's Prometheus endpoint (http://127.0.0.1:9125/metrics): print its banner percentiles for each scenario beside the client's, and its listen queue")
 	fs.BoolVar(&o.resume, "resume", false, "with -starttls: one TLS session cache for each scenario, so every handshake after the first resumes a session (a sender that comes back) instead of a full one")
 	fs.BoolVar(&o.starttls, "starttls", false, "after EHLO, upgrade with STARTTLS (a full handshake each time) and say EHLO again; idle then holds TLS sessions; flood ignores it")
 	compare := fs.Bool("compare", false, "compare mode: read RESULT.json files and print medians and ratios to -base")
@@ -302,7 +310,7 @@ func run1(addr string, o options, stdout, stderr io.Writer) error {
 			}
 		}
 	}
-	e := &env{dialer: newDialer(target, o.sources, o.timeout), pid: o.pid, stderr: stderr}
+	e := &env{dialer: newDialer(target, o.sources, o.timeout), pid: o.pid, stderr: stderr, metrics: o.metrics}
 	if o.progress == "on" || (o.progress == "auto" && isTerminal(os.Stderr)) {
 		e.progress = stderr
 	}
@@ -363,7 +371,8 @@ type env struct {
 	pid      int
 	progress io.Writer // nil: no progress line
 	stderr   io.Writer
-	gone     error // set when the server's process disappeared
+	gone     error  // set when the server's process disappeared
+	metrics  string // the server's /metrics URL, or ""
 }
 
 // execute runs one scenario and measures it.
@@ -400,6 +409,13 @@ func (e *env) execute(p params, sc *script) Result {
 			}
 		}
 	}
+	var mw *metricsWatch
+	if e.metrics != "" {
+		var err error
+		if mw, err = watchMetrics(e.metrics); err != nil {
+			fmt.Fprintln(e.stderr, "loopmx-bench: warning:", err)
+		}
+	}
 	cpu0 := selfCPU()
 	start := time.Now()
 	r.end = start.Add(p.Duration)
@@ -422,6 +438,13 @@ func (e *env) execute(p params, sc *script) Result {
 	}
 	res := buildResult(p, st, active, client, srv)
 	res.Skipped = r.skipped
+	if mw != nil {
+		sb, err := mw.finish(&st.phase[phGreet])
+		if err != nil {
+			fmt.Fprintln(e.stderr, "loopmx-bench: warning:", err)
+		}
+		res.ServerBanner = sb
+	}
 	return res
 }
 
@@ -458,7 +481,7 @@ func (e *env) monitor(r *run, srv *serverDelta, start time.Time, done chan struc
 func warmUp(e *env, o options, sc *script) error {
 	p := params{Scenario: "session", Conc: min(10, o.warmup), N: int64(o.warmup), Duration: 30 * time.Second, Timeout: o.timeout, StartTLS: o.starttls, Resume: o.starttls && o.resume}
 	quiet := *e
-	quiet.pid, quiet.progress = 0, nil
+	quiet.pid, quiet.progress, quiet.metrics = 0, nil, ""
 	res := quiet.execute(p, sc)
 	if res.Sessions == 0 {
 		first := ""

@@ -32,6 +32,7 @@ type Result struct {
 	Outcomes       map[string]int64   `json:"outcomes,omitempty"`
 	Latency        map[string]Summary `json:"latency"`
 	Server         *ServerStats       `json:"server,omitempty"`
+	ServerBanner   *ServerBanner      `json:"server_banner,omitempty"`
 	Client         ClientStats        `json:"client"`
 }
 
@@ -248,6 +249,8 @@ func printReport(w io.Writer, rep Report) {
 	}
 	t.write(w)
 
+	printServerBanner(w, rep)
+
 	t = &table{}
 	t.row(append(append([]string{"errors"}, errNames[:]...), "first seen")...)
 	for _, r := range rep.Results {
@@ -355,5 +358,25 @@ func (t *table) write(w io.Writer) {
 			}
 		}
 		fmt.Fprintln(w, strings.TrimRight(b.String(), " "))
+	}
+}
+
+// printServerBanner sets the server's banner percentiles (-metrics) beside
+// the client's.
+func printServerBanner(w io.Writer, rep Report) {
+	t := &table{}
+	t.row("server banner", "count", "srv p50", "srv p99", "srv p99.9", "cli banner p99", "cli greet p50", "cli greet p99", "bucket at p99", "listen queue")
+	for _, r := range rep.Results {
+		sb := r.ServerBanner
+		if sb == nil || sb.Count == 0 {
+			continue
+		}
+		b, g := r.Latency["banner"], r.Latency["greet"]
+		t.row(r.Params.Scenario, fmt.Sprintf("%.0f", sb.Count), fmtUS(sb.P50), fmtUS(sb.P99), fmtUS(sb.P999),
+			fmtUS(b.P99), fmtUS(g.P50), fmtUS(g.P99), fmtUS(sb.Width99), fmt.Sprintf("%.0f of %.0f", sb.QueuePeak, sb.QueueLimit))
+	}
+	if len(t.rows) > 1 {
+		fmt.Fprintln(w)
+		t.write(w)
 	}
 }

@@ -17,6 +17,7 @@ import (
 const (
 	phConnect = iota // TCP connect
 	phBanner         // connect to greeting, the time a sender waits for the banner
+	phGreet          // the end of the handshake to the greeting: what the server's loopmx_banner_seconds sees, plus the accept queue
 	phEHLO           // EHLO sent to its last reply line
 	phTLS            // STARTTLS sent to the end of the TLS handshake
 	phEOD            // end of DATA (the final ".") to the server's reply
@@ -25,7 +26,7 @@ const (
 	numPhases
 )
 
-var phaseNames = [numPhases]string{"connect", "banner", "ehlo", "starttls", "eod", "message", "session"}
+var phaseNames = [numPhases]string{"connect", "banner", "greet", "ehlo", "starttls", "eod", "message", "session"}
 
 // Kinds of error, counted apart in the report.
 const (
@@ -200,10 +201,13 @@ func (w *worker) open() error {
 	if err := w.dial(t0); err != nil {
 		return err
 	}
+	t1 := time.Now()
 	if _, err := w.expect("banner", 2); err != nil {
 		return err
 	}
-	w.r.st.phase[phBanner].record(time.Since(t0))
+	t2 := time.Now()
+	w.r.st.phase[phBanner].record(t2.Sub(t0))
+	w.r.st.phase[phGreet].record(t2.Sub(t1))
 	return nil
 }
 

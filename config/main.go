@@ -55,6 +55,8 @@ type Main struct {
 	ProxyListen         []string       // proxy_listen: addresses that expect a PROXY protocol v1/v2 header first
 	ProxyTrusted        []netip.Prefix // proxy_trusted: who may send a PROXY header (CIDRs)
 	ProxyTimeout        time.Duration  // proxy_timeout: how long a PROXY header may take to arrive
+	MetricsListen       string         // metrics_listen: host:port of the Prometheus endpoint; "" = off
+	MetricsPprof        bool           // metrics_pprof: serve /debug/pprof/ on the metrics endpoint
 }
 
 // Listener is one listening address and what it speaks.
@@ -363,6 +365,25 @@ var mainSettings = []setting{
 		},
 	},
 	durationSetting("proxy_timeout", "10s", time.Second, func(m *Main) *time.Duration { return &m.ProxyTimeout }),
+	{
+		key: "metrics_listen",
+		parse: func(c *Config, v string) error {
+			if strings.TrimSpace(v) == "" {
+				c.Main.MetricsListen = ""
+				return nil
+			}
+			addrs, err := parseListen(v)
+			if err == nil && len(addrs) > 1 {
+				err = &valueError{v, "names more than one address", nil}
+			}
+			if err == nil {
+				c.Main.MetricsListen = addrs[0]
+			}
+			return err
+		},
+		show: func(c *Config) string { return c.Main.MetricsListen },
+	},
+	boolSetting("metrics_pprof", "false", func(m *Main) *bool { return &m.MetricsPprof }),
 }
 
 // optionalListen is a listen list that may be empty.

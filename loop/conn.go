@@ -6,6 +6,7 @@ import (
 	"strconv"
 	"time"
 
+	"loopmx/internal/metrics"
 	"loopmx/plugins"
 	"loopmx/proxyproto"
 	"loopmx/smtpproto"
@@ -69,6 +70,8 @@ type conn struct {
 	spilling *spillJob    // the spool write in flight
 	msgWait  bool         // the message waits for its last spool write
 	msgCall  plugins.Call // the hook call it will then start
+
+	m connMeter // what the metrics need (metrics.go)
 }
 
 // init fills a new connection accepted from l.
@@ -89,6 +92,7 @@ func (c *conn) init(srv *Server, peer, local netip.AddrPort, l *listener, now ti
 		Started:    now,
 		LoadSource: load,
 	}
+	c.metricsInit(l, load)
 }
 
 // start runs the connect hooks, then greets.
@@ -108,6 +112,7 @@ func (c *conn) greet() {
 	}
 	c.greeted = true
 	c.tr.write(c.setup.proto.Banner())
+	c.bannerSent()
 	c.process()
 }
 
@@ -123,12 +128,14 @@ func (c *conn) parseProxy() bool {
 		return false
 	}
 	if err != nil {
+		c.proxyHeader(metrics.ProxyMalformed)
 		c.srv.log.Info().Str("conn", c.view.ID).Str("ip", c.view.RemoteIP.String()).Err(err).Msg("bad PROXY header; closing")
 		c.close("bad PROXY header")
 		return false
 	}
 	c.in = c.in[n:]
 	c.proxyWait = false
+	c.proxyHeader(proxyOutcome(h.Local))
 	if !h.Local {
 		c.view.RemoteIP, c.view.RemotePort = h.Source.Addr().Unmap(), h.Source.Port()
 		c.view.LocalIP, c.view.LocalPort = h.Dest.Addr().Unmap(), h.Dest.Port()
@@ -164,13 +171,14 @@ func (c *conn) process() {
 			c.drainCheck()
 			break
 		}
+		c.peekCommand()
 		n, ev := c.sess.Next(c.in)
 		c.in = c.in[n:]
 		if ev.Kind != smtpproto.KindNeedMore {
 			c.moved = true // progress: the deadline starts again
 		}
 		if len(ev.Reply) > 0 {
-			c.tr.write(ev.Reply)
+			c.tr.write(c.replied(plugins.NoHook, ev.Reply))
 		}
 		switch ev.Kind {
 		case smtpproto.KindNeedMore:
@@ -334,6 +342,7 @@ func (c *conn) setEndReason(why string) {
 // counts, and its end is logged once no hook is outstanding.
 func (c *conn) ended() {
 	c.closed = true
+	c.closedMetrics()
 	c.srv.conns.Add(-1)
 	if c.ipHeld {
 		c.srv.releaseIP(c.view.RemoteIP)

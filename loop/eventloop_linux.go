@@ -21,8 +21,9 @@ const (
 type ctl uint8
 
 const (
-	ctlDrain ctl = iota + 1 // stop accepting, close sessions outside a transaction
-	ctlForce                // the graceful time is over: close everything
+	ctlDrain   ctl = iota + 1 // stop accepting, close sessions outside a transaction
+	ctlForce                  // the graceful time is over: close everything
+	ctlMetrics                // copy the counts out for a scrape (metrics.go)
 )
 
 // eventLoop is one reactor: an epoll instance, an eventfd to be woken by
@@ -38,6 +39,8 @@ type eventLoop struct {
 	conns  []*epollConn
 	nconns int
 	served uint64 // connections accepted by this loop
+	met    *meter // this loop's counts; nil with metrics off (metrics.go)
+	iter   uint64 // iterations of run, for the metrics' accept queue check
 	now    time.Time
 
 	// one list per phase (guard.go) of the open connections that wait for
@@ -89,6 +92,7 @@ func newEventLoop(s *Server, idx int) (*eventLoop, error) {
 		rbuf:   make([]byte, readBufSize),
 		wbuf:   make([]byte, 0, 4096),
 		now:    time.Now(),
+		met:    s.loopMeter(),
 	}
 	if e := rawEpollCtl(epfd, unix.EPOLL_CTL_ADD, efd, unix.EPOLLIN); e != 0 {
 		return nil, e
@@ -154,6 +158,9 @@ func (el *eventLoop) run() {
 	}()
 	defer func() {
 		el.srv.log.Info().Int("loop", el.idx).Uint64("connections_accepted", el.served).Msg("event loop stopped")
+		if el.met != nil {
+			el.met.publish(true)
+		}
 	}()
 	el.nextTick = el.now.Add(tickEvery)
 	for {
@@ -170,6 +177,7 @@ func (el *eventLoop) run() {
 			n = 0 // EINTR: the runtime's preemption signal
 		}
 		el.now = time.Now()
+		el.iter++
 		for i := 0; i < n; i++ {
 			ev := &el.events[i]
 			fd := int(ev.Fd)
@@ -229,6 +237,8 @@ func (el *eventLoop) wake() {
 			el.drain()
 		case ctlForce:
 			el.forceClose()
+		case ctlMetrics:
+			el.met.publish(false)
 		}
 	}
 }
@@ -251,6 +261,7 @@ func (el *eventLoop) accept(li int) {
 			// Out of descriptors or memory: stop waiting on the listeners
 			// for a while instead of spinning; connections wait in the
 			// backlog. The delay doubles up to a second.
+			el.met.acceptFailed(li, acceptError(e))
 			el.srv.logAcceptError(e)
 			if el.acceptDelay == 0 {
 				el.acceptDelay = 10 * time.Millisecond
@@ -264,12 +275,13 @@ func (el *eventLoop) accept(li int) {
 			}
 			return
 		default:
+			el.met.acceptFailed(li, acceptError(e))
 			el.srv.logAcceptError(e)
 			return
 		}
 		el.acceptDelay = 0
 		el.served++
-		el.open(fd, peer, l)
+		el.open(fd, peer, l, li)
 		if el.srv.opts.SingleAccept {
 			// EPOLLEXCLUSIVE wakes the first waiter on the socket, and a
 			// loop that re-arms stays first: it would take the whole
@@ -295,11 +307,12 @@ func refuse(fd int, reply []byte) {
 	rawClose(fd)
 }
 
-func (el *eventLoop) open(fd int, peer netip.AddrPort, l *listener) {
+func (el *eventLoop) open(fd int, peer netip.AddrPort, l *listener, li int) {
 	s := el.srv
 	kind := l.kind
 	ip := peer.Addr().Unmap()
-	if ok, reply := s.admit(ip, kind, el.draining); !ok {
+	if ok, reply, why := s.admit(ip, kind, el.draining); !ok {
+		el.met.refusedAt(li, why)
 		refuse(fd, reply)
 		return
 	}
@@ -315,6 +328,7 @@ func (el *eventLoop) open(fd int, peer netip.AddrPort, l *listener) {
 		el.conns = append(el.conns, make([]*epollConn, len(el.conns)+64)...)
 	}
 	c := newEpollConn(el, fd, peer, l)
+	el.opened(c, li)
 	c.ipHeld = !kind.Proxy
 	el.conns[fd] = c
 	el.nconns++

@@ -19,6 +19,7 @@ const maxTxRefusals = 8
 
 // runHook runs call's plugins from position i.
 func (c *conn) runHook(call plugins.Call, i int) {
+	c.hookStarting(call.Hook, i)
 	c.view.EarlyTalker = c.earlyTalk
 	res, next, done := c.setup.chain.Step(c.view, &call, i)
 	switch {
@@ -39,12 +40,12 @@ func (c *conn) submit(call plugins.Call, i int) {
 	c.gen++
 	c.call, c.callIdx = call, i
 	view := c.view
-	job := func() plugins.Result { return ch.RunOne(view, &call, i) }
+	job := c.timed(func() plugins.Result { return ch.RunOne(view, &call, i) })
 	if !c.tr.await(c.srv.pool, job, c.gen, ch.Timeout(call.Hook, i)) {
 		// RFC 5321 4.2.2 421: the pool queue is full; shed this client
 		// politely rather than queueing without bound.
 		c.pending = false
-		c.tr.write(c.setup.proto.BusyReply())
+		c.tr.write(c.replied(call.Hook, c.setup.proto.BusyReply()))
 		c.shutdown("workpool full")
 	}
 }
@@ -53,6 +54,7 @@ func (c *conn) submit(call plugins.Call, i int) {
 func (c *conn) delay(call plugins.Call, i int, d time.Duration) {
 	c.pending = true
 	c.call, c.callIdx = call, i
+	c.paused(d)
 	c.tr.pause(d)
 }
 
@@ -69,6 +71,7 @@ func (c *conn) hookReturned(res plugins.Result) {
 		return
 	}
 	c.pending = false
+	c.hookTimed()
 	switch {
 	case res.Action == plugins.Continue && res.Delay > 0:
 		c.delay(c.call, c.callIdx, res.Delay)
@@ -89,6 +92,7 @@ func (c *conn) hookExpired() {
 		return
 	}
 	c.pending = false
+	c.hookTimedOut()
 	name := c.setup.chain.PluginAt(c.call.Hook, c.callIdx)
 	c.srv.log.Warn().Str("conn", c.view.ID).Str("plugin", name).Str("hook", c.call.Hook.String()).
 		Msg("plugin timed out; answering 451 4.3.0")
@@ -115,6 +119,7 @@ func (c *conn) resolve(call plugins.Call, res plugins.Result) {
 	rep := plugins.ReplyFor(call.Hook, res)
 	ok := rep.Positive()
 	if !ok {
+		c.refused(call.Hook, res.Plugin, rep.Code)
 		if ch.Has(plugins.HookDeny) {
 			ch.Denied(c.view, call.Hook, res)
 		}
@@ -132,10 +137,10 @@ func (c *conn) resolve(call plugins.Call, res plugins.Result) {
 		case c.kind.TLS && !c.secure:
 			// Implicit TLS: the client can only read the refusal once
 			// the handshake is done.
-			c.tlsRefusal = rep.AppendTo(nil)
+			c.tlsRefusal = c.replied(call.Hook, rep.AppendTo(nil))
 			c.tr.startTLS()
 		default:
-			c.tr.write(rep.AppendTo(nil))
+			c.tr.write(c.replied(call.Hook, rep.AppendTo(nil)))
 			c.shutdown("rejected at connect")
 		}
 		return
@@ -143,7 +148,7 @@ func (c *conn) resolve(call plugins.Call, res plugins.Result) {
 		if res.Action == plugins.Continue {
 			rep = smtpproto.Reply{}
 		}
-		c.tr.write(c.sess.Resolve(rep))
+		c.tr.write(c.replied(call.Hook, c.sess.Resolve(rep)))
 		if c.sess.Closed() {
 			c.shutdown("too many errors")
 		} else if res.Action.Disconnects() {
@@ -162,7 +167,7 @@ func (c *conn) resolve(call plugins.Call, res plugins.Result) {
 		}
 		c.inform(next)
 	}
-	c.tr.write(c.sess.Resolve(rep))
+	c.tr.write(c.replied(call.Hook, c.sess.Resolve(rep)))
 	switch call.Hook {
 	case plugins.HookHelo, plugins.HookEhlo:
 		if ok {
@@ -187,6 +192,7 @@ func (c *conn) resolve(call plugins.Call, res plugins.Result) {
 		if call.Msg != nil {
 			size = call.Msg.Size()
 		}
+		c.messageDone(call, res, rep.Code)
 		c.endTx(result, rep.Code, size)
 	}
 	if res.Action.Disconnects() {

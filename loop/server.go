@@ -28,6 +28,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"loopmx/config"
+	"loopmx/internal/metrics"
 	"loopmx/internal/throttle"
 	"loopmx/loop/workpool"
 	"loopmx/plugins"
@@ -97,6 +98,8 @@ type Options struct {
 	Backlog int
 	// Log receives one line per connection and per transaction.
 	Log zerolog.Logger
+	// Metrics makes the loops count for MetricsSnapshot (metrics.go).
+	Metrics bool
 }
 
 // OptionsFrom maps a loaded config to Options.
@@ -193,6 +196,7 @@ type Server struct {
 	replyShutdown  []byte
 	replyTimeout   []byte
 	acceptLog      throttle.Throttle
+	stream         *meter // the stream transports' counts; nil with metrics off (metrics.go)
 
 	// bodies beyond memory (spool.go)
 	spoolAfter   int
@@ -279,6 +283,7 @@ func New(opts Options, chain *plugins.Chain, pool *workpool.Pool) (*Server, erro
 		s.closeSpillPool()
 		return nil, errors.New("loop: no listen address")
 	}
+	s.startMetrics()
 	return s, nil
 }
 
@@ -350,31 +355,32 @@ func (s *Server) closeSpillPool() {
 // PROXY listeners, where the peer is the balancer and the limit applies
 // to the address of the header instead) in the per-address limit. When it
 // is not, reply is what to write before closing (nil: close without a
-// word, as for a TLS client that cannot read a plaintext refusal).
-func (s *Server) admit(ip netip.Addr, kind listenKind, draining bool) (ok bool, reply []byte) {
-	refuse := func(r []byte) (bool, []byte) {
+// word, as for a TLS client that cannot read a plaintext refusal) and why
+// says which limit refused it.
+func (s *Server) admit(ip netip.Addr, kind listenKind, draining bool) (ok bool, reply []byte, why metrics.AcceptRefusal) {
+	refuse := func(r []byte, why metrics.AcceptRefusal) (bool, []byte, metrics.AcceptRefusal) {
 		if kind.TLS {
-			return false, nil
+			return false, nil, why
 		}
-		return false, r
+		return false, r, why
 	}
 	switch {
 	case kind.Proxy && !s.proxyTrusted(ip):
 		// Only the load balancer may speak first on a PROXY listener;
 		// anyone else is closed without a banner.
-		return false, nil
+		return false, nil, metrics.RefusedProxyUntrusted
 	case draining:
-		return refuse(s.replyShutdown)
+		return refuse(s.replyShutdown, metrics.RefusedDraining)
 	}
 	if n := s.conns.Add(1); s.opts.MaxConnections > 0 && n > int64(s.opts.MaxConnections) {
 		s.conns.Add(-1)
-		return refuse(s.replyTooMany)
+		return refuse(s.replyTooMany, metrics.RefusedMaxConnections)
 	}
 	if !kind.Proxy && !s.acquireIP(ip) {
 		s.conns.Add(-1)
-		return refuse(s.replyTooManyIP)
+		return refuse(s.replyTooManyIP, metrics.RefusedPerIP)
 	}
-	return true, nil
+	return true, nil, 0
 }
 
 // proxyTrusted reports whether ip may send a PROXY header.

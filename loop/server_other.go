@@ -136,7 +136,9 @@ func (s *Server) acceptLoop(l *listener) {
 // serve starts the goroutine of a new connection, or refuses it.
 func (s *Server) serve(nc net.Conn, l *listener) {
 	peer := nc.RemoteAddr().(*net.TCPAddr).AddrPort()
-	if ok, reply := s.admit(peer.Addr().Unmap(), l.kind, s.draining.Load()); !ok {
+	li := s.listenerIndex(l)
+	if ok, reply, why := s.admit(peer.Addr().Unmap(), l.kind, s.draining.Load()); !ok {
+		s.stream.refusedAt(li, why)
 		if reply != nil {
 			nc.SetWriteDeadline(time.Now().Add(time.Second))
 			nc.Write(reply)
@@ -146,6 +148,7 @@ func (s *Server) serve(nc net.Conn, l *listener) {
 	}
 	c := &conn{}
 	c.init(s, peer, nc.LocalAddr().(*net.TCPAddr).AddrPort(), l, time.Now(), s)
+	s.stream.opened(li)
 	c.ipHeld = !l.kind.Proxy
 	c.proxyWait = l.kind.Proxy
 	st := newStream(c, nc)

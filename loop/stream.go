@@ -35,6 +35,7 @@ type streamResult struct {
 const streamReadBuf = 4 << 10
 
 func newStream(c *conn, nc net.Conn) *stream {
+	c.toStream()
 	return &stream{c: c, raw: nc, nc: nc, results: make(chan streamResult, 1)}
 }
 
@@ -175,6 +176,7 @@ func (s *stream) handshake() bool {
 	tc := tls.Server(s.nc, srv.opts.TLS.Config())
 	s.raw.SetDeadline(time.Now().Add(srv.opts.TLS.HandshakeTimeout))
 	if err := tc.Handshake(); err != nil {
+		c.tlsHandshake(nil, err)
 		srv.log.Info().Str("conn", c.view.ID).Str("ip", c.view.RemoteIP.String()).Err(err).Msg("TLS handshake failed")
 		c.close("tls handshake failed")
 		return false
@@ -183,6 +185,7 @@ func (s *stream) handshake() bool {
 	c.restart(phaseIdle, time.Now()) // the handshake's time is not the client's
 	s.nc = tc
 	st := tc.ConnectionState()
+	c.tlsHandshake(&st, nil)
 	c.secure = true
 	c.in = nil
 	c.endTx("reset", 0, 0)

@@ -113,14 +113,26 @@ func (ch *Chain) Close() error {
 // position of the first blocking hook, which the caller must hand to
 // RunOne (or RunFrom) on the workpool. A Continue result with a Delay is
 // returned as done, with next at the plugin that asked for it.
+//
+// With c.Timer set, each inline hook is timed and reported to it.
 func (ch *Chain) Step(c *Conn, call *Call, i int) (res Result, next int, done bool) {
 	list := ch.byHook[call.Hook]
+	var t0 time.Time
+	if c.Timer != nil && i < len(list) {
+		t0 = time.Now()
+	}
 	for ; i < len(list); i++ {
 		e := &ch.entries[list[i]]
 		if e.blocks[call.Hook] && e.blocksNow(c, call) {
 			return Result{}, i, false
 		}
-		if r := ch.invoke(e, c, call); r.Action != Continue || r.Delay > 0 {
+		r := ch.invoke(e, c, call)
+		if c.Timer != nil {
+			t1 := time.Now()
+			c.Timer.HookTook(e.name, call.Hook, t1.Sub(t0))
+			t0 = t1
+		}
+		if r.Action != Continue || r.Delay > 0 {
 			return r, i, true
 		}
 	}

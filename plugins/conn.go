@@ -41,6 +41,9 @@ type Conn struct {
 	// EarlyTalker is set by the host when the client sent data before the
 	// banner was written (only meaningful while a connect hook delays it).
 	EarlyTalker bool
+	// Timer, set by the host when it measures hooks, hears how long each
+	// inline hook took (Chain.Step); nil measures nothing.
+	Timer HookTimer
 
 	notes map[string]any
 	txN   int
@@ -167,6 +170,13 @@ type LoadInfo struct {
 	PoolQueued, PoolBusy, PoolWorkers int
 	// Connections is the number of open connections of the process.
 	Connections int64
+}
+
+// HookTimer is implemented by a host that measures hooks. Chain.Step
+// calls it on the connection's own goroutine, after each plugin's hook
+// that ran inline.
+type HookTimer interface {
+	HookTook(plugin string, h Hook, d time.Duration)
 }
 
 // LoadReporter is implemented by the host.

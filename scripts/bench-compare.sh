@@ -25,6 +25,9 @@
 #   SCALE       multiplies each scenario's default -n (default 0.5, which
 #               keeps a round of five servers near two minutes)
 #   BENCH_ARGS  extra loopmx-bench flags for every run
+#   SERVERS     run only these servers, e.g. "loopmx loopmx-metrics" (the
+#               cost of metrics_listen: loopmx-metrics is loopmx with the
+#               endpoint on and nothing scraping it during the run)
 #   PEERS_DIR   where the peers live (default bench/peers)
 #   HARAKA_BASE where haraka.sh installed Haraka (default $TMPDIR/haraka-peer)
 #   KEEP        a directory to keep each run's table and JSON in
@@ -79,16 +82,20 @@ fi
 
 # Which servers can run here. Each has a start_NAME PORT function that sets
 # pid (and stop_cmd when the server has its own way to stop).
-servers=(loopmx)
+servers=(loopmx loopmx-metrics)
 skipped=()
 
-start_loopmx() {
-	mkdir -p "$tmp/loopmx"
-	printf '[main]\nlisten = 127.0.0.1:%s\nmax_connections = 0\nmax_connections_per_ip = 0\n[log]\nlevel = warn\n' "$1" > "$tmp/loopmx/smtp.ini"
-	echo "queue/discard" > "$tmp/loopmx/plugins"
-	$pin bin/loopmx -c "$tmp/loopmx" 2>>"$tmp/loopmx.log" &
+# start_loopmx_in DIR PORT [LINE] starts loopmx on the bench config, with
+# LINE added to its [main].
+start_loopmx_in() {
+	mkdir -p "$tmp/$1"
+	printf '[main]\nlisten = 127.0.0.1:%s\nmax_connections = 0\nmax_connections_per_ip = 0\n%s\n[log]\nlevel = warn\n' "$2" "${3:-}" > "$tmp/$1/smtp.ini"
+	echo "queue/discard" > "$tmp/$1/plugins"
+	$pin bin/loopmx -c "$tmp/$1" 2>>"$tmp/$1.log" &
 	pid=$!
 }
+start_loopmx() { start_loopmx_in loopmx "$1"; }
+start_loopmx-metrics() { start_loopmx_in loopmx-metrics "$1" "metrics_listen = 127.0.0.1:$(bin/loopmx-bench -free-port)"; }
 
 SMTP_SINK=$(command -v smtp-sink || echo /usr/sbin/smtp-sink)
 if [ -x "$SMTP_SINK" ]; then
@@ -149,6 +156,13 @@ start_haraka() {
 	stop_cmd="env BASE=$HARAKA_BASE $PEERS_DIR/haraka.sh stop"
 }
 
+if [ -n "${SERVERS:-}" ]; then
+	wanted=()
+	for s in "${servers[@]}"; do
+		case " $SERVERS " in *" $s "*) wanted+=("$s") ;; esac
+	done
+	servers=("${wanted[@]}")
+fi
 n=${#servers[@]}
 echo "bench-compare: ${servers[*]}; $ROUNDS rounds, server and client on core $CORE, -scale $SCALE" >&2
 for s in "${skipped[@]}"; do

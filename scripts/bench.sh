@@ -33,6 +33,10 @@
 #   BENCH_SPOOL   with BENCH_CONFIG: the directory to make the bench spool in
 #                 (default: the parent of maildir.ini's path)
 #   BENCH_FORWARD with BENCH_CONFIG: "yes" allows a forwarding queue plugin
+#   BENCH_METRICS "yes": turn on the server's metrics endpoint (metrics_listen
+#                 on a free port) and give it to loopmx-bench -metrics, which
+#                 prints the server's banner percentiles beside the client's
+#   BENCH_BACKLOG the listen(2) backlog of the server (default: the config's)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -105,6 +109,7 @@ listed() { grep -Eq "^[[:space:]]*$1[[:space:]]*(#.*)?$" "$tmp/config/plugins" 2
 
 port=$(bin/loopmx-bench -free-port)
 to_args=()
+metrics_args=()
 if [ -z "${BENCH_CONFIG:-}" ]; then
 	mkdir "$tmp/config"
 	cat > "$tmp/config/smtp.ini" <<-EOF
@@ -162,13 +167,23 @@ else
 	what="a copy of $src${spool:+ (maildir in $spool)}${domain:+, mail to bench@$domain}"
 fi
 
+if [ "${BENCH_METRICS:-}" = yes ]; then
+	mport=$(bin/loopmx-bench -free-port)
+	ini_main_set "$tmp/config/smtp.ini" metrics_listen "127.0.0.1:$mport"
+	metrics_args=(-metrics "http://127.0.0.1:$mport/metrics")
+	what="$what, metrics on 127.0.0.1:$mport"
+fi
+if [ -n "${BENCH_BACKLOG:-}" ]; then
+	ini_main_set "$tmp/config/smtp.ini" backlog "$BENCH_BACKLOG"
+	what="$what, backlog $BENCH_BACKLOG"
+fi
 echo "bench.sh: $(bin/loopmx --version | head -1) on 127.0.0.1:$port with $what" >&2
 bin/loopmx -c "$tmp/config" 2>"$tmp/loopmx.log" &
 pid=$!
 
 status=0
 # shellcheck disable=SC2086 # BENCH_ARGS is a list of flags
-bin/loopmx-bench -wait 15s -scenario standard -pid "$pid" -label loopmx "${to_args[@]}" \
+bin/loopmx-bench -wait 15s -scenario standard -pid "$pid" -label loopmx "${to_args[@]}" "${metrics_args[@]}" \
 	${BENCH_JSON:+-json "$BENCH_JSON"} ${BENCH_ARGS:-} "127.0.0.1:$port" || status=$?
 
 if ! kill -0 "$pid" 2>/dev/null; then

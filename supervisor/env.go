@@ -50,6 +50,7 @@ type Worker struct {
 	// it passed none.
 	TicketKeys *ticketkeys.Share
 	ready      *os.File
+	metrics    *os.File
 }
 
 // WorkerEnv reads the worker contract from the environment. ok is false
@@ -94,6 +95,13 @@ func WorkerEnv() (w Worker, ok bool, err error) {
 			return Worker{}, true, fmt.Errorf("supervisor: %s=%q is not a descriptor", EnvTicketKeysFD, s)
 		}
 		w.TicketKeys = ticketkeys.ShareFromFD(fd)
+	}
+	if s := os.Getenv(EnvMetricsFD); s != "" {
+		fd, err := strconv.Atoi(s)
+		if err != nil || fd < 3 {
+			return Worker{}, true, fmt.Errorf("supervisor: %s=%q is not a descriptor", EnvMetricsFD, s)
+		}
+		w.metrics = os.NewFile(uintptr(fd), "metrics")
 	}
 	return w, true, nil
 }

@@ -18,15 +18,17 @@ func (s *sup) reload() {
 	cfg, err := s.opts.Load()
 	if err != nil {
 		s.log.Error().Err(err).Msg("reload failed: the config has an error; the workers keep running with the old one")
+		s.rolledOut("reload", false)
 		s.notify(readyState(s))
 		return
 	}
 	if err := s.reloadTickets(cfg); err != nil {
 		s.log.Error().Err(err).Msg("reload failed: the config has an error; the workers keep running with the old one")
+		s.rolledOut("reload", false)
 		s.notify(readyState(s))
 		return
 	}
-	s.rollout(cfg, "reload")
+	s.rolledOut("reload", s.rollout(cfg, "reload"))
 	s.notify(readyState(s))
 }
 
@@ -134,6 +136,7 @@ func (s *sup) rollout(cfg *config.Config, what string) bool {
 		s.socks.closeSlot(sl.id)
 	}
 	s.cfg, s.cred, s.gen = cfg, cred, gen
+	s.publishSockets()
 	s.log.Info().Int("generation", gen).Int("workers", nodes).Dur("took_ms", time.Since(started).Round(time.Millisecond)).
 		Msg(what + " done")
 	return true

@@ -30,6 +30,10 @@ type Options struct {
 	Listen func(addr string, backlog int, reuseport bool) (*os.File, error)
 	// Log is the supervisor's logger.
 	Log zerolog.Logger
+	// Observer, when set, hears what the supervisor does, and every
+	// worker gets a metrics channel (EnvMetricsFD) whose other end goes
+	// to Observer.WorkerStarted.
+	Observer Observer
 }
 
 // supervisorSignals are the signals the supervisor acts on: TERM and INT
@@ -84,9 +88,10 @@ type sup struct {
 	cred    *syscall.Credential
 	devnull *os.File
 
-	slots []*slot       // slots[i].id == i+1
-	procs map[int]*proc // every live worker, current or retiring, by pid
-	gen   int
+	slots  []*slot       // slots[i].id == i+1
+	procs  map[int]*proc // every live worker, current or retiring, by pid
+	gen    int
+	images int // binaries run in place: 1, +1 per USR2
 
 	events chan event
 	sigs   <-chan os.Signal
@@ -173,6 +178,8 @@ func newSup(cfg *config.Config, opts Options, sigs <-chan os.Signal) (*sup, erro
 		s.devnull.Close()
 		return nil, err
 	}
+	s.images++
+	s.publishSockets()
 	if s.socks.systemd && cfg.Main.SchedPolicy == "reuseport" {
 		s.log.Warn().Msg("sched_policy = reuseport is not possible with systemd's sockets: every worker shares them")
 	}
@@ -200,7 +207,7 @@ func (s *sup) run() int {
 		Str("sockets", src).Int("generation", s.gen).Msg("supervisor started")
 
 	if s.adopted {
-		s.rollout(s.cfg, "upgrade")
+		s.rolledOut("upgrade", s.rollout(s.cfg, "upgrade"))
 		s.notify(readyState(s))
 	} else {
 		for _, sl := range s.slots {
@@ -278,6 +285,7 @@ func (s *sup) send(ev event) {
 }
 
 func (s *sup) handle(ev event) {
+	defer s.observe()
 	p := ev.proc
 	switch ev.kind {
 	case evReady:
@@ -361,6 +369,9 @@ func (s *sup) onExit(p *proc, ws syscall.WaitStatus, err error) {
 		s.failed = fmt.Errorf("supervisor: worker %d %s before it was ready", p.id, status)
 		return
 	}
+	if o := s.opts.Observer; o != nil {
+		o.WorkerCrashed(p.id, p.pid)
+	}
 	s.scheduleRestart(sl, time.Since(p.started))
 }
 
@@ -375,6 +386,7 @@ func (s *sup) scheduleRestart(sl *slot, uptime time.Duration) {
 		// reuseport: do not let the kernel queue connections on a socket
 		// nobody will accept from for a while; the other workers take them.
 		s.log.Info().Int("worker", sl.id).Msg("closed this worker's reuseport sockets until it is back")
+		s.publishSockets()
 	}
 	s.log.Info().Int("worker", sl.id).Dur("delay_ms", delay).Int("failures", sl.failures).Msg("restarting worker")
 	if sl.restart != nil {
@@ -395,6 +407,9 @@ func (s *sup) onRestart(sl *slot) {
 		return
 	}
 	sl.cur = p
+	if o := s.opts.Observer; o != nil {
+		o.WorkerRestarted(sl.id)
+	}
 }
 
 // stop drains every worker: TERM, then up to graceful_timeout plus a
@@ -426,6 +441,7 @@ func (s *sup) stop() int {
 	// kernel refuses new clients (they try the next MX) instead of queueing
 	// them where nobody accepts. systemd's sockets stay open in systemd.
 	s.socks.close()
+	s.publishSockets()
 	if s.forceSig != nil {
 		return s.killAll(s.forceSig)
 	}

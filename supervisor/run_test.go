@@ -416,14 +416,15 @@ func TestExitFields(t *testing.T) {
 func TestWorkerEnviron(t *testing.T) {
 	base := []string{"PATH=/bin", "NOTIFY_SOCKET=/run/x", "WATCHDOG_USEC=1", "LISTEN_FDS=2", "LISTEN_PID=1",
 		EnvRole + "=old", envHandoff + "={}", "HOME=/root"}
-	got := strings.Join(workerEnviron(base, 3, 7, 2, nil, false), " ")
+	got := strings.Join(workerEnviron(base, 3, 7, 2, nil, false, false), " ")
 	want := "PATH=/bin HOME=/root " + fmt.Sprintf("%s=worker %s=3 %s=7 %s=2 %s=5", EnvRole, EnvWorkerID, EnvGeneration, EnvListenFDs, EnvReadyFD)
 	if got != want {
 		t.Errorf("workerEnviron:\n got %s\nwant %s", got, want)
 	}
 	specs := []config.Listener{{Addr: "127.0.0.1:25"}, {Addr: "[::1]:465", TLS: true}}
-	got = strings.Join(workerEnviron(base, 3, 7, 2, specs, true), " ")
-	if !strings.Contains(got, " "+EnvListenSpec+"=smtp 127.0.0.1:25,smtps [::1]:465 ") || !strings.HasSuffix(got, " "+EnvTicketKeysFD+"=6") {
+	got = strings.Join(workerEnviron(base, 3, 7, 2, specs, true, true), " ")
+	if !strings.Contains(got, " "+EnvListenSpec+"=smtp 127.0.0.1:25,smtps [::1]:465 ") || !strings.Contains(got, " "+EnvTicketKeysFD+"=6 ") ||
+		!strings.HasSuffix(got, " "+EnvMetricsFD+"=7") {
 		t.Errorf("workerEnviron with listeners: %s", got)
 	}
 }

@@ -47,6 +47,8 @@ func init() {
 // handoff is the state one supervisor image passes to the next.
 type handoff struct {
 	Gen int `json:"gen"`
+	// Images counts the binaries this supervisor has run in place.
+	Images int `json:"images,omitempty"`
 	// Listeners are what the sockets are bound to. Listen is what images
 	// before Listeners handed over: the addresses of listen only.
 	Listeners []config.Listener `json:"listeners,omitempty"`
@@ -81,7 +83,7 @@ type handoffProc struct {
 // handoff describes the current state for the next image.
 func (s *sup) handoff() handoff {
 	k := s.socks
-	h := handoff{Gen: s.gen, Listeners: k.specs, Backlog: k.backlog, Reuseport: k.reuseport, Systemd: k.systemd, Shared: k.shared}
+	h := handoff{Gen: s.gen, Images: s.images, Listeners: k.specs, Backlog: k.backlog, Reuseport: k.reuseport, Systemd: k.systemd, Shared: k.shared}
 	current := map[*proc]bool{}
 	for _, sl := range s.slots {
 		hs := handoffSlot{ID: sl.id, FDs: k.slots[sl.id], Failures: sl.failures}
@@ -157,7 +159,7 @@ func (s *sup) adopt(h *handoff) error {
 			}
 		}
 	}
-	s.socks, s.gen = k, h.Gen
+	s.socks, s.gen, s.images = k, h.Gen, h.Images
 	if h.TicketKeys > 0 {
 		s.ticketFD = h.TicketKeys
 	}
@@ -241,6 +243,7 @@ wait:
 	}
 	if err != nil {
 		s.log.Error().Err(err).Msg("upgrade failed; this binary keeps running")
+		s.rolledOut("upgrade", false)
 		s.notify(readyState(s))
 		return
 	}
@@ -262,6 +265,7 @@ wait:
 	data, err := json.Marshal(s.handoff())
 	if err != nil {
 		s.log.Error().Err(err).Msg("upgrade failed; this binary keeps running")
+		s.rolledOut("upgrade", false)
 		s.notify(readyState(s))
 		return
 	}
@@ -279,6 +283,7 @@ wait:
 		unix.CloseOnExec(fd)
 	}
 	s.log.Error().Err(err).Str("exe", s.opts.Exe).Msg("upgrade failed: cannot execute the new binary; this one keeps running")
+	s.rolledOut("upgrade", false)
 	s.notify(readyState(s))
 }
 

@@ -61,14 +61,15 @@ func backoff(failures int, lo, hi time.Duration) time.Duration {
 // contract variables are set afresh for each worker.
 var envNotForWorkers = []string{
 	"NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES",
-	EnvRole, EnvWorkerID, EnvGeneration, EnvListenFDs, EnvListenSpec, EnvReadyFD, EnvTicketKeysFD, envHandoff,
+	EnvRole, EnvWorkerID, EnvGeneration, EnvListenFDs, EnvListenSpec, EnvReadyFD, EnvTicketKeysFD, EnvMetricsFD, envHandoff,
 }
 
 // workerEnviron returns base without envNotForWorkers, plus the worker
 // contract for worker id of generation gen with n listeners at fds 3..
 // (described by specs when there are any), the ready pipe right after
-// them and, when tickets is set, the shared session-ticket keys after it.
-func workerEnviron(base []string, id, gen, n int, specs []config.Listener, tickets bool) []string {
+// them, when tickets is set, the shared session-ticket keys after it and,
+// when metrics is set, the metrics channel last.
+func workerEnviron(base []string, id, gen, n int, specs []config.Listener, tickets, metrics bool) []string {
 	env := withoutVars(base, envNotForWorkers...)
 	env = append(env,
 		EnvRole+"=worker",
@@ -80,8 +81,13 @@ func workerEnviron(base []string, id, gen, n int, specs []config.Listener, ticke
 	if len(specs) > 0 {
 		env = append(env, EnvListenSpec+"="+strings.Join(specStrings(specs), ","))
 	}
+	next := 4 + n // the first descriptor after the ready pipe
 	if tickets {
-		env = append(env, EnvTicketKeysFD+"="+strconv.Itoa(4+n))
+		env = append(env, EnvTicketKeysFD+"="+strconv.Itoa(next))
+		next++
+	}
+	if metrics {
+		env = append(env, EnvMetricsFD+"="+strconv.Itoa(next))
 	}
 	return env
 }
@@ -149,21 +155,43 @@ func (s *sup) spawn(sl *slot, gen int, graceful time.Duration, cred *syscall.Cre
 	if s.tickets != nil {
 		files = append(files, uintptr(s.tickets.share.Fd()))
 	}
+	var mine, theirs *os.File
+	if s.opts.Observer != nil {
+		if mine, theirs, err = metricsPair(); err != nil {
+			r.Close()
+			w.Close()
+			return nil, fmt.Errorf("supervisor: metrics channel: %w", err)
+		}
+		files = append(files, theirs.Fd())
+	}
 	pid, err := syscall.ForkExec(s.opts.Exe, s.workerArgs(), &syscall.ProcAttr{
-		Env:   workerEnviron(os.Environ(), sl.id, gen, len(fds), s.socks.specs, s.tickets != nil),
+		Env:   workerEnviron(os.Environ(), sl.id, gen, len(fds), s.socks.specs, s.tickets != nil, theirs != nil),
 		Files: files,
 		Sys:   &syscall.SysProcAttr{Credential: cred},
 	})
 	w.Close()
+	if theirs != nil {
+		theirs.Close()
+	}
 	if err != nil {
 		r.Close()
+		if mine != nil {
+			mine.Close()
+		}
 		return nil, fmt.Errorf("supervisor: start worker %d: %s: %w", sl.id, s.opts.Exe, err)
 	}
 	p, err := s.track(sl.id, gen, pid, graceful)
 	if err != nil {
 		r.Close()
+		if mine != nil {
+			mine.Close()
+		}
 		return nil, err
 	}
+	if mine != nil {
+		s.opts.Observer.WorkerStarted(sl.id, pid, mine)
+	}
+	s.publishSockets() // a reuseport slot may have bound its sockets
 	go s.readReady(p, r)
 	s.log.Info().Int("worker", p.id).Int("worker_pid", pid).Int("generation", gen).Msg("worker started")
 	return p, nil
@@ -178,6 +206,7 @@ func (s *sup) track(id, gen, pid int, graceful time.Duration) (*proc, error) {
 	p := &proc{id: id, gen: gen, pid: pid, handle: h, started: time.Now(), graceful: graceful}
 	s.procs[pid] = p
 	go s.reap(p)
+	s.observe()
 	return p, nil
 }
 
@@ -219,6 +248,7 @@ func (s *sup) retire(p *proc) {
 		return
 	}
 	p.retiring = true
+	defer s.observe()
 	p.handle.Signal(syscall.SIGTERM)
 	p.kill = time.AfterFunc(p.graceful+s.stopMargin, func() { s.send(event{kind: evKill, proc: p}) })
 }

@@ -67,6 +67,7 @@ type Client struct {
 	busy      throttle.Throttle
 	slowLog   throttle.Throttle
 	refused   [2]atomic.Int64 // answers ErrDown, ErrBusy
+	calls     [2]atomic.Int64 // calls Redis answered, calls that failed
 	slowCalls atomic.Int64    // answers ErrSlow
 	log       atomic.Pointer[zerolog.Logger]
 }
@@ -185,7 +186,13 @@ func (c *Client) call(fn func(ctx context.Context) error) (err error) {
 	}()
 	err = fn(context.Background())
 	panicked = false
-	bc.Done(failure(err))
+	f := failure(err)
+	bc.Done(f)
+	if f == nil {
+		c.calls[0].Add(1)
+	} else {
+		c.calls[1].Add(1)
+	}
 	return err
 }
 

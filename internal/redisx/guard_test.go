@@ -294,3 +294,40 @@ func holdCalls(t *testing.T, c *redisx.Client, log *zerolog.Logger, n int) (chan
 	}
 	return release, &wg
 }
+
+// TestProcessTotals: the metrics endpoint's counts of Redis calls follow
+// what hooks got (answered, failed, refused while the breaker is open,
+// given up after slow_call), show the breaker's state, and do not go
+// down when the client is released.
+func TestProcessTotals(t *testing.T) {
+	srv := redistest.Start(t)
+	c, log, _ := openGuarded(t, srv, "read_timeout = 200ms", "breaker_backoff = 5s")
+	before := redisx.ProcessTotals()
+	for range 3 {
+		if err := incr(c, log); err != nil {
+			t.Fatal(err)
+		}
+	}
+	srv.Pause()
+	defer srv.Resume()
+	if err := incr(c, log); !errors.Is(err, redisx.ErrSlow) {
+		t.Fatalf("INCR on a stalled Redis: %v, want ErrSlow", err)
+	}
+	eventually(t, "the stalled call times out and opens the breaker", func() bool {
+		return c.BreakerState() == breaker.Open
+	})
+	if err := incr(c, log); !errors.Is(err, redisx.ErrDown) {
+		t.Fatalf("INCR with the breaker open: %v, want ErrDown", err)
+	}
+	during := redisx.ProcessTotals()
+	if d := (redisx.Totals{OK: during.OK - before.OK, Failed: during.Failed - before.Failed, Down: during.Down - before.Down, Slow: during.Slow - before.Slow}); d.OK != 3 || d.Failed != 1 || d.Down != 1 || d.Slow != 1 {
+		t.Errorf("the calls counted %+v, want 3 ok, 1 error, 1 down, 1 slow", d)
+	}
+	if during.Breakers[breaker.Open] < 1 {
+		t.Errorf("breakers by state %v, want one open", during.Breakers)
+	}
+	redisx.Release(c)
+	if after := redisx.ProcessTotals(); after.OK < during.OK || after.Down < during.Down {
+		t.Errorf("the totals went down when the client was released: %+v, then %+v", during, after)
+	}
+}

@@ -384,6 +384,7 @@ func Release(c *Client) error {
 			return nil
 		}
 		delete(clients, key)
+		c.addTo(&released)
 		if err := c.Close(); err != nil && !errors.Is(err, redis.ErrClosed) {
 			return fmt.Errorf("redis: close: %w", err)
 		}

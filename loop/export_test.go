@@ -1,0 +1,4 @@
+package loop
+
+// CommandOf is commandOf, for the tests of package loop_test.
+var CommandOf = commandOf
