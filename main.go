@@ -488,6 +488,13 @@ func serveChain(cfg *config.Config, log zerolog.Logger, stderr io.Writer, socks 
 	}()
 	if socks.worker == 0 {
 		supervisor.Notify("STOPPING=1")
+		if g := cfg.Main.DrainGrace; g > 0 {
+			// A load balancer's health check sees /readyz fail and stops
+			// sending new clients; those it sent meanwhile are served.
+			srv.Leave()
+			log.Info().Dur("drain_grace_ms", g).Msg("not ready: serving new connections for drain_grace, then draining")
+			time.Sleep(g)
+		}
 	}
 	signal.Stop(hups)
 	ctx, cancel := context.WithTimeout(context.Background(), cfg.Main.GracefulTimeout)

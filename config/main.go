@@ -41,6 +41,7 @@ type Main struct {
 	PerIPPrefixV6       int            // per_ip_v6_prefix: IPv6 addresses in one prefix of this length count as one
 	MaxErrors           int            // max_errors: protocol errors before the connection is closed
 	GracefulTimeout     time.Duration  // graceful_timeout: how long a drain waits for open sessions
+	DrainGrace          time.Duration  // drain_grace: after TERM, how long new connections are still served while /readyz says not ready
 	MaxPipelineBuffer   int            // max_pipeline_buffer: unprocessed input kept per connection, and the most read at once
 	WorkQueueSize       int            // work_queue_size: workpool queue length
 	User                string         // user: run workers as this user when started as root ("" = do not change)
@@ -308,6 +309,7 @@ var mainSettings = []setting{
 	intSetting("per_ip_v6_prefix", "64", 16, 128, func(m *Main) *int { return &m.PerIPPrefixV6 }),
 	intSetting("max_errors", "10", 1, noMax, func(m *Main) *int { return &m.MaxErrors }),
 	durationSetting("graceful_timeout", "30s", 0, func(m *Main) *time.Duration { return &m.GracefulTimeout }),
+	durationSetting("drain_grace", "0s", 0, func(m *Main) *time.Duration { return &m.DrainGrace }),
 	intSetting("max_pipeline_buffer", "16384", minPipelineBuffer, noMax, func(m *Main) *int { return &m.MaxPipelineBuffer }),
 	intSetting("work_queue_size", "1024", 1, noMax, func(m *Main) *int { return &m.WorkQueueSize }),
 	{

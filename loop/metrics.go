@@ -499,4 +499,8 @@ func proxyOutcome(local bool) metrics.ProxyOutcome {
 }
 
 // Ready reports whether the server takes connections: it is not draining.
-func (s *Server) Ready() bool { return !s.draining.Load() }
+func (s *Server) Ready() bool { return !s.draining.Load() && !s.leaving.Load() }
+
+// Leave makes Ready false while the server still serves: the start of a
+// drain that a load balancer follows (smtp.ini drain_grace).
+func (s *Server) Leave() { s.leaving.Store(true) }

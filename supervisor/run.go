@@ -423,6 +423,9 @@ func (s *sup) stop() int {
 	s.log.Info().Str("signal", sig.String()).Dur("graceful_timeout_ms", s.cfg.Main.GracefulTimeout).
 		Int("workers", len(s.procs)).Msg("stopping: draining workers")
 	s.notify("STOPPING=1")
+	if g := s.cfg.Main.DrainGrace; g > 0 && s.forceSig == nil {
+		s.graceBeforeDrain(g)
+	}
 	wait := s.cfg.Main.GracefulTimeout
 	for _, sl := range s.slots {
 		if sl.restart != nil {
@@ -548,4 +551,32 @@ func makeDirFor(dir string, uid, gid int) error {
 		}
 	}
 	return nil
+}
+
+// graceBeforeDrain is smtp.ini's drain_grace: /readyz already says not
+// ready (a stop is under way), and the workers go on serving new
+// connections for g, so that a load balancer's health check takes this
+// host out before its listeners close. Another TERM or INT ends the grace
+// at once.
+func (s *sup) graceBeforeDrain(g time.Duration) {
+	s.observe()
+	s.log.Info().Dur("drain_grace_ms", g).Msg("not ready: workers serve new connections for drain_grace, then drain")
+	grace := time.NewTimer(g)
+	defer grace.Stop()
+	for {
+		select {
+		case sig := <-s.sigs:
+			if sig == syscall.SIGTERM || sig == syscall.SIGINT {
+				s.log.Info().Str("signal", sig.String()).Msg("drain_grace cut short")
+				return
+			}
+			s.log.Info().Str("signal", sig.String()).Msg("ignored while stopping")
+		case ev := <-s.events:
+			s.handle(ev)
+		case <-s.watchdog:
+			s.notify("WATCHDOG=1")
+		case <-grace.C:
+			return
+		}
+	}
 }
