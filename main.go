@@ -49,6 +49,7 @@ import (
 	_ "loopmx/plugins/rcpt_to.valid"
 	_ "loopmx/plugins/rcpt_to.verify"
 	_ "loopmx/plugins/results"
+	_ "loopmx/plugins/dkim"
 	_ "loopmx/plugins/spf"
 	_ "loopmx/plugins/toobusy"
 )
