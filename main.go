@@ -33,6 +33,7 @@ import (
 
 	// The built-in plugins register themselves.
 	_ "loopmx/plugins/access"
+	_ "loopmx/plugins/dkim"
 	_ "loopmx/plugins/dnsbl"
 	_ "loopmx/plugins/early_talker"
 	_ "loopmx/plugins/fcrdns"
@@ -49,7 +50,6 @@ import (
 	_ "loopmx/plugins/rcpt_to.valid"
 	_ "loopmx/plugins/rcpt_to.verify"
 	_ "loopmx/plugins/results"
-	_ "loopmx/plugins/dkim"
 	_ "loopmx/plugins/spf"
 	_ "loopmx/plugins/toobusy"
 )

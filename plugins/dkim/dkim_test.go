@@ -195,4 +195,3 @@ func TestConfigErrors(t *testing.T) {
 	}
 	servertest.CheckBuild(t, files("127.0.0.1", "max_signatures = 3\nlookup_timeout = 2s\ntemperror = tempfail\n"))
 }
-
