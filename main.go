@@ -34,6 +34,7 @@ import (
 	// The built-in plugins register themselves.
 	_ "loopmx/plugins/access"
 	_ "loopmx/plugins/dkim"
+	_ "loopmx/plugins/dmarc"
 	_ "loopmx/plugins/dnsbl"
 	_ "loopmx/plugins/early_talker"
 	_ "loopmx/plugins/fcrdns"
