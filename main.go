@@ -33,6 +33,7 @@ import (
 
 	// The built-in plugins register themselves.
 	_ "loopmx/plugins/access"
+	_ "loopmx/plugins/auth_results"
 	_ "loopmx/plugins/dkim"
 	_ "loopmx/plugins/dmarc"
 	_ "loopmx/plugins/dnsbl"

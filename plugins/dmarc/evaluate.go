@@ -43,7 +43,7 @@ type Result struct {
 	// remains of it after pct=.
 	Published, Applied string
 
-	badFrom bool  // no From domain, or several From fields
+	badFrom bool // no From domain, or several From fields
 	reason  string
 	err     error // why a temperror is one, for the log
 }
