@@ -88,18 +88,13 @@ func TestStoredHeader(t *testing.T) {
 	msg := signed(t, "From: Ada <ada@example.org>\r\nTo: user@example.com\r\nSubject: hi\r\n\r\nHello.\r\n")
 	body := "Authentication-Results: MX.TEST; dkim=pass header.d=bank.example\r\n" +
 		"Authentication-Results: other.example; spf=pass smtp.mailfrom=x@other.example\r\n" + msg
-	if r := servertest.Deliver(t, ts.Addr, servertest.Plain("ada@example.org", "user@example.com"), body); r.Code != 250 {
-		t.Fatalf("the message got %s", r)
-	}
 	want := "Authentication-Results: mx.test;\r\n" +
 		"\tiprev=pass policy.iprev=127.0.0.1;\r\n" +
 		"\tspf=pass smtp.mailfrom=ada@example.org;\r\n" +
 		"\tdkim=pass header.d=example.org header.i=@example.org;\r\n" +
 		"\tdmarc=pass header.from=example.org\r\n" +
 		"Authentication-Results: other.example; spf=pass smtp.mailfrom=x@other.example\r\n" + msg
-	if got := stored(t, spool); got != want {
-		t.Errorf("the stored message from its Authentication-Results field on:\n%q\nwant\n%q", got, want)
-	}
+	deliver(t, ts, spool, "ada@example.org", body, want)
 	servertest.Eventually(t, 10*time.Millisecond, "the forged finding", func() bool {
 		return ts.Log.Count(`"auth_results":["fail (forged): 1 Authentication-Results field(s) claiming mx.test removed"]`) == 1
 	})
@@ -110,17 +105,24 @@ func TestStoredHeader(t *testing.T) {
 func TestAuthservID(t *testing.T) {
 	ts, spool := start(t, "authserv_id = auth.example.com\n")
 	body := "Authentication-Results: (comment) auth.example.com 1; dmarc=pass\r\nFrom: a@nowhere.test\r\nSubject: x\r\n\r\nhi\r\n"
-	if r := servertest.Deliver(t, ts.Addr, servertest.Plain("a@nowhere.test", "user@example.com"), body); r.Code != 250 {
-		t.Fatalf("the message got %s", r)
-	}
 	want := "Authentication-Results: auth.example.com;\r\n" +
 		"\tiprev=pass policy.iprev=127.0.0.1;\r\n" +
 		"\tspf=none smtp.mailfrom=a@nowhere.test;\r\n" +
 		"\tdkim=none;\r\n" +
 		"\tdmarc=none header.from=nowhere.test\r\n" +
 		"From: a@nowhere.test\r\nSubject: x\r\n\r\nhi\r\n"
+	deliver(t, ts, spool, "a@nowhere.test", body, want)
+}
+
+// deliver sends body from sender, which must be queued, and checks the
+// stored message from its Authentication-Results field on.
+func deliver(t *testing.T, ts *servertest.Server, spool, sender, body, want string) {
+	t.Helper()
+	if r := servertest.Deliver(t, ts.Addr, servertest.Plain(sender, "user@example.com"), body); r.Code != 250 {
+		t.Fatalf("the message got %s", r)
+	}
 	if got := stored(t, spool); got != want {
-		t.Errorf("stored:\n%q\nwant\n%q", got, want)
+		t.Errorf("the stored message from its Authentication-Results field on:\n%q\nwant\n%q", got, want)
 	}
 }
 
