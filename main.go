@@ -34,6 +34,9 @@ import (
 
 	// The built-in plugins register themselves.
 	_ "loopmx/plugins/access"
+	_ "loopmx/plugins/auth_results"
+	_ "loopmx/plugins/dkim"
+	_ "loopmx/plugins/dmarc"
 	_ "loopmx/plugins/dnsbl"
 	_ "loopmx/plugins/early_talker"
 	_ "loopmx/plugins/fcrdns"
