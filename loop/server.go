@@ -187,7 +187,7 @@ type Server struct {
 
 	rearm    bool // others wait on the same listeners: single accept re-queues the loop
 	draining atomic.Bool
-	leaving  atomic.Bool // Leave: /readyz says not ready, connections are still served
+	leaving  atomic.Bool    // Leave: /readyz says not ready, connections are still served
 	forcing  atomic.Bool    // the graceful time is over
 	drained  sync.WaitGroup // loops that have not yet stopped accepting
 	stopped  sync.WaitGroup
