@@ -238,7 +238,7 @@ func (m *Message) RemoveHeaders(drop func(name, value string) bool) int {
 		line := head[start:end]
 		if colon := bytes.IndexByte(line, ':'); colon > 0 && !bytes.Equal(line, []byte("\r\n")) {
 			name := string(line[:colon])
-			value := strings.TrimSpace(strings.NewReplacer("\r\n", "", "\n", "").Replace(string(line[colon+1:])))
+			value := strings.TrimSpace(unfold(line[colon+1:]))
 			if !m.isRemoved(start) && drop(name, value) {
 				m.removed = append(m.removed, [2]int{start, end})
 				n++
@@ -248,6 +248,18 @@ func (m *Message) RemoveHeaders(drop func(name, value string) bool) int {
 	}
 	slices.SortFunc(m.removed, func(a, b [2]int) int { return a[0] - b[0] })
 	return n
+}
+
+// unfold joins a field's folded lines (RFC 5322 2.2.3: drop the CRLF
+// before each continuation).
+func unfold(v []byte) string {
+	b := make([]byte, 0, len(v))
+	for _, c := range v {
+		if c != '\r' && c != '\n' {
+			b = append(b, c)
+		}
+	}
+	return string(b)
 }
 
 func (m *Message) isRemoved(start int) bool {

@@ -113,10 +113,15 @@ func newServer(t testing.TB, n int, cluster bool) *Server {
 	return s
 }
 
+// clusterTimeout bounds how long a cluster takes to agree that it is
+// ready: the nodes learn of each other by gossip, slower than a PING on
+// a loaded machine (10 s was seen to fall short).
+const clusterTimeout = 60 * time.Second
+
 // waitCluster waits until every node says the cluster is ok.
 func (s *Server) waitCluster() {
 	s.t.Helper()
-	deadline := time.Now().Add(startTimeout)
+	deadline := time.Now().Add(clusterTimeout)
 	for _, n := range s.nodes {
 		c := redis.NewClient(&redis.Options{Addr: n.addr})
 		for {
