@@ -73,6 +73,7 @@ func NewRegistry(o Options) *Registry {
 	if o.Source != nil {
 		reg.MustRegister(&serverCollector{src: o.Source})
 		reg.MustRegister(redisCollector{})
+		reg.MustRegister(dnsCollector{})
 	}
 	if o.Sockets != nil {
 		sc := newSocketCollector(o.Sockets)

@@ -12,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"loopmx/internal/breaker"
+	"loopmx/internal/dnsx"
 	"loopmx/internal/redisx"
 )
 
@@ -201,5 +202,44 @@ func (redisCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	for st, n := range t.Breakers {
 		ch <- prometheus.MustNewConstMetric(descRedisBreaker, prometheus.GaugeValue, float64(n), breaker.State(st).String())
+	}
+}
+
+var (
+	descDNSLookups = prometheus.NewDesc("loopmx_dns_lookups_total",
+		"Lookups plugins made through the shared DNS layer (dns.ini), by how they were answered: cache (a cached answer, positive or negative), joined (waited for the same question already in flight), query (started a query), abandoned (the plugin's lookup_timeout ran out first), breaker (answered at once: the servers were taken to be down).",
+		[]string{"answer"}, nil)
+	descDNSQueries = prometheus.NewDesc("loopmx_dns_queries_total",
+		"Queries the DNS layer sent to its servers, by how they ended: ok (records), nxdomain, nodata, servfail, refused (or another error code), timeout (no server answered).",
+		[]string{"outcome"}, nil)
+)
+
+// dnsCollector reports the DNS layer's counts, once a plugin used it.
+type dnsCollector struct{}
+
+func (dnsCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- descDNSLookups
+	ch <- descDNSQueries
+}
+
+func (dnsCollector) Collect(ch chan<- prometheus.Metric) {
+	c := &dnsx.Counters
+	lookups := c.Lookups.Load()
+	if lookups == 0 {
+		return // no plugin asks the DNS
+	}
+	queries := c.Queries.Load()
+	hits, joined, breaker := c.CacheHits.Load(), c.Joined.Load(), c.BreakerOpen.Load()
+	for _, a := range []struct {
+		name string
+		v    uint64
+	}{{"cache", hits}, {"joined", joined}, {"query", queries}, {"abandoned", c.Abandoned.Load()}, {"breaker", breaker}} {
+		ch <- prometheus.MustNewConstMetric(descDNSLookups, prometheus.CounterValue, float64(a.v), a.name)
+	}
+	for _, o := range []struct {
+		name string
+		v    uint64
+	}{{"ok", c.OK.Load()}, {"nxdomain", c.NXDomain.Load()}, {"nodata", c.NoData.Load()}, {"servfail", c.ServFail.Load()}, {"refused", c.Refused.Load()}, {"timeout", c.Timeout.Load()}} {
+		ch <- prometheus.MustNewConstMetric(descDNSQueries, prometheus.CounterValue, float64(o.v), o.name)
 	}
 }
