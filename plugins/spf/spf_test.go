@@ -15,6 +15,9 @@ import (
 	"loopmx/internal/redisx/redistest"
 	"loopmx/internal/servertest"
 	"loopmx/plugins"
+	_ "loopmx/plugins/auth_results"
+	_ "loopmx/plugins/dkim"
+	_ "loopmx/plugins/dmarc"
 	_ "loopmx/plugins/dnsbl"
 	_ "loopmx/plugins/fcrdns"
 	_ "loopmx/plugins/greylist"
@@ -329,7 +332,9 @@ func TestDeadDNSMailFlows(t *testing.T) {
 	silent := dnstest.StartSilent(t)
 	spool := t.TempDir()
 	ts := servertest.Start(t, map[string]string{
-		"plugins":                     "fcrdns\ndnsbl\nmail_from.is_resolvable\nspf\nqueue/maildir\n",
+		"plugins":                     "fcrdns\ndnsbl\nmail_from.is_resolvable\nspf\ndkim\ndmarc\nauth_results\nqueue/maildir\n",
+		"dkim.ini":                    "lookup_timeout = 300ms\n",
+		"dmarc.ini":                   "lookup_timeout = 300ms\n",
 		"dns.ini":                     "servers = " + silent.Addr + "\ntimeout = 10s\nattempts = 3\n",
 		"fcrdns.ini":                  "skip_private = false\nlookup_timeout = 300ms\n",
 		"dnsbl.ini":                   "zones = bl.test\nskip_private = false\nlookup_timeout = 300ms\n",
@@ -343,10 +348,17 @@ func TestDeadDNSMailFlows(t *testing.T) {
 	c.CmdExact("MAIL FROM:<a@example.org>", ok)
 	c.CmdExact("RCPT TO:<user@example.com>", "250 2.1.5 Ok")
 	c.CmdExact("DATA", "354 End data with <CR><LF>.<CR><LF>")
-	c.Send("Subject: hi\r\n\r\nhello\r\n.")
+	// A signature whose key and a From whose policy the dead resolver
+	// cannot give: dkim and dmarc each wait their budget, then record.
+	c.Send("DKIM-Signature: v=1; a=rsa-sha256; d=example.org; s=sel; c=relaxed/relaxed;\r\n" +
+		"\th=from:subject; bh=47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=; b=AAAA\r\n" +
+		"From: a@example.org\r\nSubject: hi\r\n\r\nhello\r\n.")
 	c.Expect("250 2.0.0 Ok: queued")
 	c.CmdExact("QUIT", "221 2.0.0 Bye")
-	if stored := readSpool(t, spool); !strings.Contains(stored, "Received-SPF: temperror") {
-		t.Errorf("the stored message lacks Received-SPF: temperror:\n%s", stored)
+	stored := readSpool(t, spool)
+	for _, want := range []string{"Received-SPF: temperror", "dkim=temperror", "dmarc=temperror"} {
+		if !strings.Contains(stored, want) {
+			t.Errorf("the stored message lacks %q:\n%s", want, stored)
+		}
 	}
 }
