@@ -183,31 +183,61 @@ func (p *Rspamd) addHeaders(c *plugins.Conn, m *plugins.Message, log *zerolog.Lo
 	}
 }
 
-// unremovable handles milter.remove_headers: plugins.Message cannot take
-// a field out of the message as received, so a field rspamd wants gone
-// that the message carries stays. That is logged once per process and
-// recorded for each message it concerns.
+// unremovable handles milter.remove_headers: the fields rspamd wants
+// gone (a forged X-Spam, say) are left out of the stored message, and a
+// finding says which.
 func (p *Rspamd) unremovable(c *plugins.Conn, m *plugins.Message, log *zerolog.Logger, v *Verdict) {
 	if len(v.Milter.RemoveHeaders) == 0 {
 		return
 	}
-	var present []string
-	h := m.Header()
-	for name := range v.Milter.RemoveHeaders {
-		if len(h[canonical(name)]) > 0 {
-			present = append(present, name)
-		}
-	}
-	if len(present) == 0 {
+	removed := removeFields(m, v.Milter.RemoveHeaders)
+	if len(removed) == 0 {
 		return
 	}
-	sort.Strings(present)
-	c.Record(plugins.Finding{Plugin: Name, Outcome: plugins.Fail, Word: "remove_headers",
-		Message: "rspamd asked to remove " + strings.Join(present, ", ") + ": not supported, the fields stay"})
-	p.removeOnce.Do(func() {
-		log.Warn().Str("plugin", Name).Strs("fields", present).
-			Msg("rspamd asked to remove header fields of the message; loopmx cannot remove fields (plugins.Message only adds), so they stay (logged once; each message's finding says which)")
+	c.Record(plugins.Finding{Plugin: Name, Outcome: plugins.Pass, Word: "remove_headers",
+		Message: "removed at rspamd's request: " + strings.Join(removed, ", ")})
+}
+
+// removeFields takes out of m the fields of rspamd's remove_headers: a
+// name with index 0 loses every occurrence, n > 0 its nth, n < 0 its nth
+// from the end (rspamd's milter convention). It returns the names of the
+// fields removed, sorted, one per field.
+func removeFields(m *plugins.Message, which map[string]int) []string {
+	h := m.Header()
+	want := map[string]int{} // canonical name: the 1-based occurrence to remove, 0 for all
+	for name, idx := range which {
+		k := canonical(name)
+		n := len(h[k])
+		switch {
+		case n == 0:
+			continue
+		case idx < 0:
+			idx = n + 1 + idx
+			if idx < 1 {
+				continue
+			}
+		case idx > n:
+			continue
+		}
+		want[k] = idx
+	}
+	seen := map[string]int{}
+	var removed []string
+	m.RemoveHeaders(func(name, _ string) bool {
+		k := canonical(name)
+		idx, ok := want[k]
+		if !ok {
+			return false
+		}
+		seen[k]++
+		if idx == 0 || seen[k] == idx {
+			removed = append(removed, name)
+			return true
+		}
+		return false
 	})
+	sort.Strings(removed)
+	return removed
 }
 
 // canonical is the key net/textproto gives a field name.
