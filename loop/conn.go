@@ -69,7 +69,7 @@ type conn struct {
 	spoolErr error        // the body could not be written: the message is refused at its end
 	spilling *spillJob    // the spool write in flight
 	msgWait  bool         // the message waits for its last spool write
-	msgCall  plugins.Call // the hook call it will then start
+	msgHook  plugins.Hook // the hook it will then start (a message's call has no argument)
 
 	m connMeter // what the metrics need (metrics.go)
 }

@@ -225,8 +225,7 @@ func (c *conn) spillDone() {
 	}
 	if c.msgWait {
 		c.msgWait = false
-		call := c.msgCall
-		c.msgCall = plugins.Call{}
+		call := plugins.Call{Hook: c.msgHook}
 		c.messageReady(call)
 	}
 }
@@ -249,8 +248,7 @@ func (c *conn) spillExpired() {
 	}
 	if c.msgWait {
 		c.msgWait = false
-		call := c.msgCall
-		c.msgCall = plugins.Call{}
+		call := plugins.Call{Hook: c.msgHook}
 		c.messageReady(call)
 	}
 }
@@ -259,14 +257,14 @@ func (c *conn) spillExpired() {
 // is in the spool file (a spilled body) or at once (a body in memory).
 func (c *conn) endOfMessage(call plugins.Call) {
 	if c.spool != nil && c.spoolErr == nil && len(c.sess.Body()) > 0 {
-		c.msgCall, c.msgWait = call, true
+		c.msgHook, c.msgWait = call.Hook, true
 		c.spill(false)
 		if c.pending || !c.msgWait {
 			// spillDone goes on (the stream transport waits for the
 			// write in place, so it may have done so already).
 			return
 		}
-		c.msgWait, c.msgCall = false, plugins.Call{} // the write did not start
+		c.msgWait = false // the write did not start
 	}
 	c.messageReady(call)
 }
@@ -342,7 +340,7 @@ func (c *conn) releaseMessage() {
 			c.spool = nil
 		}
 	}
-	c.msgWait, c.msgCall = false, plugins.Call{}
+	c.msgWait = false
 	if m := c.msg; m != nil {
 		c.msg = nil
 		if m.Spooled() {
