@@ -18,6 +18,7 @@ import (
 	"crypto/x509/pkix"
 	"encoding/pem"
 	"errors"
+	"fmt"
 	"io"
 	"math/big"
 	"net"
@@ -972,7 +973,7 @@ func TestImplicitTLSWithBlockingConnectHook(t *testing.T) {
 	done := make(chan error, 1)
 	go func() { done <- tc.Handshake() }() // sends the ClientHello at once
 	entered.await(t, "the connect hook")
-	time.Sleep(200 * time.Millisecond) // the loop reads the ClientHello meanwhile
+	waitServerRead(t, c.conn) // the loop reads the ClientHello while the hook runs
 	g.open()
 	if err := <-done; err != nil {
 		t.Fatalf("handshake after a blocking connect hook: %v", err)
@@ -1080,4 +1081,37 @@ func TestShutdownTimeoutForcesCloseOverTLS(t *testing.T) {
 	s.expectLine(shutdownReply)
 	s.expectEOF()
 	awaitShutdown(t, done)
+}
+
+// waitServerRead waits until the server's end of the client connection
+// c has nothing left in its receive queue (/proc/net/tcp): the server
+// read what the client sent.
+func waitServerRead(t *testing.T, c net.Conn) {
+	t.Helper()
+	local, remote := c.LocalAddr().(*net.TCPAddr), c.RemoteAddr().(*net.TCPAddr)
+	hexAddr := func(a *net.TCPAddr) string {
+		ip := a.IP.To4()
+		return fmt.Sprintf("%02X%02X%02X%02X:%04X", ip[3], ip[2], ip[1], ip[0], a.Port)
+	}
+	// The server's socket: its local address is the client's remote.
+	want := hexAddr(remote) + " " + hexAddr(local)
+	deadline := time.Now().Add(ioTimeout)
+	for {
+		b, err := os.ReadFile("/proc/net/tcp")
+		if err != nil {
+			t.Skipf("no /proc/net/tcp: %v", err)
+		}
+		for _, line := range strings.Split(string(b), "\n") {
+			f := strings.Fields(line)
+			if len(f) > 4 && f[1]+" "+f[2] == want {
+				if q := strings.Split(f[4], ":"); len(q) == 2 && strings.TrimLeft(q[1], "0") == "" {
+					return
+				}
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the server did not read what the client sent (%s)", want)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 }
