@@ -76,7 +76,9 @@ func TestHalfCloseGetsAllReplies(t *testing.T) {
 				// Let the end of input reach the server while the queue
 				// hook still runs.
 				rec.entered.await(t, "the queue hook")
-				time.Sleep(100 * time.Millisecond)
+				// The FIN arrived: the server's socket is in CLOSE_WAIT
+				// (state 08 in /proc/net/tcp).
+				waitServerSocket(t, c.conn, "the client's FIN", func(state, _ string) bool { return state == "08" })
 				rec.gate.open()
 			}
 			c.expectEHLO()

@@ -1088,6 +1088,16 @@ func TestShutdownTimeoutForcesCloseOverTLS(t *testing.T) {
 // read what the client sent.
 func waitServerRead(t *testing.T, c net.Conn) {
 	t.Helper()
+	waitServerSocket(t, c, "read what the client sent", func(_, rxQueue string) bool {
+		return strings.TrimLeft(rxQueue, "0") == ""
+	})
+}
+
+// waitServerSocket waits until ok holds for the state and receive queue
+// (hex, as /proc/net/tcp gives them) of the server's end of the client
+// connection c.
+func waitServerSocket(t *testing.T, c net.Conn, what string, ok func(state, rxQueue string) bool) {
+	t.Helper()
 	local, remote := c.LocalAddr().(*net.TCPAddr), c.RemoteAddr().(*net.TCPAddr)
 	hexAddr := func(a *net.TCPAddr) string {
 		ip := a.IP.To4()
@@ -1104,13 +1114,13 @@ func waitServerRead(t *testing.T, c net.Conn) {
 		for _, line := range strings.Split(string(b), "\n") {
 			f := strings.Fields(line)
 			if len(f) > 4 && f[1]+" "+f[2] == want {
-				if q := strings.Split(f[4], ":"); len(q) == 2 && strings.TrimLeft(q[1], "0") == "" {
+				if q := strings.Split(f[4], ":"); len(q) == 2 && ok(f[3], q[1]) {
 					return
 				}
 			}
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("the server did not read what the client sent (%s)", want)
+			t.Fatalf("waited for the server's socket (%s): %s", want, what)
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
