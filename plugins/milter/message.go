@@ -104,7 +104,8 @@ func parseFields(b []byte) []field {
 // only adds), the envelope changed in the transaction, a quarantine
 // recorded. Changing or deleting a field, inserting one below the top
 // and replacing the body are refused: the message is stored as it was,
-// and a warning says so.
+// and a warning says so. Deleting a field (a change to an empty value)
+// leaves it out of the stored message.
 func (p *Milter) apply(c *plugins.Conn, m *plugins.Message, s *session, mods []gomilter.ModifyAction) {
 	var refused []string
 	for _, mod := range mods {
@@ -121,7 +122,11 @@ func (p *Milter) apply(c *plugins.Conn, m *plugins.Message, s *session, mods []g
 			}
 		case gomilter.ActChangeHeader:
 			if mod.HeaderValue == "" {
-				refused = append(refused, "delete header "+mod.HeaderName)
+				// An empty value deletes the field (the index-th of its
+				// name, from 1): left out of the stored message.
+				if !deleteField(m, mod.HeaderName, int(mod.HeaderIndex)) {
+					refused = append(refused, "delete header "+mod.HeaderName+" (no such field)")
+				}
 			} else {
 				refused = append(refused, "change header "+mod.HeaderName)
 			}
@@ -206,4 +211,19 @@ func (p *Milter) Queue(c *plugins.Conn, m *plugins.Message) plugins.Result {
 	}
 	c.Logger().Info().Str("plugin", Name).Str("milter", name).Str("tx", c.Tx.ID).Msg("message discarded at the milter's request: acknowledged and not stored")
 	return plugins.Queued(c, "discarded")
+}
+
+// deleteField leaves the index-th field named name (1 for the first,
+// names compared without case) out of the stored message, and reports
+// whether there was one.
+func deleteField(m *plugins.Message, name string, index int) bool {
+	index = max(index, 1)
+	seen := 0
+	return m.RemoveHeaders(func(n, _ string) bool {
+		if !strings.EqualFold(n, name) {
+			return false
+		}
+		seen++
+		return seen == index
+	}) > 0
 }

@@ -268,6 +268,7 @@ func TestMilterModifications(t *testing.T) {
 	sock := serveMilter(t, testMilter{mods: func(m *gomilter.Modifier) {
 		m.AddHeader("X-Checked", "yes\n\tfolded")
 		m.ChangeHeader(1, "Subject", "changed")
+		m.ChangeHeader(1, "X-Folded", "") // a delete
 		m.ReplaceBody([]byte("new body\r\n"))
 		m.AddRecipient("copy@example.com")
 		m.Quarantine("looks odd")
@@ -285,6 +286,9 @@ func TestMilterModifications(t *testing.T) {
 		if !strings.Contains(h, want) {
 			t.Errorf("stored header lacks %q:\n%s", want, h)
 		}
+	}
+	if strings.Contains(h, "X-Folded") {
+		t.Errorf("the field the milter deleted is stored:\n%s", h)
 	}
 	if !strings.HasSuffix(msgs[0], "the body.\r\n") {
 		t.Errorf("the body was replaced: %q", msgs[0])
