@@ -33,11 +33,15 @@ const StartTimeout = 3 * time.Minute
 type Server struct {
 	// URL is the normal worker's base URL, http://127.0.0.1:port.
 	URL string
+	// Milter is the address (host:port) of the proxy worker, which
+	// speaks the milter protocol and scans with rspamd itself.
+	Milter string
 	// Dir holds the config, the database and the log (rspamd.log).
 	Dir string
 
-	bin  string
-	port int
+	bin        string
+	port       int
+	milterPort int
 
 	mu     sync.Mutex
 	cmd    *exec.Cmd
@@ -67,7 +71,9 @@ var modulesOff = []string{"rbl", "spf", "asn", "hfilter", "dmarc", "phishing", "
 var files = map[string]string{
 	"override.d/worker-normal.inc":     "bind_socket = \"127.0.0.1:%d\";\ncount = 1;\n",
 	"override.d/worker-controller.inc": "enabled = false;\n",
-	"override.d/worker-proxy.inc":      "enabled = false;\n",
+	// The proxy worker in milter mode, scanning in place (self_scan).
+	"override.d/worker-proxy.inc": "bind_socket = \"127.0.0.1:%d\";\ncount = 1;\nmilter = yes;\ntimeout = 120s;\n" +
+		"upstream \"local\" {\n  default = yes;\n  self_scan = yes;\n}\n",
 	"override.d/worker-fuzzy.inc":      "enabled = false;\ncount = -1;\n",
 	"local.d/logging.inc":              "type = \"file\";\nlevel = \"notice\";\n",
 	// No resolver: a DNS query fails at once instead of waiting.
@@ -122,10 +128,18 @@ func New(dir string) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{bin: Binary, Dir: dir, port: port, URL: "http://127.0.0.1:" + strconv.Itoa(port)}
+	mport, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{bin: Binary, Dir: dir, port: port, URL: "http://127.0.0.1:" + strconv.Itoa(port),
+		milterPort: mport, Milter: "127.0.0.1:" + strconv.Itoa(mport)}
 	for name, content := range files {
-		if name == "override.d/worker-normal.inc" {
+		switch name {
+		case "override.d/worker-normal.inc":
 			content = fmt.Sprintf(content, s.port)
+		case "override.d/worker-proxy.inc":
+			content = fmt.Sprintf(content, s.milterPort)
 		}
 		if err := write(filepath.Join(s.Dir, name), content); err != nil {
 			return nil, err
