@@ -30,3 +30,22 @@ func TestRemoveFields(t *testing.T) {
 		t.Errorf("index 2: stored\n%q", b.String())
 	}
 }
+
+// The rewrite subject action: the message is stored with rspamd's
+// Subject, once, and nothing else changes.
+func TestRewriteSubject(t *testing.T) {
+	m := plugins.NewMessage([]byte("From: a@example.org\r\nSubject: cheap pills\r\n\r\nbody\r\n"), "ESMTP")
+	rewriteSubject(m, "*** SPAM *** cheap pills")
+	var b bytes.Buffer
+	m.WriteTo(&b)
+	if want := "Subject: *** SPAM *** cheap pills\r\nFrom: a@example.org\r\n\r\nbody\r\n"; b.String() != want {
+		t.Errorf("stored\n%q\nwant\n%q", b.String(), want)
+	}
+	m = plugins.NewMessage([]byte("Subject: kept\r\n\r\nbody\r\n"), "ESMTP")
+	rewriteSubject(m, "bad\r\nInjected: yes")
+	b.Reset()
+	m.WriteTo(&b)
+	if b.String() != "Subject: kept\r\n\r\nbody\r\n" {
+		t.Errorf("a subject with a line break was used: %q", b.String())
+	}
+}

@@ -68,7 +68,6 @@ type Rspamd struct {
 	// Failures are logged at most once a minute; each unsupported request
 	// of rspamd once per process.
 	failLog      throttle.Throttle
-	subjectOnce  sync.Once
 	unknownOnce  sync.Once
 	breakerSetup sync.Once
 }

@@ -125,10 +125,7 @@ func (p *Rspamd) apply(c *plugins.Conn, m *plugins.Message, log *zerolog.Logger,
 		}
 	case actNone, actAddHdr, actQuar:
 	case actSubject:
-		p.subjectOnce.Do(func() {
-			log.Warn().Str("plugin", Name).Msg("rspamd asked to rewrite the Subject; loopmx cannot change a header field, " +
-				"so the message is marked with X-Spam-Flag: YES and keeps its Subject (logged once)")
-		})
+		rewriteSubject(m, v.Subject)
 	default:
 		p.unknownOnce.Do(func() {
 			log.Warn().Str("plugin", Name).Str("action", v.Action).Msg("rspamd answered an action loopmx does not know; the message is accepted (logged once)")
@@ -344,4 +341,18 @@ func (v *Verdict) summary(n int) string {
 		s += ": " + syms
 	}
 	return s
+}
+
+// rewriteSubject replaces the message's Subject with the one rspamd
+// wrote (its rewrite subject action): the old fields are left out of the
+// stored message and the new one is added at the top of the header. An
+// empty or unusable subject leaves the message as it was (X-Spam-Flag
+// still marks it).
+func rewriteSubject(m *plugins.Message, subject string) {
+	subject = strings.TrimSpace(subject)
+	if subject == "" || strings.ContainsAny(subject, "\r\n") {
+		return
+	}
+	m.RemoveHeaders(func(name, _ string) bool { return strings.EqualFold(name, "Subject") })
+	m.AddHeader("Subject", subject)
 }
