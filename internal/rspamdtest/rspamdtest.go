@@ -74,8 +74,8 @@ var files = map[string]string{
 	// The proxy worker in milter mode, scanning in place (self_scan).
 	"override.d/worker-proxy.inc": "bind_socket = \"127.0.0.1:%d\";\ncount = 1;\nmilter = yes;\ntimeout = 120s;\n" +
 		"upstream \"local\" {\n  default = yes;\n  self_scan = yes;\n}\n",
-	"override.d/worker-fuzzy.inc":      "enabled = false;\ncount = -1;\n",
-	"local.d/logging.inc":              "type = \"file\";\nlevel = \"notice\";\n",
+	"override.d/worker-fuzzy.inc": "enabled = false;\ncount = -1;\n",
+	"local.d/logging.inc":         "type = \"file\";\nlevel = \"notice\";\n",
 	// No resolver: a DNS query fails at once instead of waiting.
 	"local.d/options.inc": "dns { nameserver = [\"127.0.0.1:1\"]; timeout = 0.1s; retransmits = 1; }\n" +
 		"filters = \"chartable,regexp\";\ndisable_hyperscan = true;\n",
