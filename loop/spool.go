@@ -223,11 +223,7 @@ func (c *conn) spillDone() {
 		c.sess.Spilled(j.shrink)
 		c.account(cap(c.sess.Body()))
 	}
-	if c.msgWait {
-		c.msgWait = false
-		call := plugins.Call{Hook: c.msgHook}
-		c.messageReady(call)
-	}
+	c.messageWaited()
 }
 
 // spillExpired gives up a write that outlasted command_timeout: the disk
@@ -246,10 +242,15 @@ func (c *conn) spillExpired() {
 		c.finish()
 		return
 	}
+	c.messageWaited()
+}
+
+// messageWaited goes on with a message that waited for its last spool
+// write, once the write returned or was given up.
+func (c *conn) messageWaited() {
 	if c.msgWait {
 		c.msgWait = false
-		call := plugins.Call{Hook: c.msgHook}
-		c.messageReady(call)
+		c.messageReady(plugins.Call{Hook: c.msgHook})
 	}
 }
 
