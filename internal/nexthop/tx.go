@@ -59,11 +59,13 @@ func (f *Forwarder) transact(c *conn, env *Envelope, head []byte, body *plugins.
 			return nil, fail
 		}
 	}
-	d, fail := f.envelope(c, env, len(head)+int(body.Size())+eolMissing(body), reused)
+	// Asked once: of a spooled body it is a read of the file.
+	eol := eolMissing(body)
+	d, fail := f.envelope(c, env, len(head)+int(body.Size())+eol, reused)
 	if fail != nil || d.stage != 0 {
 		return d, fail
 	}
-	return f.message(c, d, head, body)
+	return f.message(c, d, head, body, eol)
 }
 
 // envelope sends MAIL, the RCPTs and DATA. A session that was used before
@@ -218,7 +220,7 @@ func (f *Forwarder) envelope(c *conn, env *Envelope, size int, reused bool) (*de
 // message sends the header we add and the message after a 354, then reads
 // the reply to its end: one for SMTP, one per recipient for LMTP (RFC
 // 2033 4.2; all recipients were accepted, or we would not be here).
-func (f *Forwarder) message(c *conn, d *delivery, head []byte, body *plugins.Message) (*delivery, *failure) {
+func (f *Forwarder) message(c *conn, d *delivery, head []byte, body *plugins.Message, eol int) (*delivery, *failure) {
 	broken := func(err error, committed bool) *failure {
 		c.unusable = true
 		return &failure{host: c.host, kind: failBroken, committed: committed, err: err}
@@ -232,7 +234,7 @@ func (f *Forwarder) message(c *conn, d *delivery, head []byte, body *plugins.Mes
 		// so the next hop keeps nothing.
 		return nil, broken(err, false)
 	}
-	if eolMissing(body) > 0 {
+	if eol > 0 {
 		w.WriteString("\r\n")
 	}
 	// Buffered writes failed already if the next hop is gone; then the end
