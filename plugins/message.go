@@ -236,10 +236,11 @@ func (m *Message) RemoveHeaders(drop func(name, value string) bool) int {
 	for start := 0; start < len(head); {
 		end := fieldEnd(head, start)
 		line := head[start:end]
-		if colon := bytes.IndexByte(line, ':'); colon > 0 && !bytes.Equal(line, []byte("\r\n")) {
+		// (The blank line that ends the header has no colon.)
+		if colon := bytes.IndexByte(line, ':'); colon > 0 && !m.isRemoved(start) {
 			name := string(line[:colon])
 			value := strings.TrimSpace(unfold(line[colon+1:]))
-			if !m.isRemoved(start) && drop(name, value) {
+			if drop(name, value) {
 				m.removed = append(m.removed, [2]int{start, end})
 				n++
 			}
