@@ -278,12 +278,20 @@ func isTerminal(w io.Writer) bool {
 	return ok && isatty.IsTerminal(f.Fd())
 }
 
-// newLogger logs to w as [log] says. The console format has colours only
-// when w is a terminal, so a log file or journal gets plain text.
-func newLogger(cfg *config.Config, w io.Writer) zerolog.Logger {
+// logSink is the writer a logger on w writes its lines to: w itself for
+// the json format, a console writer over w for the console format, with
+// colours only when w is a terminal, so a log file or journal gets plain
+// text.
+func logSink(cfg *config.Config, w io.Writer) io.Writer {
 	if cfg.Log.Format == "console" {
-		w = zerolog.ConsoleWriter{Out: w, TimeFormat: time.RFC3339, NoColor: !isTerminal(w)}
+		return zerolog.ConsoleWriter{Out: w, TimeFormat: time.RFC3339, NoColor: !isTerminal(w)}
 	}
+	return w
+}
+
+// newLogger logs to w as [log] says.
+func newLogger(cfg *config.Config, w io.Writer) zerolog.Logger {
+	w = logSink(cfg, w)
 	lvl, err := zerolog.ParseLevel(cfg.Log.Level)
 	if err != nil {
 		lvl = zerolog.InfoLevel
@@ -404,6 +412,7 @@ func serveChain(cfg *config.Config, log zerolog.Logger, stderr io.Writer, socks 
 	pool := workpool.New(cfg.Main.ThreadpoolSize, cfg.Main.WorkQueueSize)
 	defer pool.Close()
 	opts := loop.OptionsFrom(cfg, log)
+	opts.LogOut = logSink(cfg, stderr)
 	opts.Listeners = socks.files
 	if len(socks.specs) > 0 {
 		opts.Specs = socks.specs

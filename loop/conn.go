@@ -129,7 +129,7 @@ func (c *conn) parseProxy() bool {
 	}
 	if err != nil {
 		c.proxyHeader(metrics.ProxyMalformed)
-		c.srv.log.Info().Str("conn", c.view.ID).Str("ip", c.view.RemoteIP.String()).Err(err).Msg("bad PROXY header; closing")
+		c.tr.logger().Info().Str("conn", c.view.ID).Str("ip", c.view.RemoteIP.String()).Err(err).Msg("bad PROXY header; closing")
 		c.close("bad PROXY header")
 		return false
 	}
@@ -272,7 +272,7 @@ func (c *conn) endTx(result string, code int, size int64) {
 	if c.setup.chain.Has(plugins.HookTxEnd) {
 		c.setup.chain.TxEnded(c.view, tx)
 	}
-	if l := c.srv.log.Info(); l.Enabled() {
+	if l := c.tr.logger().Info(); l.Enabled() {
 		l.Str("tx", tx.ID).Str("ip", c.view.RemoteIP.String()).Str("helo", c.view.Helo).
 			Str("from", tx.From).Strs("rcpts", tx.Rcpts).Int64("size", size).
 			Str("result", result).Int("code", code).Strs("refused", c.refusals).
@@ -365,11 +365,11 @@ func (c *conn) finish() {
 			// The chain stays in use until its last disconnect hook ran.
 			release = !c.srv.pool.Submit(func() { ch.RunFrom(view, &call, next); gen.release() })
 			if release {
-				c.srv.log.Warn().Str("conn", c.view.ID).Msg("workpool full: disconnect hooks skipped")
+				c.tr.logger().Warn().Str("conn", c.view.ID).Msg("workpool full: disconnect hooks skipped")
 			}
 		}
 	}
-	if l := c.srv.log.Info(); l.Enabled() {
+	if l := c.tr.logger().Info(); l.Enabled() {
 		l.Str("conn", c.view.ID).Str("ip", c.view.RemoteIP.String()).Str("helo", c.view.Helo).
 			Int("transactions", c.view.Transactions()).Int("errors", c.sess.Errors()).Str("end", c.endReason).
 			Dur("duration_ms", c.tr.now().Sub(c.view.Started)).Msg("connection")

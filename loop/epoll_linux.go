@@ -6,6 +6,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/rs/zerolog"
 	"golang.org/x/sys/unix"
 
 	"loopmx/loop/workpool"
@@ -55,8 +56,9 @@ func newEpollConn(el *eventLoop, fd int, peer netip.AddrPort, l *listener) *epol
 	return e
 }
 
-func (e *epollConn) now() time.Time { return e.reactor.now }
-func (e *epollConn) draining() bool { return e.reactor.draining }
+func (e *epollConn) now() time.Time          { return e.reactor.now }
+func (e *epollConn) draining() bool          { return e.reactor.draining }
+func (e *epollConn) logger() *zerolog.Logger { return &e.reactor.log }
 
 func (e *epollConn) onEvent(ev uint32) {
 	if ev&unix.EPOLLOUT != 0 && len(e.out) > 0 {

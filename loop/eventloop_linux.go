@@ -7,6 +7,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/rs/zerolog"
 	"golang.org/x/sys/unix"
 
 	"loopmx/plugins"
@@ -40,7 +41,9 @@ type eventLoop struct {
 	nconns int
 	served uint64 // connections accepted by this loop
 	met    *meter // this loop's counts; nil with metrics off (metrics.go)
-	iter   uint64 // iterations of run, for the metrics' accept queue check
+	log    zerolog.Logger
+	logb   *logBatch // the lines of this iteration; nil without Options.LogOut
+	iter   uint64    // iterations of run, for the metrics' accept queue check
 	now    time.Time
 
 	// one list per phase (guard.go) of the open connections that wait for
@@ -93,6 +96,11 @@ func newEventLoop(s *Server, idx int) (*eventLoop, error) {
 		wbuf:   make([]byte, 0, 4096),
 		now:    time.Now(),
 		met:    s.loopMeter(),
+		log:    s.log,
+	}
+	if s.opts.LogOut != nil {
+		el.logb = newLogBatch(s.opts.LogOut)
+		el.log = s.log.Output(el.logb)
 	}
 	if e := rawEpollCtl(epfd, unix.EPOLL_CTL_ADD, efd, unix.EPOLLIN); e != 0 {
 		return nil, e
@@ -157,6 +165,9 @@ func (el *eventLoop) run() {
 		el.mu.Unlock()
 	}()
 	defer func() {
+		if el.logb != nil {
+			el.logb.flush()
+		}
 		el.srv.log.Info().Int("loop", el.idx).Uint64("connections_accepted", el.served).Msg("event loop stopped")
 		if el.met != nil {
 			el.met.publish(true)
@@ -202,6 +213,9 @@ func (el *eventLoop) run() {
 			el.handoffs[i] = nil
 		}
 		el.handoffs = el.handoffs[:0]
+		if el.logb != nil && len(el.logb.buf) > 0 {
+			el.logb.flush()
+		}
 		if n > 0 {
 			// How long this batch kept every other event waiting.
 			if busy := time.Since(el.now); busy > el.batchMax {

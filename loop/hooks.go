@@ -94,7 +94,7 @@ func (c *conn) hookExpired() {
 	c.pending = false
 	c.hookTimedOut()
 	name := c.setup.chain.PluginAt(c.call.Hook, c.callIdx)
-	c.srv.log.Warn().Str("conn", c.view.ID).Str("plugin", name).Str("hook", c.call.Hook.String()).
+	c.tr.logger().Warn().Str("conn", c.view.ID).Str("plugin", name).Str("hook", c.call.Hook.String()).
 		Msg("plugin timed out; answering 451 4.3.0")
 	c.gen++
 	c.view = c.view.Clone()
@@ -211,7 +211,7 @@ func (c *conn) inform(h plugins.Hook) {
 }
 
 func (c *conn) logReject(call plugins.Call, res plugins.Result, rep smtpproto.Reply) {
-	l := c.srv.log.Info()
+	l := c.tr.logger().Info()
 	if !l.Enabled() {
 		return
 	}

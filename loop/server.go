@@ -17,6 +17,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"os"
@@ -98,6 +99,10 @@ type Options struct {
 	Backlog int
 	// Log receives one line per connection and per transaction.
 	Log zerolog.Logger
+	// LogOut, when set, is the writer under Log. Each event loop then
+	// collects its lines and writes them to LogOut once per iteration
+	// (logbatch.go) instead of one write per line.
+	LogOut io.Writer
 	// Metrics makes the loops count for MetricsSnapshot (metrics.go).
 	Metrics bool
 }

@@ -287,7 +287,7 @@ func (c *conn) messageReady(call plugins.Call) {
 // refused at its end (never acknowledged).
 func (c *conn) spoolFailed(err error) {
 	c.spoolErr = err
-	c.srv.log.Error().Str("conn", c.view.ID).Err(err).Msg("cannot write the message to spool_dir; it will be refused with 451")
+	c.tr.logger().Error().Str("conn", c.view.ID).Err(err).Msg("cannot write the message to spool_dir; it will be refused with 451")
 	c.sess.DropBody()
 	c.closeSpool()
 }

@@ -6,6 +6,8 @@ import (
 	"net"
 	"time"
 
+	"github.com/rs/zerolog"
+
 	"loopmx/loop/workpool"
 	"loopmx/plugins"
 )
@@ -47,10 +49,11 @@ func (s *stream) retain() {
 	}
 }
 
-func (s *stream) now() time.Time    { return time.Now() }
-func (s *stream) draining() bool    { return s.c.srv.draining.Load() }
-func (s *stream) startTLS()         { s.tlsNext = true }
-func (s *stream) closeWhenFlushed() {} // run closes after its next flush
+func (s *stream) now() time.Time          { return time.Now() }
+func (s *stream) draining() bool          { return s.c.srv.draining.Load() }
+func (s *stream) logger() *zerolog.Logger { return &s.c.srv.log }
+func (s *stream) startTLS()               { s.tlsNext = true }
+func (s *stream) closeWhenFlushed()       {} // run closes after its next flush
 
 // flush writes what the connection owes.
 func (s *stream) flush() {

@@ -3,6 +3,8 @@ package loop
 import (
 	"time"
 
+	"github.com/rs/zerolog"
+
 	"loopmx/loop/workpool"
 	"loopmx/plugins"
 )
@@ -26,6 +28,9 @@ type transport interface {
 	now() time.Time
 	// draining reports whether the server has stopped taking sessions.
 	draining() bool
+	// logger is where the connection's lines go: its event loop's batch,
+	// or the server's log.
+	logger() *zerolog.Logger
 	// await runs job, a blocking hook or a spool write, on pool. Its
 	// result comes back through conn.hookReturned, or conn.hookExpired
 	// once timeout has passed; false means the pool refused the job.
