@@ -23,13 +23,22 @@ const (
 func (s *Session) data(in []byte) (int, bool) {
 	i := 0
 	for i < len(in) {
+		if s.dotState == dsMid || s.dotState == dsLineStart {
+			i = s.lines(in, i)
+			if i == len(in) {
+				break
+			}
+		}
 		c := in[i]
 		switch s.dotState {
 		case dsMid:
-			// Fast path: copy the run up to the next CR or LF at once.
-			j := i
-			for j < len(in) && in[j] != '\r' && in[j] != '\n' {
-				j++
+			// The run up to the next CR or LF is content.
+			j := len(in)
+			if k := bytes.IndexByte(in[i:], '\r'); k >= 0 {
+				j = i + k
+			}
+			if k := bytes.IndexByte(in[i:j], '\n'); k >= 0 {
+				j = i + k
 			}
 			if j > i {
 				s.lineLen += j - i
@@ -110,6 +119,37 @@ func (s *Session) data(in []byte) (int, bool) {
 		}
 	}
 	return i, false
+}
+
+// lines is data's fast path. From i, inside a line or at the start of
+// one, it takes every whole line that needs nothing but copying: it ends
+// in CRLF, holds no other CR, is within the line limit and (at a line
+// start) does not begin with a dot. The run of such lines is kept with
+// one put. It returns where it stopped, which is where the byte-wise
+// states take over: at a dot, a bare CR or LF, an overlong line, or a
+// line that has not fully arrived.
+func (s *Session) lines(in []byte, i int) int {
+	start := i
+	for i < len(in) {
+		if s.dotState == dsLineStart && in[i] == '.' {
+			break
+		}
+		k := bytes.IndexByte(in[i:], '\n')
+		if k < 1 || in[i+k-1] != '\r' {
+			break // no whole line, or a bare LF
+		}
+		content := in[i : i+k-1]
+		if bytes.IndexByte(content, '\r') >= 0 || s.lineLen+len(content) > s.cfg.dataLineMax {
+			break
+		}
+		s.lineLen = 0
+		s.dotState = dsLineStart
+		i += k + 1
+	}
+	if i > start {
+		s.put(in[start:i])
+	}
+	return i
 }
 
 var (
