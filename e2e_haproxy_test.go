@@ -35,9 +35,10 @@ func haproxyBinary(t *testing.T) string {
 
 // hostSession is one client session through the balancer.
 type hostSession struct {
-	host string // from the banner ("mx2.test"), "" when none came
-	id   string // the message's id, when it got a 250
-	err  error
+	host     string // from the banner ("mx2.test"), "" when none came
+	greeting int    // the code of a first reply that was not a 220 banner
+	id       string // the message's id, when it got a 250
+	err      error
 }
 
 // TestE2EHAProxyKillOneHost: under a bounded load through HAProxy
@@ -221,8 +222,9 @@ func (l *balancedLoad) wait() []hostSession {
 // which the host named killed was killed: every message that got a 250 is
 // in exactly one of the spools, none is stored twice, and the only
 // sessions that failed were on the killed host (their banner names it) or
-// never got a banner. It returns the messages delivered per host and the
-// number of failed sessions.
+// got no first reply at all (one that refuses, such as limit's 421, is
+// not a dead host and fails the test). It returns the messages delivered
+// per host and the number of failed sessions.
 func checkSpread(t *testing.T, sessions []hostSession, spools []string, killed string) (map[string]int, int) {
 	t.Helper()
 	stored := map[string]int{}
@@ -238,6 +240,9 @@ func checkSpread(t *testing.T, sessions []hostSession, spools []string, killed s
 			failed++
 			if s.host != "" && s.host != killed {
 				t.Errorf("a session on %s, which was not killed, failed: %v", s.host, s.err)
+			}
+			if s.greeting != 0 {
+				t.Errorf("a session was refused at its greeting: %v", s.err)
 			}
 			continue
 		}
@@ -283,7 +288,7 @@ func deliverThrough(dial dialer, addr, id string) (s hostSession) {
 		if cl != nil {
 			cl.Close()
 		}
-		return hostSession{err: fmt.Errorf("banner: %d %s %v", code, text, err)}
+		return hostSession{greeting: code, err: fmt.Errorf("banner: %d %s %v", code, text, err)}
 	}
 	defer cl.Close()
 	s.host = host
