@@ -53,9 +53,10 @@ func redisPlace(ns *netnstest.NS) redistest.Place {
 // TestE2ENetnsFailover: under a bounded load from the client namespace
 // through HAProxy (send-proxy-v2, leastconn, /readyz checks) to three
 // loopmx hosts that share limit's counters through a Sentinel-managed
-// Redis, host mx2 is killed, then the Redis master. Every message that got
-// a 250 is in exactly one host's spool; only sessions open on mx2 or
-// before any banner failed; the Sentinels promoted the replica; and,
+// Redis, host mx2 is killed (with a session surely open on it), then the
+// Redis master. Every message that got a 250 is in exactly one host's
+// spool; only sessions open on mx2 or before any banner failed, the held
+// one among them; the Sentinels promoted the replica; and,
 // after the failover and without a restart, the two surviving hosts
 // enforce one per-address concurrency limit between them through the new
 // master.
@@ -143,6 +144,9 @@ func TestE2ENetnsFailover(t *testing.T) {
 	}
 	step(60, "before killing mx2")
 	killed := hosts[1]
+	// One session surely open on mx2 when it dies, in the middle of its
+	// transaction: its message must fail, and be nowhere.
+	held := openOn(t, nsDial(client, netnsClient), killed.name)
 	killed.srv.kill9()
 	step(120, "after killing mx2")
 	oldMaster := ss.Master.Addr
@@ -150,8 +154,11 @@ func TestE2ENetnsFailover(t *testing.T) {
 	newMaster := waitNewMaster(t, ss, oldMaster)
 	step(load.accepted.Load()+60, "after the failover")
 	load.stop()
-	sessions := load.wait()
+	sessions := append(load.wait(), held.finish("nn-held"))
 
+	if last := sessions[len(sessions)-1]; last.err == nil {
+		t.Errorf("the session held open on %s when it was killed got a 250 for its message afterwards", killed.name)
+	}
 	perHost, failed := checkSpread(t, sessions, spools, killed.name)
 	for _, h := range hosts {
 		if perHost[h.name] == 0 {
@@ -199,6 +206,49 @@ func TestE2ENetnsFailover(t *testing.T) {
 	}
 	t.Logf("%d sessions: delivered per host %v, %d failed (all on %s or before a banner); new master %s (was %s); limit check: %s",
 		len(sessions), perHost, failed, killed.name, newMaster, oldMaster, strings.Join(tries, "; "))
+}
+
+// openSession is a session held open in the middle of a transaction.
+type openSession struct {
+	cl   *smtpClient
+	host string
+}
+
+// openOn opens sessions through the balancer with dial until one lands on
+// the host named host (leastconn picks the least busy host, so a few
+// tries do), and holds it after RCPT. The others are closed.
+func openOn(t *testing.T, dial dialer, host string) *openSession {
+	t.Helper()
+	for range 30 {
+		cl, code, text, got, err := greet(dial, netnsFront)
+		if err != nil || code != 220 {
+			t.Fatalf("a session through the balancer: %d %s %v", code, text, err)
+		}
+		if got == host {
+			if err := cl.startTx(true, "u@example.com"); err != nil {
+				t.Fatalf("a transaction on %s: %v", host, err)
+			}
+			t.Cleanup(func() { cl.Close() })
+			return &openSession{cl: cl, host: host}
+		}
+		cl.cmd("QUIT")
+		cl.Close()
+	}
+	t.Fatalf("30 sessions through the balancer, none on %s", host)
+	return nil
+}
+
+// finish sends the held transaction's message with Message-ID id, and
+// reports the session as the load does.
+func (o *openSession) finish(id string) hostSession {
+	s := hostSession{host: o.host}
+	code, text, err := o.cl.sendData(testMessage(id, 1024))
+	if err != nil || code != 250 {
+		s.err = fmt.Errorf("DATA: %d %s %v", code, text, err)
+		return s
+	}
+	s.id = id
+	return s
 }
 
 // waitNewMaster waits until a Sentinel names a master other than old, and
