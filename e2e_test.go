@@ -127,10 +127,24 @@ type server struct {
 // errAddrInUse means the child could not bind its port.
 var errAddrInUse = errors.New("listen address in use")
 
+// dialer connects to addr within timeout: a plain dial to a server on
+// this machine (tcpDial), or one made in a network namespace.
+type dialer func(addr string, timeout time.Duration) (net.Conn, error)
+
+func tcpDial(addr string, timeout time.Duration) (net.Conn, error) {
+	return net.DialTimeout("tcp", addr, timeout)
+}
+
 // launch starts argv (a wrapper such as prlimit may come first) in workDir
 // and waits until it has logged that it is ready and addr accepts. The
 // process is stopped in t.Cleanup.
 func launch(t *testing.T, argv []string, workDir, addr string) (*server, error) {
+	t.Helper()
+	return launchVia(t, argv, workDir, addr, tcpDial)
+}
+
+// launchVia is launch with the readiness dial made by dial.
+func launchVia(t *testing.T, argv []string, workDir, addr string, dial dialer) (*server, error) {
 	t.Helper()
 	s := &server{t: t, addr: addr, stderr: &syncBuffer{}, done: make(chan struct{})}
 	s.cmd = exec.Command(argv[0], argv[1:]...)
@@ -166,7 +180,7 @@ func launch(t *testing.T, argv []string, workDir, addr string) (*server, error) 
 		default:
 		}
 		if strings.Contains(s.stderr.String(), "loopmx ready") {
-			if c, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
+			if c, err := dial(addr, time.Second); err == nil {
 				c.Close()
 				return s, nil
 			}

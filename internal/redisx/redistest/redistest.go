@@ -9,6 +9,10 @@
 // the same tests then show that every plugin works on a cluster (make
 // test runs the Redis-using packages both ways). Kill, Restart, Pause and
 // Resume act on every node.
+//
+// By default every process runs on 127.0.0.1 of this machine. A test that
+// builds a network of its own (network namespaces) says with a Place
+// where each one runs and how the test reaches it (StartSentinelsAt).
 package redistest
 
 import (
@@ -45,10 +49,53 @@ type Server struct {
 	nodes []*node
 }
 
+// Place is where a Redis process of a test runs and how the test reaches
+// it. The zero Place is 127.0.0.1 of this machine.
+type Place struct {
+	// Host is the address the process binds (default 127.0.0.1).
+	Host string
+	// Wrap is a command prefix that starts the process there, such as
+	// "ip netns exec NAME"; it must exec the program, so that the process
+	// id is redis-server's.
+	Wrap []string
+	// Dial connects the test to the process (default: a plain dial).
+	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
+}
+
+func (p Place) host() string {
+	if p.Host == "" {
+		return "127.0.0.1"
+	}
+	return p.Host
+}
+
+// command is argv started at the place.
+func (p Place) command(argv ...string) *exec.Cmd {
+	argv = append(append([]string{}, p.Wrap...), argv...)
+	return exec.Command(argv[0], argv[1:]...)
+}
+
+// dial connects to addr at the place within d.
+func (p Place) dial(addr string, d time.Duration) (net.Conn, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	defer cancel()
+	if p.Dial != nil {
+		return p.Dial(ctx, "tcp", addr)
+	}
+	var nd net.Dialer
+	return nd.DialContext(ctx, "tcp", addr)
+}
+
+// options are a go-redis client's options for addr at the place.
+func (p Place) options(addr string) *redis.Options {
+	return &redis.Options{Addr: addr, Dialer: p.Dial}
+}
+
 // node is one redis-server process.
 type node struct {
-	addr string
-	dir  string
+	addr  string
+	dir   string
+	place Place
 
 	mu  sync.Mutex
 	cmd *exec.Cmd
@@ -63,7 +110,7 @@ func Start(t testing.TB) *Server {
 	if os.Getenv("LOOPMX_TEST_REDIS") == "cluster" {
 		return StartCluster(t)
 	}
-	s := newServer(t, 1, false)
+	s := newServer(t, 1, false, Place{})
 	s.Restart()
 	return s
 }
@@ -72,7 +119,7 @@ func Start(t testing.TB) *Server {
 // of the hash slots, and waits until the cluster is ready.
 func StartCluster(t testing.TB) *Server {
 	t.Helper()
-	s := newServer(t, 3, true)
+	s := newServer(t, 3, true, Place{})
 	s.Restart()
 	ctx := context.Background()
 	first := redis.NewClient(&redis.Options{Addr: s.nodes[0].addr})
@@ -95,14 +142,16 @@ func StartCluster(t testing.TB) *Server {
 	return s
 }
 
-func newServer(t testing.TB, n int, cluster bool) *Server {
+func newServer(t testing.TB, n int, cluster bool, at Place) *Server {
 	bin, err := exec.LookPath("redis-server")
 	if err != nil {
 		t.Skip("redis-server is not installed (Debian package redis-server); skipping the tests against a real Redis")
 	}
 	s := &Server{t: t, bin: bin}
 	for range n {
-		nd := &node{addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(freePort(t))), dir: t.TempDir()}
+		// A port free on this machine's 127.0.0.1 is free in a network
+		// namespace of the test's own too.
+		nd := &node{addr: net.JoinHostPort(at.host(), strconv.Itoa(freePort(t))), dir: t.TempDir(), place: at}
 		s.nodes = append(s.nodes, nd)
 		if cluster {
 			s.Cluster = append(s.Cluster, nd.addr)
@@ -158,7 +207,10 @@ func (s *Server) Restart() {
 	s.t.Helper()
 	for _, n := range s.nodes {
 		_, port, _ := net.SplitHostPort(n.addr)
-		args := []string{"--port", port, "--bind", "127.0.0.1",
+		// Without a password Redis only answers loopback clients unless
+		// protected mode is off; a test's server is bound to one address
+		// of the test's choosing.
+		args := []string{s.bin, "--port", port, "--bind", n.place.host(), "--protected-mode", "no",
 			"--save", "", "--appendonly", "no",
 			"--dir", n.dir, "--logfile", filepath.Join(n.dir, "redis.log"),
 			"--daemonize", "no"}
@@ -166,7 +218,7 @@ func (s *Server) Restart() {
 			args = append(args, "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
 				"--cluster-node-timeout", "2000")
 		}
-		cmd := exec.Command(s.bin, args...)
+		cmd := n.place.command(args...)
 		if err := cmd.Start(); err != nil {
 			s.t.Fatalf("redistest: starting %s: %v", s.bin, err)
 		}
@@ -177,7 +229,7 @@ func (s *Server) Restart() {
 	deadline := time.Now().Add(startTimeout)
 	for _, n := range s.nodes {
 		for {
-			err := ping(n.addr)
+			err := n.ping()
 			if err == nil {
 				break
 			}
@@ -206,8 +258,8 @@ func (s *Server) waitClusterIfFormed() {
 }
 
 // ping sends PING on a fresh connection and expects +PONG.
-func ping(addr string) error {
-	c, err := net.DialTimeout("tcp", addr, time.Second)
+func (n *node) ping() error {
+	c, err := n.place.dial(n.addr, time.Second)
 	if err != nil {
 		return err
 	}
@@ -263,7 +315,7 @@ func (n *node) kill() {
 	syscall.Kill(cmd.Process.Pid, syscall.SIGKILL)
 	cmd.Wait()
 	for range 100 {
-		c, err := net.DialTimeout("tcp", n.addr, 100*time.Millisecond)
+		c, err := n.place.dial(n.addr, 100*time.Millisecond)
 		if err != nil {
 			return
 		}
@@ -309,7 +361,7 @@ func (s *Server) Client() redis.UniversalClient {
 	if len(s.Cluster) > 0 {
 		c = redis.NewClusterClient(&redis.ClusterOptions{Addrs: s.Cluster})
 	} else {
-		c = redis.NewClient(&redis.Options{Addr: s.Addr})
+		c = redis.NewClient(s.nodes[0].place.options(s.Addr))
 	}
 	s.t.Cleanup(func() { c.Close() })
 	return c
@@ -340,7 +392,14 @@ type Sentinels struct {
 	// Addrs are the Sentinels' addresses.
 	Addrs []string
 
-	t testing.TB
+	t  testing.TB
+	at Place // where the Sentinels run
+}
+
+// SentinelClient is a client of the Sentinel at addr (one of Addrs), for
+// asking it SENTINEL commands; the caller closes it.
+func (ss *Sentinels) SentinelClient(addr string) *redis.SentinelClient {
+	return redis.NewSentinelClient(ss.at.options(addr))
 }
 
 // StartSentinels runs a master, a replica of it and three Sentinels with
@@ -348,30 +407,38 @@ type Sentinels struct {
 // Sentinel knows the master and its replica.
 func StartSentinels(t testing.TB) *Sentinels {
 	t.Helper()
-	ss := &Sentinels{t: t, Master: newServer(t, 1, false), Replica: newServer(t, 1, false)}
+	return StartSentinelsAt(t, Place{}, Place{}, Place{})
+}
+
+// StartSentinelsAt is StartSentinels with the master, the replica and the
+// three Sentinels each at a place of the test's choosing (the three
+// Sentinels share one, on three ports).
+func StartSentinelsAt(t testing.TB, master, replica, sentinels Place) *Sentinels {
+	t.Helper()
+	ss := &Sentinels{t: t, Master: newServer(t, 1, false, master), Replica: newServer(t, 1, false, replica), at: sentinels}
 	ss.Master.Restart()
 	ss.Replica.Restart()
 	host, port, _ := net.SplitHostPort(ss.Master.Addr)
 	ctx := context.Background()
-	rc := redis.NewClient(&redis.Options{Addr: ss.Replica.Addr})
+	rc := redis.NewClient(replica.options(ss.Replica.Addr))
 	defer rc.Close()
 	if err := rc.Do(ctx, "REPLICAOF", host, port).Err(); err != nil {
 		t.Fatalf("redistest: REPLICAOF: %v", err)
 	}
 	for range 3 {
-		sn := &node{addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(freePort(t))), dir: t.TempDir()}
+		sn := &node{addr: net.JoinHostPort(sentinels.host(), strconv.Itoa(freePort(t))), dir: t.TempDir(), place: sentinels}
 		_, sport, _ := net.SplitHostPort(sn.addr)
-		conf := fmt.Sprintf("port %s\nbind 127.0.0.1\ndir %s\nlogfile %s\n"+
+		conf := fmt.Sprintf("port %s\nbind %s\nprotected-mode no\ndir %s\nlogfile %s\n"+
 			"sentinel monitor loopmx %s %s 2\n"+
 			"sentinel down-after-milliseconds loopmx 500\n"+
 			"sentinel failover-timeout loopmx 2000\n"+
 			"sentinel parallel-syncs loopmx 1\n",
-			sport, sn.dir, filepath.Join(sn.dir, "sentinel.log"), host, port)
+			sport, sentinels.host(), sn.dir, filepath.Join(sn.dir, "sentinel.log"), host, port)
 		path := filepath.Join(sn.dir, "sentinel.conf")
 		if err := os.WriteFile(path, []byte(conf), 0o600); err != nil {
 			t.Fatal(err)
 		}
-		cmd := exec.Command(ss.Master.bin, path, "--sentinel")
+		cmd := sentinels.command(ss.Master.bin, path, "--sentinel")
 		if err := cmd.Start(); err != nil {
 			t.Fatalf("redistest: starting a sentinel: %v", err)
 		}
@@ -382,7 +449,7 @@ func StartSentinels(t testing.TB) *Sentinels {
 	// Every sentinel must see the replica before a failover can pick it.
 	deadline := time.Now().Add(startTimeout)
 	for _, a := range ss.Addrs {
-		sc := redis.NewSentinelClient(&redis.Options{Addr: a})
+		sc := ss.SentinelClient(a)
 		for {
 			reps, err := sc.Replicas(ctx, "loopmx").Result()
 			if err == nil && len(reps) > 0 {
