@@ -1,6 +1,7 @@
 package plugins
 
 import (
+	"strings"
 	"time"
 	"unicode/utf8"
 
@@ -136,14 +137,22 @@ func Queued(c *Conn, detail string) Result {
 const maxReplyText = 480
 
 func queuedReply(id, detail string) smtpproto.Reply {
-	text := "Ok: queued"
+	// Built in one allocation: it is part of every accepted message.
+	var b strings.Builder
+	b.Grow(len("Ok: queued as  ()") + len(id) + len(detail))
+	b.WriteString("Ok: queued")
 	if id != "" {
-		text += " as " + id
+		b.WriteString(" as ")
+		b.WriteString(id)
 	}
 	if detail != "" {
-		text = clipText(text+" ("+detail, maxReplyText-1) + ")"
+		b.WriteString(" (")
+		// The text with the detail stays within maxReplyText; the detail
+		// is what gets cut.
+		b.WriteString(clipText(detail, max(maxReplyText-1-b.Len(), 0)))
+		b.WriteString(")")
 	}
-	return smtpproto.Reply{Code: 250, Enhanced: "2.0.0", Text: text}
+	return smtpproto.Reply{Code: 250, Enhanced: "2.0.0", Text: b.String()}
 }
 
 // clipText cuts s to at most n octets, at a UTF-8 character boundary.

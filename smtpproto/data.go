@@ -190,8 +190,7 @@ func (s *Session) sawBareEOL() {
 func (s *Session) discard() {
 	if !s.dropping {
 		s.dropping = true
-		releaseBody(s.body)
-		s.body = nil
+		s.releaseBody()
 	}
 }
 
@@ -227,7 +226,7 @@ func (s *Session) grow(n int) {
 	}
 	b := make([]byte, len(s.body), c)
 	copy(b, s.body)
-	releaseBody(s.body)
+	s.releaseBody()
 	s.body = b
 }
 
@@ -235,7 +234,7 @@ func (s *Session) grow(n int) {
 // client declared.
 func (s *Session) startBody() {
 	if s.body == nil && !s.dropping {
-		s.body = getBody()
+		s.getBody()
 	}
 	s.lineLen = 0
 	s.dotState = dsMid // BDAT's line scanner; DATA starts at dsLineStart
@@ -248,16 +247,28 @@ var bodyPool = sync.Pool{New: func() any { b := make([]byte, 0, 8192); return &b
 // maxPooledBody is the largest buffer the pool keeps.
 const maxPooledBody = 64 << 10
 
-func getBody() []byte { return (*bodyPool.Get().(*[]byte))[:0] }
+// getBody takes a buffer from the pool for body.
+func (s *Session) getBody() {
+	s.bodyBox = bodyPool.Get().(*[]byte)
+	s.body = (*s.bodyBox)[:0]
+}
 
-func releaseBody(b []byte) {
+// releaseBody gives body back to the pool and forgets it. The pool's
+// holder goes back with it, so recycling allocates nothing; a buffer grown
+// outside the pool gets a holder of its own.
+func (s *Session) releaseBody() {
+	b, box := s.body, s.bodyBox
+	s.body, s.bodyBox = nil, nil
 	// Only small buffers come back: whatever session takes one next may
 	// send ten octets and wait, and must not pin a large one.
 	if cap(b) < 4096 || cap(b) > maxPooledBody {
 		return
 	}
-	b = b[:0]
-	bodyPool.Put(&b)
+	if box == nil {
+		box = new([]byte)
+	}
+	*box = b[:0]
+	bodyPool.Put(box)
 }
 
 var replyChunkOK = []byte("250 2.0.0 Ok: chunk received\r\n")

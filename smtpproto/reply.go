@@ -5,6 +5,7 @@
 package smtpproto
 
 import (
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -47,13 +48,16 @@ func (r Reply) AppendTo(dst []byte) []byte {
 	if text == "" {
 		text = "Ok"
 	}
-	lines := strings.Split(text, "\n")
-	for i, l := range lines {
+	// One allocation at most: the text, and per line the codes and CRLF.
+	dst = slices.Grow(dst, len(text)+(strings.Count(text, "\n")+1)*(len(enh)+7))
+	for rest, more := text, true; more; {
+		var l string
+		l, rest, more = strings.Cut(rest, "\n")
 		dst = strconv.AppendInt(dst, int64(code), 10)
-		if i == len(lines)-1 {
-			dst = append(dst, ' ')
-		} else {
+		if more {
 			dst = append(dst, '-')
+		} else {
+			dst = append(dst, ' ')
 		}
 		if enh != "" {
 			dst = append(dst, enh...)
@@ -88,21 +92,25 @@ func genericEnhanced(code int) string {
 
 // validEnhanced checks the "class.subject.detail" shape of RFC 3463 2.
 func validEnhanced(s string) bool {
-	parts := strings.Split(s, ".")
-	if len(parts) != 3 || len(s) > 11 {
+	if len(s) > 11 {
 		return false
 	}
-	if parts[0] != "2" && parts[0] != "4" && parts[0] != "5" {
+	class, rest, ok := strings.Cut(s, ".")
+	if !ok || (class != "2" && class != "4" && class != "5") {
 		return false
 	}
-	for _, p := range parts[1:] {
-		if p == "" || len(p) > 3 {
+	subject, detail, ok := strings.Cut(rest, ".")
+	return ok && digits3(subject) && digits3(detail)
+}
+
+// digits3 reports whether p is one to three digits.
+func digits3(p string) bool {
+	if p == "" || len(p) > 3 {
+		return false
+	}
+	for i := 0; i < len(p); i++ {
+		if p[i] < '0' || p[i] > '9' {
 			return false
-		}
-		for i := 0; i < len(p); i++ {
-			if p[i] < '0' || p[i] > '9' {
-				return false
-			}
 		}
 	}
 	return true

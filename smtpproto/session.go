@@ -101,6 +101,7 @@ type Session struct {
 
 	// message body state
 	body     []byte
+	bodyBox  *[]byte // the pool's holder of body, when body came from the pool
 	bodySize int64
 	dotState uint8 // where DATA is in a line, see data.go
 	lineLen  int
@@ -157,8 +158,8 @@ func (s *Session) Spilled(shrink bool) {
 		return
 	}
 	if shrink && cap(s.body) > maxPooledBody/8 {
-		releaseBody(s.body)
-		s.body = getBody()
+		s.releaseBody()
+		s.getBody()
 		return
 	}
 	s.body = s.body[:0]
@@ -171,7 +172,7 @@ func (s *Session) DropBody() { s.discard() }
 
 // DetachBody gives the message buffer up without recycling it: a hook
 // that timed out may still be reading it.
-func (s *Session) DetachBody() { s.body = nil }
+func (s *Session) DetachBody() { s.body, s.bodyBox = nil, nil }
 
 // PendingEHLO reports whether the pending KindHelo came from EHLO.
 func (s *Session) PendingEHLO() bool { return s.pendExt }
@@ -215,8 +216,7 @@ func (s *Session) Protocol() string {
 
 func (s *Session) resetTx() {
 	s.tx = Tx{}
-	releaseBody(s.body)
-	s.body = nil
+	s.releaseBody()
 	s.bodySize = 0
 	s.tooBig, s.longLine, s.bareEOL, s.dropping = false, false, false, false
 	s.usedData, s.usedBdat = false, false
