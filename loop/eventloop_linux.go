@@ -2,10 +2,13 @@ package loop
 
 import (
 	"net/netip"
+	"runtime"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
+	"unsafe"
 
 	"github.com/rs/zerolog"
 	"golang.org/x/sys/unix"
@@ -156,6 +159,11 @@ func (el *eventLoop) post(v any) {
 }
 
 func (el *eventLoop) run() {
+	// The loop keeps one OS thread: it never moves between the runtime's
+	// threads (each move woke another thread), and the thread carries the
+	// loop's name for top -H, ps -L and per-thread CPU accounting.
+	runtime.LockOSThread()
+	unix.Prctl(unix.PR_SET_NAME, uintptr(unsafe.Pointer(&el.threadName()[0])), 0, 0, 0)
 	defer el.srv.stopped.Done()
 	defer unix.Close(el.epfd)
 	defer func() {
@@ -483,4 +491,10 @@ func (el *eventLoop) unlist(c *epollConn) {
 	}
 	c.prev, c.next = nil, nil
 	c.listed = false
+}
+
+// threadName is the loop's thread name, NUL-terminated: "loopmx-loop0"
+// and on (the kernel keeps 15 bytes).
+func (el *eventLoop) threadName() []byte {
+	return append(strconv.AppendInt([]byte("loopmx-loop"), int64(el.idx), 10), 0)
 }
