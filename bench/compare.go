@@ -84,14 +84,43 @@ func ratio(a, b float64) string {
 }
 
 // compareMain reads reports written with -json, one per run of one server,
-// and prints for each metric the median over each server's runs and the
-// ratio of base to each other server.
+// and prints for each metric the median over each server's runs, their
+// spread, and the ratio of base to each other server.
 func compareMain(files []string, base string, w io.Writer) error {
+	_, err := compareSpread(files, base, 0, w)
+	return err
+}
+
+// headlineMetrics is how many of metrics (the first ones) -max-spread watches:
+// server CPU per session and per kept-session message.
+const headlineMetrics = 2
+
+// spreadOf returns the lowest and highest measured (non-zero) value.
+func spreadOf(vs []float64) (lo, hi float64) {
+	lo, hi = math.Inf(1), 0
+	for _, v := range vs {
+		if v > 0 {
+			lo, hi = min(lo, v), max(hi, v)
+		}
+	}
+	return lo, hi
+}
+
+// roundResult is one server's result of a scenario, with the round it ran in.
+type roundResult struct {
+	round int
+	res   Result
+}
+
+// compareSpread is compareMain that also reports, with maxSpread > 0,
+// whether a headline figure's runs spread by more than maxSpread of their
+// median (and says which under the table).
+func compareSpread(files []string, base string, maxSpread float64, w io.Writer) (bool, error) {
 	if len(files) == 0 {
-		return fmt.Errorf("-compare: name the RESULT.json files to compare")
+		return false, fmt.Errorf("-compare: name the RESULT.json files to compare")
 	}
 	type key struct{ label, scenario string }
-	runs := map[key][]Result{}
+	runs := map[key][]roundResult{}
 	count := map[string]int{}
 	var labels []string
 	var machine Machine
@@ -101,11 +130,11 @@ func compareMain(files []string, base string, w io.Writer) error {
 	for _, f := range files {
 		b, err := os.ReadFile(f)
 		if err != nil {
-			return fmt.Errorf("-compare: %w", err)
+			return false, fmt.Errorf("-compare: %w", err)
 		}
 		var rep Report
 		if err := json.Unmarshal(b, &rep); err != nil {
-			return fmt.Errorf("-compare: %s: %w", f, err)
+			return false, fmt.Errorf("-compare: %s: %w", f, err)
 		}
 		machine = rep.Machine
 		if rep.Machine.Warning != "" {
@@ -127,7 +156,7 @@ func compareMain(files []string, base string, w io.Writer) error {
 		for _, res := range rep.Results {
 			if res.Skipped == "" {
 				k := key{rep.Label, res.Params.Scenario}
-				runs[k] = append(runs[k], res)
+				runs[k] = append(runs[k], roundResult{rep.Round, res})
 			}
 		}
 	}
@@ -142,29 +171,43 @@ func compareMain(files []string, base string, w io.Writer) error {
 		head = append(head, l, labels[0]+"/"+l)
 	}
 	t.row(head...)
-	for _, m := range metrics {
+	var wide []string
+	for mi, m := range metrics {
 		vals := make([]float64, len(labels))
+		spans := make([]string, len(labels))
+		byRound := make([]map[int]float64, len(labels))
 		any := false
 		for i, l := range labels {
 			var vs []float64
+			byRound[i] = map[int]float64{}
 			for _, r := range runs[key{l, m.scenario}] {
-				vs = append(vs, m.get(r))
+				v := m.get(r.res)
+				vs = append(vs, v)
+				if r.round > 0 && v > 0 {
+					byRound[i][r.round] = v
+				}
 			}
 			vals[i] = median(vs)
 			any = any || vals[i] > 0
+			if lo, hi := spreadOf(vs); hi > lo {
+				spans[i] = " (" + strings.TrimSuffix(m.format(lo), unitOf(m.format(lo))) + "-" + m.format(hi) + ")"
+				if mi < headlineMetrics && maxSpread > 0 && (hi-lo)/vals[i] > maxSpread {
+					wide = append(wide, fmt.Sprintf("%s %s %s: %s-%s, %.0f%% of the median", l, m.scenario, m.name, m.format(lo), m.format(hi), 100*(hi-lo)/vals[i]))
+				}
+			}
 		}
 		if !any {
 			continue
 		}
-		show := func(v float64) string {
-			if v <= 0 {
+		show := func(i int) string {
+			if vals[i] <= 0 {
 				return "-"
 			}
-			return m.format(v)
+			return m.format(vals[i]) + spans[i]
 		}
-		cells := []string{m.scenario, m.name, show(vals[0])}
+		cells := []string{m.scenario, m.name, show(0)}
 		for i := range labels[1:] {
-			cells = append(cells, show(vals[i+1]), ratio(vals[0], vals[i+1]))
+			cells = append(cells, show(i+1), roundRatio(vals[0], vals[i+1], byRound[0], byRound[i+1]))
 		}
 		t.row(cells...)
 	}
@@ -188,5 +231,35 @@ func compareMain(files []string, base string, w io.Writer) error {
 	fmt.Fprintln(w)
 	t.write(w)
 	fmt.Fprintf(w, "\n%s/peer below 1 means %s uses less (CPU, latency, memory); above 1 on a rate means it is faster.\n", labels[0], labels[0])
-	return nil
+	fmt.Fprintln(w, "Each figure is the median of the runs, with the lowest and highest in brackets; a ratio with a range is the median of the ratios within each round.")
+	for _, l := range wide {
+		fmt.Fprintf(w, "spread wider than %.0f%%: %s\n", 100*maxSpread, l)
+	}
+	return len(wide) > 0, nil
+}
+
+// roundRatio is the ratio of a to b: the median of the ratios of the
+// rounds both ran in, with their spread, when there are two or more such
+// rounds; else the ratio of the medians.
+func roundRatio(a, b float64, ra, rb map[int]float64) string {
+	var rs []float64
+	for r, va := range ra {
+		if vb := rb[r]; vb > 0 {
+			rs = append(rs, va/vb)
+		}
+	}
+	if len(rs) < 2 {
+		return ratio(a, b)
+	}
+	lo, hi := spreadOf(rs)
+	return fmt.Sprintf("%.2fx (%.2f-%.2f)", median(rs), lo, hi)
+}
+
+// unitOf is the unit at the end of a formatted figure ("µs", "KB", "/s").
+func unitOf(s string) string {
+	i := len(s)
+	for i > 0 && (s[i-1] < '0' || s[i-1] > '9') {
+		i--
+	}
+	return s[i:]
 }

@@ -124,9 +124,15 @@ free to start), with the first one quoted; and for mix, the outcomes
 (delivered, recipient rejected or accepted, hung up, early talker rejected
 or served), which are the server's choices, not errors.
 
--compare prints, per figure, the median over the runs of each -label and
-the ratio of -base to every other: below 1 on CPU, latency or memory, the
-base uses less; above 1 on a rate, it is faster.
+-compare prints, per figure, the median over the runs of each -label with
+the spread of the runs (lowest-highest) and the ratio of -base to every
+other: below 1 on CPU, latency or memory, the base uses less; above 1 on a
+rate, it is faster. When the runs carry -round, the ratio is the median of
+the ratios within each round (a machine that changes speed between rounds
+moves both sides of a round), with their spread. With -max-spread F it
+exits 3 when the runs of a headline figure (server CPU per session, per
+kept-session message) spread by more than F of their median: bench-compare
+then runs more rounds.
 
 Flags:
 `
@@ -148,6 +154,7 @@ type options struct {
 	sources   int
 	pid       int
 	label     string
+	round     int
 	jsonPath  string
 	warmup    int
 	wait      time.Duration
@@ -184,6 +191,7 @@ func realMain(args []string, stdout, stderr io.Writer) int {
 	fs.IntVar(&o.sources, "sources", 16, "source addresses 127.0.0.2, 127.0.0.3, ... to spread connections over; 0 = kernel's choice")
 	fs.IntVar(&o.pid, "pid", 0, "server pid: report its CPU (with all descendants) and RSS")
 	fs.StringVar(&o.label, "label", "server", "name of the server in the report")
+	fs.IntVar(&o.round, "round", 0, "the round this run belongs to (bench-compare): -compare divides runs of the same round")
 	fs.StringVar(&o.jsonPath, "json", "", "also write the report as JSON to this file")
 	fs.IntVar(&o.warmup, "warmup", 200, "unmeasured sessions before the first scenario")
 	fs.DurationVar(&o.wait, "wait", 0, "wait up to this long for the server's greeting before starting")
@@ -199,6 +207,7 @@ func realMain(args []string, stdout, stderr io.Writer) int {
 	fs.BoolVar(&o.starttls, "starttls", false, "after EHLO, upgrade with STARTTLS (a full handshake each time) and say EHLO again; idle then holds TLS sessions; flood ignores it")
 	compare := fs.Bool("compare", false, "compare mode: read RESULT.json files and print medians and ratios to -base")
 	base := fs.String("base", "loopmx", "compare mode: the label every other is divided into")
+	maxSpread := fs.Float64("max-spread", 0, "compare mode: exit 3 when a headline figure's runs (CPU per session and per kept-session message) spread by more than this fraction of its median, e.g. 0.1")
 	freePort := fs.Bool("free-port", false, "print a free TCP port on 127.0.0.1 and exit")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -214,9 +223,13 @@ func realMain(args []string, stdout, stderr io.Writer) int {
 	case *freePort:
 		return printFreePort(stdout, stderr)
 	case *compare:
-		if err := compareMain(fs.Args(), *base, stdout); err != nil {
+		wide, err := compareSpread(fs.Args(), *base, *maxSpread, stdout)
+		if err != nil {
 			fmt.Fprintln(stderr, "loopmx-bench:", err)
 			return 1
+		}
+		if wide {
+			return 3
 		}
 		return 0
 	}
@@ -337,7 +350,7 @@ func run1(addr string, o options, stdout, stderr io.Writer) error {
 			return err
 		}
 	}
-	rep := Report{Label: o.label, Target: target.String(), Started: time.Now().UTC(), Machine: machineInfo()}
+	rep := Report{Label: o.label, Round: o.round, Target: target.String(), Started: time.Now().UTC(), Machine: machineInfo()}
 	rep.Machine.OtherBusy = busy
 	rep.Machine.Warning = loadWarning(rep.Machine)
 	var failed error

@@ -11,6 +11,7 @@ import (
 // Report is everything one invocation measured; -json writes it.
 type Report struct {
 	Label   string    `json:"label"`
+	Round   int       `json:"round,omitempty"` // -round: runs of one round pair up in -compare
 	Target  string    `json:"target"`
 	Started time.Time `json:"started"`
 	Machine Machine   `json:"machine"`

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"math"
 	"os"
 	"path/filepath"
@@ -199,5 +200,46 @@ func TestHelpExplainsEveryColumn(t *testing.T) {
 		if !strings.Contains(help, want) {
 			t.Errorf("-h does not mention %q", want)
 		}
+	}
+}
+
+// TestCompareRoundsAndSpread: runs that carry their round are divided
+// round by round, every median shows the range of its runs, and
+// -max-spread flags a headline figure whose runs spread too far.
+func TestCompareRoundsAndSpread(t *testing.T) {
+	dir := t.TempDir()
+	var files []string
+	write := func(label string, round int, cpuUS float64) {
+		rep := Report{Label: label, Round: round, Results: []Result{
+			{Params: params{Scenario: "session"}, Server: &ServerStats{CPUPerSessionUS: cpuUS}},
+		}}
+		b, _ := json.Marshal(rep)
+		f := filepath.Join(dir, fmt.Sprintf("%s.%d.json", label, round))
+		if err := os.WriteFile(f, b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		files = append(files, f)
+	}
+	// The machine is 1.5x slower in round 2: both sides move, the ratio
+	// within each round stays 1.2.
+	for r, speed := range []float64{1, 1.5, 1} {
+		write("floor", r+1, 100*speed)
+		write("loopmx", r+1, 120*speed)
+	}
+	var out bytes.Buffer
+	wide, err := compareSpread(files, "loopmx", 0.10, &out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	text := out.String()
+	if !strings.Contains(text, "120µs (120-180µs)") || !strings.Contains(text, "1.20x (1.20-1.20)") {
+		t.Errorf("want the median with its range and the per-round ratio in\n%s", text)
+	}
+	if !wide || !strings.Contains(text, "spread wider than 10%: loopmx session server CPU/session: 120µs-180µs, 50% of the median") {
+		t.Errorf("a 50%% spread must be flagged (wide=%v):\n%s", wide, text)
+	}
+	out.Reset()
+	if wide, _ := compareSpread(files, "loopmx", 0.60, &out); wide {
+		t.Errorf("a 50%% spread is within 60%%:\n%s", out.String())
 	}
 }
