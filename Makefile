@@ -3,7 +3,7 @@ GO      ?= go
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X main.version=$(VERSION)
 
-.PHONY: all build run test cross test-unit test-e2e vet fmt-check fuzz bench bench-compare bench-tls bench-scaleout deps clean
+.PHONY: all build run test cross test-unit test-e2e vet fmt-check fuzz bench bench-compare bench-tls bench-scaleout bench-attrib deps clean
 
 all: build
 
@@ -75,6 +75,11 @@ bench-compare: build
 # The cost of a STARTTLS session against go-smtp (docs/tls.md).
 bench-tls: build
 	./scripts/bench-tls.sh
+
+# Where a plain session's CPU goes, per thread and per kind of work,
+# beside the C floor (docs/benchmarks.md).
+bench-attrib: build
+	./scripts/bench-attrib.sh
 
 # Sessions/s through HAProxy to one loopmx host and to three, and what
 # HAProxy itself costs (docs/scale-out.md).

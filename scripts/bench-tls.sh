@@ -20,6 +20,10 @@
 #   SCALE        multiplies the scenarios' default -n (default 0.2: 1,000
 #                idle connections and 4,000 sessions, 10 at a time)
 #   SERVER_CORE  default 0
+#   NODES        loopmx's nodes (default 0: one process). With NODES=2 a
+#                supervisor runs two workers that share the listener, so a
+#                client's next connection lands on either; -resume then
+#                shows the shared ticket keys at work (docs/tls.md)
 #   CLIENT_CORE  default 1
 #   BENCH_ARGS   extra loopmx-bench flags for every run
 #   KEEP         a directory to keep each run's table and JSON in
@@ -69,7 +73,7 @@ printf 'rcpt_to.in_host_list\nqueue/discard\n' > "$tmp/loopmx/plugins"
 echo example.com > "$tmp/loopmx/host_list"
 
 start_loopmx() {
-	printf '[main]\nlisten = 127.0.0.1:%s\nloops = 1\nme = mx.test\nmax_connections = 0\nmax_connections_per_ip = 0\n[log]\nlevel = warn\n' "$1" > "$tmp/loopmx/smtp.ini"
+	printf '[main]\nlisten = 127.0.0.1:%s\nloops = 1\nnodes = %s\nme = mx.test\nmax_connections = 0\nmax_connections_per_ip = 0\n[log]\nlevel = warn\n' "$1" "${NODES:-0}" > "$tmp/loopmx/smtp.ini"
 	taskset -c "$SERVER_CORE" bin/loopmx -c "$tmp/loopmx" 2>>"$tmp/loopmx.log" &
 	pid=$!
 }
