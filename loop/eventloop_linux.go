@@ -304,13 +304,16 @@ func (el *eventLoop) accept(li int) {
 		el.acceptDelay = 0
 		el.served++
 		el.open(fd, peer, l, li)
-		if el.srv.opts.SingleAccept {
+		if el.srv.opts.SingleAccept && el.srv.rearm {
 			// EPOLLEXCLUSIVE wakes the first waiter on the socket, and a
 			// loop that re-arms stays first: it would take the whole
 			// burst. Registering again puts this loop at the back of the
 			// queue, so the next connection wakes another loop or worker
-			// process (the point of UV_TCP_SINGLE_ACCEPT).
-			if el.srv.rearm && !el.draining && !el.acceptOff {
+			// process (the point of UV_TCP_SINGLE_ACCEPT). A loop alone
+			// on its listeners has nobody to leave the next one to: it
+			// takes what waits (up to acceptBatch) and saves a wake-up
+			// per connection.
+			if !el.draining && !el.acceptOff {
 				rawEpollCtl(el.epfd, unix.EPOLL_CTL_DEL, lfd, 0)
 				el.armListener(li)
 			}
