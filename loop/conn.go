@@ -55,14 +55,9 @@ type conn struct {
 	since     time.Time
 	bodyBytes int64
 
-	call plugins.Call // the hook in progress
-	// stepCall is the call that inline hooks are running (runHook)
-	stepCall plugins.Call
-	// ipText is ipOf as text, for the log lines
-	ipText  string
-	ipOf    netip.Addr
-	callIdx int    // the position of its plugin in the chain
-	gen     uint32 // counts blocking hooks; a result of an older one is dropped
+	call    plugins.Call // the hook in progress
+	callIdx int          // the position of its plugin in the chain
+	gen     uint32       // counts blocking hooks; a result of an older one is dropped
 	msg     *plugins.Message
 
 	refusals []string // "<hook> <code> <plugin>" of the refusals in the open transaction
@@ -134,7 +129,7 @@ func (c *conn) parseProxy() bool {
 	}
 	if err != nil {
 		c.proxyHeader(metrics.ProxyMalformed)
-		c.tr.logger().Info().Str("conn", c.view.ID).Str("ip", c.ipString()).Err(err).Msg("bad PROXY header; closing")
+		c.tr.logger().Info().Str("conn", c.view.ID).Str("ip", c.view.RemoteIP.String()).Err(err).Msg("bad PROXY header; closing")
 		c.close("bad PROXY header")
 		return false
 	}
@@ -278,7 +273,7 @@ func (c *conn) endTx(result string, code int, size int64) {
 		c.setup.chain.TxEnded(c.view, tx)
 	}
 	if l := c.tr.logger().Info(); l.Enabled() {
-		l.Str("tx", tx.ID).Str("ip", c.ipString()).Str("helo", c.view.Helo).
+		l.Str("tx", tx.ID).Str("ip", c.view.RemoteIP.String()).Str("helo", c.view.Helo).
 			Str("from", tx.From).Strs("rcpts", tx.Rcpts).Int64("size", size).
 			Str("result", result).Int("code", code).Strs("refused", c.refusals).
 			Dur("duration_ms", c.tr.now().Sub(tx.Started)).Msg("transaction")
@@ -375,7 +370,7 @@ func (c *conn) finish() {
 		}
 	}
 	if l := c.tr.logger().Info(); l.Enabled() {
-		l.Str("conn", c.view.ID).Str("ip", c.ipString()).Str("helo", c.view.Helo).
+		l.Str("conn", c.view.ID).Str("ip", c.view.RemoteIP.String()).Str("helo", c.view.Helo).
 			Int("transactions", c.view.Transactions()).Int("errors", c.sess.Errors()).Str("end", c.endReason).
 			Dur("duration_ms", c.tr.now().Sub(c.view.Started)).Msg("connection")
 	}
@@ -383,13 +378,4 @@ func (c *conn) finish() {
 	if release {
 		gen.release()
 	}
-}
-
-// ipString is the client's address as text, made once for the lines a
-// connection logs (the address changes only with PROXY or XCLIENT).
-func (c *conn) ipString() string {
-	if c.ipOf != c.view.RemoteIP || c.ipText == "" {
-		c.ipOf, c.ipText = c.view.RemoteIP, c.view.RemoteIP.String()
-	}
-	return c.ipText
 }

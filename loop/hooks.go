@@ -21,11 +21,12 @@ const maxTxRefusals = 8
 func (c *conn) runHook(call plugins.Call, i int) {
 	c.hookStarting(call.Hook, i)
 	c.view.EarlyTalker = c.earlyTalk
-	// The plugins get the call by pointer; kept in the connection, it is
-	// not allocated anew for every hook of every session.
-	c.stepCall = call
-	res, next, done := c.setup.chain.Step(c.view, &c.stepCall, i)
-	call = c.stepCall
+	// The plugins get the call by pointer. It is the hook in progress
+	// (c.call) from here on; kept in the connection, it is not allocated
+	// anew for every hook of every session.
+	c.call = call
+	res, next, done := c.setup.chain.Step(c.view, &c.call, i)
+	call = c.call
 	switch {
 	case !done:
 		c.submit(call, next)
@@ -219,6 +220,6 @@ func (c *conn) logReject(call plugins.Call, res plugins.Result, rep smtpproto.Re
 	if !l.Enabled() {
 		return
 	}
-	l.Str("conn", c.view.ID).Str("ip", c.ipString()).Str("hook", call.Hook.String()).
+	l.Str("conn", c.view.ID).Str("ip", c.view.RemoteIP.String()).Str("hook", call.Hook.String()).
 		Str("plugin", res.Plugin).Int("code", rep.Code).Str("arg", call.Arg).Msg("rejected")
 }
