@@ -20,6 +20,9 @@ const (
 	readBufSize = 64 << 10
 	tickEvery   = 500 * time.Millisecond
 	acceptBatch = 64
+	// aloneAcceptFor bounds the accepting of a loop alone on its
+	// listeners within one iteration (see accept).
+	aloneAcceptFor = time.Millisecond
 )
 
 type ctl uint8
@@ -304,19 +307,27 @@ func (el *eventLoop) accept(li int) {
 		el.acceptDelay = 0
 		el.served++
 		el.open(fd, peer, l, li)
-		if el.srv.opts.SingleAccept && el.srv.rearm {
+		if !el.srv.opts.SingleAccept {
+			continue
+		}
+		if el.srv.rearm {
 			// EPOLLEXCLUSIVE wakes the first waiter on the socket, and a
 			// loop that re-arms stays first: it would take the whole
 			// burst. Registering again puts this loop at the back of the
 			// queue, so the next connection wakes another loop or worker
-			// process (the point of UV_TCP_SINGLE_ACCEPT). A loop alone
-			// on its listeners has nobody to leave the next one to: it
-			// takes what waits (up to acceptBatch) and saves a wake-up
-			// per connection.
+			// process (the point of UV_TCP_SINGLE_ACCEPT).
 			if !el.draining && !el.acceptOff {
 				rawEpollCtl(el.epfd, unix.EPOLL_CTL_DEL, lfd, 0)
 				el.armListener(li)
 			}
+			return
+		}
+		// A loop alone on its listeners has nobody to leave the next
+		// connection to: it takes what waits and saves a wake-up per
+		// connection, but only while the batch is short. After a slow
+		// one (a connect hook that ran long) the rest waits for the next
+		// iteration, once this one's lag is known to toobusy.
+		if time.Since(el.now) > aloneAcceptFor {
 			return
 		}
 	}

@@ -28,7 +28,8 @@ func TestLogBatchPipeWritesWholeLines(t *testing.T) {
 	long := `{"long":"` + strings.Repeat("y", 3*logChunk) + `"}`
 	want = append(want, long)
 	b.Write([]byte(long + "\n"))
-	go func() { b.flush(); w.Close() }()
+	flushed := make(chan struct{})
+	go func() { b.flush(); w.Close(); close(flushed) }()
 
 	var got []string
 	sc := bufio.NewScanner(r)
@@ -36,6 +37,7 @@ func TestLogBatchPipeWritesWholeLines(t *testing.T) {
 	for sc.Scan() {
 		got = append(got, sc.Text())
 	}
+	<-flushed
 	if len(got) != len(want) {
 		t.Fatalf("got %d lines, want %d", len(got), len(want))
 	}
