@@ -22,10 +22,11 @@ type epollConn struct {
 	reactor *eventLoop // the event loop that owns the descriptor
 	fd      int
 
-	events    uint32 // the epoll interest currently set
-	borrowed  bool   // in points into the loop's read buffer
-	lingering bool   // write side shut, reading until EOF
-	wantTLS   bool   // move to the stream transport once the output is written
+	events    uint32  // the epoll interest currently set
+	borrowed  bool    // in points into the loop's read buffer
+	lingering bool    // write side shut, reading until EOF
+	wantTLS   bool    // move to the stream transport once the output is written
+	waiter    awaiter // what the job handed to await answers to
 
 	// the loop's list of the phase (conn.ph) it is in, oldest first; not
 	// listed while a hook, a Delay or a PROXY header is awaited
@@ -269,11 +270,11 @@ func (e *epollConn) setEvents(ev uint32) {
 	}
 }
 
-// await hands a blocking hook to the workpool; the result comes back
-// through the loop's wake-up (hookDone), the timeout through the timer
-// heap (timerFired).
-func (e *epollConn) await(pool *workpool.Pool, job func() plugins.Result, gen uint32, timeout time.Duration) bool {
+// await hands a job to a pool; the result comes back through the loop's
+// wake-up (hookDone), the timeout through the timer heap (timerFired).
+func (e *epollConn) await(pool *workpool.Pool, job func() plugins.Result, w awaiter, gen uint32, timeout time.Duration) bool {
 	el := e.reactor
+	e.waiter = w
 	el.unlist(e)
 	el.addTimer(e, timerHook, el.now.Add(timeout))
 	if !pool.Submit(func() { el.post(hookResult{c: e, gen: gen, res: job()}) }) {
@@ -301,7 +302,7 @@ func (e *epollConn) hookDone(r hookResult) {
 		e.finish()
 		return
 	}
-	e.hookReturned(r.res)
+	e.waiter.returned(r.res)
 	e.process()
 	e.flush()
 	e.settle()
@@ -316,7 +317,7 @@ func (e *epollConn) timerFired() {
 		e.close("no PROXY header in time")
 		return
 	case timerHook:
-		e.hookExpired()
+		e.waiter.expired()
 	default:
 		e.pauseOver()
 	}

@@ -46,7 +46,7 @@ func (c *conn) submit(call plugins.Call, i int) {
 	c.call, c.callIdx = call, i
 	view := c.view
 	job := c.timed(func() plugins.Result { return ch.RunOne(view, &call, i) })
-	if !c.tr.await(c.srv.pool, job, c.gen, ch.Timeout(call.Hook, i)) {
+	if !c.tr.await(c.srv.pool, job, (*hookWait)(c), c.gen, ch.Timeout(call.Hook, i)) {
 		// RFC 5321 4.2.2 421: the pool queue is full; shed this client
 		// politely rather than queueing without bound.
 		c.pending = false
@@ -71,10 +71,6 @@ func (c *conn) pauseOver() {
 
 // hookReturned goes on after the blocking plugin at c.callIdx answered.
 func (c *conn) hookReturned(res plugins.Result) {
-	if c.spilling != nil {
-		c.spillDone()
-		return
-	}
 	c.pending = false
 	c.hookTimed()
 	switch {
@@ -92,10 +88,6 @@ func (c *conn) hookReturned(res plugins.Result) {
 // the message (the late hook still holds the old ones), and the late
 // result is dropped by generation.
 func (c *conn) hookExpired() {
-	if c.spilling != nil {
-		c.spillExpired()
-		return
-	}
 	c.pending = false
 	c.hookTimedOut()
 	name := c.setup.chain.PluginAt(c.call.Hook, c.callIdx)

@@ -199,12 +199,15 @@ func (c *conn) spill(shrink bool) {
 	c.spilling = j
 	c.pending = true
 	c.gen++
-	if !c.tr.await(c.srv.spillPool, j.run, c.gen, c.srv.opts.CommandTimeout) {
+	if !c.tr.await(c.srv.spillPool, j.run, (*spillWait)(c), c.gen, c.srv.opts.CommandTimeout) {
 		c.spilling = nil
 		c.pending = false
 		c.spoolFailed(errors.New("the spool writers' queue is full"))
 	}
 }
+
+func (w *spillWait) returned(plugins.Result) { (*conn)(w).spillDone() }
+func (w *spillWait) expired()                { (*conn)(w).spillExpired() }
 
 // spillDone runs on the connection's transport when its write returned.
 func (c *conn) spillDone() {

@@ -97,9 +97,9 @@ func (s *stream) closeNow() {
 	c.ended()
 }
 
-// await runs the blocking hook on the workpool and waits for it here, up
-// to the plugin's timeout.
-func (s *stream) await(pool *workpool.Pool, job func() plugins.Result, gen uint32, timeout time.Duration) bool {
+// await runs the job (a blocking hook or a spool write) on its pool and
+// waits for it here, up to timeout.
+func (s *stream) await(pool *workpool.Pool, job func() plugins.Result, w awaiter, gen uint32, timeout time.Duration) bool {
 	c := s.c
 	results := s.results
 	ok := pool.Submit(func() {
@@ -120,11 +120,11 @@ func (s *stream) await(pool *workpool.Pool, job func() plugins.Result, gen uint3
 			if r.gen != c.gen {
 				continue
 			}
-			c.hookReturned(r.res)
+			w.returned(r.res)
 			return true
 		case <-timer.C:
 			s.results = make(chan streamResult, 1) // the late result goes nowhere
-			c.hookExpired()
+			w.expired()
 			return true
 		}
 	}

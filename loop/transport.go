@@ -31,10 +31,11 @@ type transport interface {
 	// logger is where the connection's lines go: its event loop's batch,
 	// or the server's log.
 	logger() *zerolog.Logger
-	// await runs job, a blocking hook or a spool write, on pool. Its
-	// result comes back through conn.hookReturned, or conn.hookExpired
-	// once timeout has passed; false means the pool refused the job.
-	await(pool *workpool.Pool, job func() plugins.Result, gen uint32, timeout time.Duration) bool
+	// await runs job, a blocking hook or a spool write, on pool, and
+	// tells w on the connection's transport how it ended: returned with
+	// its result, or expired once timeout passed first. false means the
+	// pool refused the job.
+	await(pool *workpool.Pool, job func() plugins.Result, w awaiter, gen uint32, timeout time.Duration) bool
 	// pause parks the connection for d (a hook's Delay) and then calls
 	// conn.pauseOver; input that arrives meanwhile is early talk.
 	pause(d time.Duration)
@@ -46,3 +47,23 @@ type transport interface {
 	closeWhenFlushed()
 	closeNow()
 }
+
+// awaiter is what waits for a job handed to transport.await: returned
+// runs with the job's result, expired once its timeout passed first (the
+// late result is then dropped by generation). Both run on the
+// connection's transport.
+type awaiter interface {
+	returned(res plugins.Result)
+	expired()
+}
+
+// hookWait is the connection waiting for a blocking hook, spillWait the
+// connection waiting for a spool write (spool.go). Each is the *conn
+// itself, so handing one to await allocates nothing.
+type (
+	hookWait  conn
+	spillWait conn
+)
+
+func (w *hookWait) returned(res plugins.Result) { (*conn)(w).hookReturned(res) }
+func (w *hookWait) expired()                    { (*conn)(w).hookExpired() }
