@@ -229,28 +229,38 @@ func (s *Settings) validate(pc *config.PluginConfig) error {
 	return nil
 }
 
-// Options turns the settings into go-redis options. Beyond redis.ini, a
-// command is retried once (which covers a pooled connection that died
-// with a Redis restart) and a dial is tried once: while Redis is down a
-// hook fails within about dial_timeout instead of sleeping through
-// go-redis' default retries.
-func (s Settings) Options() *redis.Options {
-	return &redis.Options{
-		Addr:            s.Server,
-		DB:              s.DB,
-		Password:        s.Password,
-		PoolSize:        s.PoolSize,
-		DialTimeout:     s.DialTimeout,
-		ReadTimeout:     s.ReadTimeout,
-		WriteTimeout:    s.WriteTimeout,
-		MaxRetries:      1,
-		DialerRetries:   1,
-		ClientName:      "loopmx",
-		DisableIdentity: true,
+// Options turns the settings into go-redis options, for a server, a
+// Sentinel set (the master name with the Sentinels' addresses) or a
+// Cluster (its seeds): redis.NewUniversalClient picks the client from
+// them. Beyond redis.ini, a command is retried once (which covers a
+// pooled connection that died with a Redis restart) and a dial is tried
+// once: while Redis is down a hook fails within about dial_timeout
+// instead of sleeping through go-redis' default retries.
+func (s Settings) Options() *redis.UniversalOptions {
+	o := &redis.UniversalOptions{
+		Addrs:            []string{s.Server},
+		DB:               s.DB,
+		Password:         s.Password,
+		SentinelPassword: s.SentinelPassword,
+		PoolSize:         s.PoolSize,
+		DialTimeout:      s.DialTimeout,
+		ReadTimeout:      s.ReadTimeout,
+		WriteTimeout:     s.WriteTimeout,
+		MaxRetries:       1,
+		DialerRetries:    1,
+		ClientName:       "loopmx",
+		DisableIdentity:  true,
 		MaintNotificationsConfig: &maintnotifications.Config{
 			Mode: maintnotifications.ModeDisabled,
 		},
 	}
+	switch s.Kind() {
+	case "sentinel":
+		o.Addrs, o.MasterName = s.Sentinels, s.MasterName
+	case "cluster":
+		o.Addrs, o.IsClusterMode = s.Cluster, true
+	}
+	return o
 }
 
 // Kind says which Redis the settings name: "server", "sentinel" or
@@ -283,40 +293,7 @@ func (s Settings) Where() string {
 // routes each key to its node (the keys of one script share a hash tag,
 // so they are on one node) and follows slot moves.
 func (s Settings) newUniversal() redis.UniversalClient {
-	o := s.Options()
-	switch s.Kind() {
-	case "sentinel":
-		return redis.NewFailoverClient(&redis.FailoverOptions{
-			MasterName:       s.MasterName,
-			SentinelAddrs:    s.Sentinels,
-			SentinelPassword: s.SentinelPassword,
-			DB:               o.DB,
-			Password:         o.Password,
-			PoolSize:         o.PoolSize,
-			DialTimeout:      o.DialTimeout,
-			ReadTimeout:      o.ReadTimeout,
-			WriteTimeout:     o.WriteTimeout,
-			MaxRetries:       o.MaxRetries,
-			ClientName:       o.ClientName,
-			DisableIdentity:  true,
-		})
-	case "cluster":
-		return redis.NewClusterClient(&redis.ClusterOptions{
-			Addrs:           s.Cluster,
-			Password:        o.Password,
-			PoolSize:        o.PoolSize,
-			DialTimeout:     o.DialTimeout,
-			ReadTimeout:     o.ReadTimeout,
-			WriteTimeout:    o.WriteTimeout,
-			MaxRetries:      o.MaxRetries,
-			ClientName:      o.ClientName,
-			DisableIdentity: true,
-			MaintNotificationsConfig: &maintnotifications.Config{
-				Mode: maintnotifications.ModeDisabled,
-			},
-		})
-	}
-	return redis.NewClient(o)
+	return redis.NewUniversalClient(s.Options())
 }
 
 // addrList splits a comma- or space-separated list of addresses.

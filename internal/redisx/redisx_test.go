@@ -74,7 +74,7 @@ func TestDefaults(t *testing.T) {
 		t.Errorf("settings = %+v, want %+v", s, want)
 	}
 	o := s.Options()
-	if o.Addr != "[::1]:6380" || o.DB != 3 || o.Password != "s3cret" || o.PoolSize != 4 || o.ReadTimeout != 250*time.Millisecond {
+	if o.Addrs[0] != "[::1]:6380" || o.DB != 3 || o.Password != "s3cret" || o.PoolSize != 4 || o.ReadTimeout != 250*time.Millisecond {
 		t.Errorf("options = %+v", o)
 	}
 	// slow_call follows read_timeout unless set.
