@@ -19,6 +19,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -341,6 +342,16 @@ func Open(cfg *config.Config) (*Client, bool, error) {
 	}
 	sh.refs++
 	return sh.client, true, nil
+}
+
+// ReleaseOnce is Release for a holder whose Close may run more than
+// once: done records that this holder has released, so a second call
+// leaves the count of the other holders of the shared client alone.
+func ReleaseOnce(c *Client, done *atomic.Bool) error {
+	if c == nil || done.Swap(true) {
+		return nil
+	}
+	return Release(c)
 }
 
 // Release hands back a client obtained from Open. The last Release of

@@ -328,10 +328,7 @@ func (g *Greylist) network(ip netip.Addr) string {
 
 // Close implements plugins.Closer: the Redis client is handed back once.
 func (g *Greylist) Close() error {
-	if g.client == nil || g.closed.Swap(true) {
-		return nil
-	}
-	return redisx.Release(g.client)
+	return redisx.ReleaseOnce(g.client, &g.closed)
 }
 
 var (

@@ -259,10 +259,7 @@ func (p *Valid) unavailable(c *plugins.Conn, to string, err error) plugins.Resul
 
 // Close implements plugins.Closer: the Redis client is handed back once.
 func (p *Valid) Close() error {
-	if p.client == nil || p.closed.Swap(true) {
-		return nil
-	}
-	return redisx.Release(p.client)
+	return redisx.ReleaseOnce(p.client, &p.closed)
 }
 
 var (

@@ -299,10 +299,7 @@ func (v *Verify) Close() error {
 		return nil
 	}
 	v.prober.Close()
-	if v.client != nil {
-		return redisx.Release(v.client)
-	}
-	return nil
+	return redisx.Release(v.client)
 }
 
 var (

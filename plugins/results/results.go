@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 
 	"github.com/redis/go-redis/v9"
 	"github.com/rs/zerolog"
@@ -39,6 +40,7 @@ func init() { plugins.Register(Name, setup) }
 type Results struct {
 	publish bool
 	client  *redisx.Client
+	closed  atomic.Bool // Close released client
 	down    *redisx.DownLogger
 }
 
@@ -95,10 +97,7 @@ func (r *Results) BlocksConn(c *plugins.Conn, _ plugins.Hook) bool {
 
 // Close implements plugins.Closer.
 func (r *Results) Close() error {
-	if r.client == nil {
-		return nil
-	}
-	return redisx.Release(r.client)
+	return redisx.ReleaseOnce(r.client, &r.closed)
 }
 
 // state is what results keeps per connection. Its lock guards against a
