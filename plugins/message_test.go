@@ -7,21 +7,9 @@ import (
 	"strings"
 	"testing"
 
+	"loopmx/internal/spooltest"
 	"loopmx/plugins"
 )
-
-func spooled(t *testing.T, body string) *plugins.Message {
-	t.Helper()
-	f, err := os.CreateTemp(t.TempDir(), "spool")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { f.Close() })
-	if _, err := f.WriteString(body); err != nil {
-		t.Fatal(err)
-	}
-	return plugins.NewSpooledMessage(f, int64(len(body)), "ESMTP")
-}
 
 // A plugin reads a spooled body and one in memory the same way: the
 // header parsed, the body streamed, the same bytes written out.
@@ -34,7 +22,7 @@ func TestSpooledAndMemoryMessagesReadAlike(t *testing.T) {
 		"empty":       "",
 		"blank first": "\r\nno header at all\r\n",
 	} {
-		for _, m := range []*plugins.Message{plugins.NewMessage([]byte(body), "ESMTP"), spooled(t, body)} {
+		for _, m := range []*plugins.Message{plugins.NewMessage([]byte(body), "ESMTP"), spooltest.Message(t, body)} {
 			what := name + map[bool]string{true: " (spooled)", false: ""}[m.Spooled()]
 			if m.Size() != int64(len(body)) {
 				t.Errorf("%s: Size %d, want %d", what, m.Size(), len(body))
@@ -116,7 +104,7 @@ func TestRemoveHeaders(t *testing.T) {
 		"authentication-results: other.example; dkim=none\r\n" +
 		"\r\n" +
 		"Authentication-Results: in the body, not a field\r\n"
-	for _, m := range []*plugins.Message{plugins.NewMessage([]byte(body), ""), spooled(t, body)} {
+	for _, m := range []*plugins.Message{plugins.NewMessage([]byte(body), ""), spooltest.Message(t, body)} {
 		m.AddHeader("X-Added", "1")
 		n := m.RemoveHeaders(func(name, value string) bool {
 			return strings.EqualFold(name, "Authentication-Results") && strings.HasPrefix(value, "mx.example;")

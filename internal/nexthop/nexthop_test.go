@@ -5,12 +5,12 @@ import (
 	"bytes"
 	"errors"
 	"io"
-	"os"
 	"strings"
 	"testing"
 	"time"
 	"unicode/utf8"
 
+	"loopmx/internal/spooltest"
 	"loopmx/plugins"
 )
 
@@ -131,7 +131,7 @@ func TestWriteBodyStuffs(t *testing.T) {
 		for _, spooled := range []bool{false, true} {
 			m := plugins.NewMessage([]byte(tc.in), "ESMTP")
 			if spooled {
-				m = spooledMessage(t, tc.in)
+				m = spooltest.Message(t, tc.in)
 			}
 			var b bytes.Buffer
 			w := bufio.NewWriter(&b)
@@ -146,27 +146,12 @@ func TestWriteBodyStuffs(t *testing.T) {
 	}
 }
 
-// spooledMessage is a message whose body is in a file, as the server
-// makes one that outgrew spool_after.
-func spooledMessage(t *testing.T, body string) *plugins.Message {
-	t.Helper()
-	f, err := os.CreateTemp(t.TempDir(), "spool")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { f.Close() })
-	if _, err := f.WriteString(body); err != nil {
-		t.Fatal(err)
-	}
-	return plugins.NewSpooledMessage(f, int64(len(body)), "ESMTP")
-}
-
 func TestEOLMissing(t *testing.T) {
 	for in, want := range map[string]int{"": 0, "a\r\n": 0, "a": 2, "a\r": 2, "a\n": 2} {
 		if got := eolMissing(plugins.NewMessage([]byte(in), "")); got != want {
 			t.Errorf("eolMissing(%q) = %d, want %d", in, got, want)
 		}
-		if got := eolMissing(spooledMessage(t, in)); got != want {
+		if got := eolMissing(spooltest.Message(t, in)); got != want {
 			t.Errorf("eolMissing(%q) of a spooled body = %d, want %d", in, got, want)
 		}
 	}

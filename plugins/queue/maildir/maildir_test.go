@@ -19,6 +19,7 @@ import (
 
 	"loopmx/config"
 	"loopmx/internal/servertest"
+	"loopmx/internal/spooltest"
 	"loopmx/plugins"
 	"loopmx/plugins/queue/maildir"
 )
@@ -593,15 +594,7 @@ func TestQueueStoresSpooledBodyWithAddedFields(t *testing.T) {
 	dir := t.TempDir()
 	ch := open(t, dir)
 	body := "Subject: big\r\n\r\n" + strings.Repeat(strings.Repeat("z", 998)+"\r\n", 3000)
-	f, err := os.CreateTemp(t.TempDir(), "spool")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	if _, err := f.WriteString(body); err != nil {
-		t.Fatal(err)
-	}
-	msg := plugins.NewSpooledMessage(f, int64(len(body)), "ESMTP")
+	msg := spooltest.Message(t, body)
 	if err := msg.AddHeader("X-Test", "added\r\n\tfolded"); err != nil {
 		t.Fatal(err)
 	}
