@@ -81,9 +81,9 @@ func setup(cfg *config.Config) (plugins.Plugin, error) {
 	rawURL := pc.String("", "url", DefaultURL)
 	scanTimeout := pc.Duration("", "scan_timeout", DefaultScanTimeout)
 	maxSize := pc.Int64("", "max_size", DefaultMaxSize)
-	fail := pc.String("", "fail", "tempfail")
-	greylist := pc.String("", "greylist", "tempfail")
-	headers := pc.String("", "headers", "always")
+	failOpen := pc.Choice("", "fail", "tempfail", "open", "tempfail") == "open"
+	greylist := pc.Choice("", "greylist", "tempfail", "tempfail", "accept") == "tempfail"
+	headers := pc.Choice("", "headers", "always", "always", "spam", "off")
 	password := pc.String("", "password", "")
 	if err := pc.Check(); err != nil {
 		return nil, err
@@ -92,6 +92,7 @@ func setup(cfg *config.Config) (plugins.Plugin, error) {
 		return fmt.Errorf("config: %s: [main] %s: %q %s", pc.File(), key, value, why)
 	}
 	p := &Rspamd{password: password, scanTimeout: scanTimeout, maxSize: maxSize,
+		failOpen: failOpen, greylist: greylist, headers: headers,
 		failLog: throttle.Throttle{Every: time.Minute}}
 	base, dial, err := parseURL(rawURL)
 	if err != nil {
@@ -107,25 +108,6 @@ func setup(cfg *config.Config) (plugins.Plugin, error) {
 	}
 	if maxSize < 0 {
 		return nil, bad("max_size", pc.String("", "max_size", ""), "must not be negative (0 scans every message)")
-	}
-	switch strings.ToLower(fail) {
-	case "open":
-		p.failOpen = true
-	case "tempfail":
-	default:
-		return nil, bad("fail", fail, "is not one of open, tempfail")
-	}
-	switch strings.ToLower(greylist) {
-	case "tempfail":
-		p.greylist = true
-	case "accept":
-	default:
-		return nil, bad("greylist", greylist, "is not one of tempfail, accept")
-	}
-	switch p.headers = strings.ToLower(headers); p.headers {
-	case "always", "spam", "off":
-	default:
-		return nil, bad("headers", headers, "is not one of always, spam, off")
 	}
 	// One scan holds one workpool worker, so threadpool_size connections
 	// are the most that can be busy at once: keep that many alive.
