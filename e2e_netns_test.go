@@ -183,7 +183,17 @@ func TestE2ENetnsFailover(t *testing.T) {
 	// try's closed sessions are gone from the new master: a host removes
 	// them once it reaches Redis again.
 	newRedis := ss.Replica.Client()
-	waitRedisClients(t, newRedis, hosts[0].addr, hosts[2].addr)
+	// A host reaches the new master only when a session makes it call
+	// Redis, and its last sessions may have come while its breaker was
+	// open: sessions through the balancer (leastconn takes turns between
+	// idle hosts) give both hosts calls to make meanwhile.
+	poke := func() {
+		if cl, _, _, _, err := greet(nsDial(client, netnsClient), netnsFront); err == nil {
+			cl.cmd("QUIT")
+			cl.Close()
+		}
+	}
+	waitRedisClients(t, newRedis, poke, hosts[0].addr, hosts[2].addr)
 	var tries []string
 	ok := false
 	for i := 0; i < netnsTries && !ok; i++ {
@@ -274,8 +284,8 @@ func waitNewMaster(t *testing.T, ss *redistest.Sentinels, old string) string {
 
 // waitRedisClients waits until the Redis server of c has a client
 // connection from each of the addresses: the host there has found the
-// new master through the Sentinels.
-func waitRedisClients(t *testing.T, c redis.UniversalClient, addrs ...string) {
+// new master through the Sentinels. poke runs while one is missing.
+func waitRedisClients(t *testing.T, c redis.UniversalClient, poke func(), addrs ...string) {
 	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	for {
@@ -292,6 +302,7 @@ func waitRedisClients(t *testing.T, c redis.UniversalClient, addrs ...string) {
 		if time.Now().After(deadline) {
 			t.Fatalf("30 s after the failover, no connection from %v to the new master (%v):\n%s", missing, err, list)
 		}
+		poke()
 		time.Sleep(50 * time.Millisecond)
 	}
 }
