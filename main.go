@@ -25,6 +25,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"loopmx/config"
+	"loopmx/internal/logstamp"
 	"loopmx/internal/metrics"
 	"loopmx/internal/ticketkeys"
 	"loopmx/loop"
@@ -296,7 +297,7 @@ func newLogger(cfg *config.Config, w io.Writer) zerolog.Logger {
 	if err != nil {
 		lvl = zerolog.InfoLevel
 	}
-	return zerolog.New(w).Level(lvl).With().Timestamp().Int("pid", os.Getpid()).Logger()
+	return zerolog.New(w).Level(lvl).With().Int("pid", os.Getpid()).Logger().Hook(logstamp.Hook{})
 }
 
 // superviseRun runs this process as the supervisor of cfg.Main.Nodes

@@ -11,6 +11,7 @@ import (
 	"github.com/redis/go-redis/v9"
 	"github.com/rs/zerolog"
 
+	"loopmx/internal/logstamp"
 	"loopmx/internal/throttle"
 )
 
@@ -122,7 +123,7 @@ var quietOnce sync.Once
 func quietLibrary() {
 	quietOnce.Do(func() {
 		redis.SetLogger(&libraryLogger{
-			log:      zerolog.New(os.Stderr).With().Timestamp().Int("pid", os.Getpid()).Logger(),
+			log:      zerolog.New(os.Stderr).With().Int("pid", os.Getpid()).Logger().Hook(logstamp.Hook{}),
 			throttle: throttle.Throttle{Every: DownInterval},
 		})
 	})

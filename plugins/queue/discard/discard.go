@@ -9,6 +9,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"loopmx/config"
+	"loopmx/internal/logstamp"
 	"loopmx/plugins"
 )
 
@@ -28,7 +29,7 @@ func setup(cfg *config.Config) (plugins.Plugin, error) {
 	if err := pc.Check(); err != nil {
 		return nil, err
 	}
-	l := zerolog.New(os.Stderr).With().Timestamp().Logger()
+	l := zerolog.New(os.Stderr).Hook(logstamp.Hook{})
 	l.Warn().Str("plugin", Name).Msg("every accepted message is DISCARDED: use this plugin only for benchmarks and tests")
 	return Discard{}, nil
 }
