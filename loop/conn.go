@@ -273,10 +273,10 @@ func (c *conn) endTx(result string, code int, size int64) {
 		c.setup.chain.TxEnded(c.view, tx)
 	}
 	if l := c.tr.logger().Info(); l.Enabled() {
-		l.Str("tx", tx.ID).Str("ip", c.view.RemoteIP.String()).Str("helo", c.view.Helo).
-			Str("from", tx.From).Strs("rcpts", tx.Rcpts).Int64("size", size).
-			Str("result", result).Int("code", code).Strs("refused", c.refusals).
-			Dur("duration_ms", c.tr.now().Sub(tx.Started)).Msg("transaction")
+		logIP(logSafe(l, "tx", tx.ID), "ip", c.view.RemoteIP).Str("helo", c.view.Helo).
+			Str("from", tx.From).Strs("rcpts", tx.Rcpts).Int64("size", size)
+		logSafe(l, "result", result).Int("code", code).Strs("refused", c.refusals)
+		logMillis(l, "duration_ms", c.tr.now().Sub(tx.Started)).Msg("transaction")
 	}
 	c.refusals = c.refusals[:0]
 	c.view.EndTx()
@@ -370,9 +370,9 @@ func (c *conn) finish() {
 		}
 	}
 	if l := c.tr.logger().Info(); l.Enabled() {
-		l.Str("conn", c.view.ID).Str("ip", c.view.RemoteIP.String()).Str("helo", c.view.Helo).
-			Int("transactions", c.view.Transactions()).Int("errors", c.sess.Errors()).Str("end", c.endReason).
-			Dur("duration_ms", c.tr.now().Sub(c.view.Started)).Msg("connection")
+		logIP(logSafe(l, "conn", c.view.ID), "ip", c.view.RemoteIP).Str("helo", c.view.Helo).
+			Int("transactions", c.view.Transactions()).Int("errors", c.sess.Errors())
+		logMillis(logSafe(l, "end", c.endReason), "duration_ms", c.tr.now().Sub(c.view.Started)).Msg("connection")
 	}
 	c.sess = nil
 	if release {
