@@ -13,13 +13,29 @@ import (
 const MaxWorkers = 128
 
 // Pool runs submitted functions on a fixed set of goroutines.
+//
+// The queue is a slice that grows with the jobs waiting and is dropped
+// when they are all taken, not a channel of queueLen slots: the garbage
+// collector scans every slot of a channel's buffer in every cycle, and a
+// default queue of tens of thousands of empty slots was most of a cycle's
+// marking work on a server whose blocking work is rare
+// (docs/benchmarks.md).
 type Pool struct {
-	jobs    chan func()
+	mu      sync.Mutex
+	ready   sync.Cond // signalled when a job is queued or the pool closes
+	queue   []func()  // waiting jobs; queue[head:] in order
+	head    int
+	limit   int
+	closed  bool
 	wg      sync.WaitGroup
 	busy    atomic.Int32
+	queued  atomic.Int32
 	workers int
-	once    sync.Once
 }
+
+// keptSlots is the queue capacity kept once it is empty again; a burst
+// that grew it further gives the memory back.
+const keptSlots = 64
 
 // New starts workers goroutines (1..MaxWorkers) sharing a queue of
 // queueLen pending jobs.
@@ -33,7 +49,8 @@ func New(workers, queueLen int) *Pool {
 	if queueLen < 1 {
 		queueLen = 1
 	}
-	p := &Pool{jobs: make(chan func(), queueLen), workers: workers}
+	p := &Pool{limit: queueLen, workers: workers}
+	p.ready.L = &p.mu
 	p.wg.Add(workers)
 	for i := 0; i < workers; i++ {
 		go p.work()
@@ -43,31 +60,65 @@ func New(workers, queueLen int) *Pool {
 
 func (p *Pool) work() {
 	defer p.wg.Done()
-	for f := range p.jobs {
-		p.busy.Add(1)
+	for {
+		f := p.take()
+		if f == nil {
+			return
+		}
 		f()
 		p.busy.Add(-1)
 	}
 }
 
+// take waits for the next job; nil once the pool is closed and empty.
+func (p *Pool) take() func() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for p.head == len(p.queue) {
+		if p.closed {
+			return nil
+		}
+		p.ready.Wait()
+	}
+	f := p.queue[p.head]
+	p.queue[p.head] = nil
+	p.head++
+	if p.head == len(p.queue) {
+		p.head = 0
+		p.queue = p.queue[:0]
+		if cap(p.queue) > keptSlots {
+			p.queue = nil
+		}
+	}
+	p.queued.Add(-1)
+	p.busy.Add(1)
+	return f
+}
+
 // Submit queues f. It returns false, without blocking, when the queue is
 // full or the pool is closed.
-func (p *Pool) Submit(f func()) (ok bool) {
-	defer func() {
-		if recover() != nil { // send on a closed channel: the pool is stopping
-			ok = false
-		}
-	}()
-	select {
-	case p.jobs <- f:
-		return true
-	default:
+func (p *Pool) Submit(f func()) bool {
+	p.mu.Lock()
+	if p.closed || len(p.queue)-p.head >= p.limit {
+		p.mu.Unlock()
 		return false
 	}
+	if p.head > 0 && len(p.queue) == cap(p.queue) {
+		// Full to the end: move the waiting jobs to the front rather than
+		// grow past what is waiting.
+		n := copy(p.queue, p.queue[p.head:])
+		clear(p.queue[n:])
+		p.queue, p.head = p.queue[:n], 0
+	}
+	p.queue = append(p.queue, f)
+	p.queued.Add(1)
+	p.mu.Unlock()
+	p.ready.Signal()
+	return true
 }
 
 // Queued is the number of jobs waiting for a worker.
-func (p *Pool) Queued() int { return len(p.jobs) }
+func (p *Pool) Queued() int { return int(p.queued.Load()) }
 
 // Busy is the number of workers running a job.
 func (p *Pool) Busy() int { return int(p.busy.Load()) }
@@ -77,6 +128,9 @@ func (p *Pool) Workers() int { return p.workers }
 
 // Close stops taking jobs and waits for the queued ones to finish.
 func (p *Pool) Close() {
-	p.once.Do(func() { close(p.jobs) })
+	p.mu.Lock()
+	p.closed = true
+	p.mu.Unlock()
+	p.ready.Broadcast()
 	p.wg.Wait()
 }

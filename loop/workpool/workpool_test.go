@@ -47,3 +47,34 @@ func TestSizeIsClamped(t *testing.T) {
 		p.Close()
 	}
 }
+
+// TestJobsRunInOrder: one worker runs the queued jobs in the order they
+// were submitted, through a queue that is taken from while it fills, and
+// the pool then holds nothing.
+func TestJobsRunInOrder(t *testing.T) {
+	p := New(1, 1000)
+	var got []int
+	var mu sync.Mutex
+	gate := make(chan struct{})
+	p.Submit(func() { <-gate })
+	for i := 0; i < 300; i++ {
+		if i == 100 {
+			close(gate) // the worker starts taking while the rest arrive
+		}
+		if !p.Submit(func() { mu.Lock(); got = append(got, i); mu.Unlock() }) {
+			t.Fatalf("job %d refused", i)
+		}
+	}
+	p.Close()
+	if len(got) != 300 {
+		t.Fatalf("%d jobs ran, want 300", len(got))
+	}
+	for i, v := range got {
+		if v != i {
+			t.Fatalf("job %d ran in place %d", v, i)
+		}
+	}
+	if q, b := p.Queued(), p.Busy(); q != 0 || b != 0 {
+		t.Errorf("after Close: Queued %d Busy %d", q, b)
+	}
+}
