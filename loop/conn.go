@@ -272,11 +272,13 @@ func (c *conn) endTx(result string, code int, size int64) {
 	if c.setup.chain.Has(plugins.HookTxEnd) {
 		c.setup.chain.TxEnded(c.view, tx)
 	}
-	if l := c.tr.logger().Info(); l.Enabled() {
-		logIP(logSafe(l, "tx", tx.ID), "ip", c.view.RemoteIP).Str("helo", c.view.Helo).
-			Str("from", tx.From).Strs("rcpts", tx.Rcpts).Int64("size", size)
-		logSafe(l, "result", result).Int("code", code).Strs("refused", c.refusals)
-		logMillis(l, "duration_ms", c.tr.now().Sub(tx.Started)).Msg("transaction")
+	now := c.tr.now()
+	f := txFields{id: tx.ID, helo: c.view.Helo, from: tx.From, result: result, ip: c.view.RemoteIP,
+		rcpts: tx.Rcpts, refused: c.refusals, size: size, code: code, dur: now.Sub(tx.Started)}
+	if o := c.tr.lines(); o == nil || !o.transaction(&f, now) {
+		if l := c.tr.logger().Info(); l.Enabled() {
+			f.log(l)
+		}
 	}
 	c.refusals = c.refusals[:0]
 	c.view.EndTx()
@@ -369,10 +371,13 @@ func (c *conn) finish() {
 			}
 		}
 	}
-	if l := c.tr.logger().Info(); l.Enabled() {
-		logIP(logSafe(l, "conn", c.view.ID), "ip", c.view.RemoteIP).Str("helo", c.view.Helo).
-			Int("transactions", c.view.Transactions()).Int("errors", c.sess.Errors())
-		logMillis(logSafe(l, "end", c.endReason), "duration_ms", c.tr.now().Sub(c.view.Started)).Msg("connection")
+	now := c.tr.now()
+	f := connFields{id: c.view.ID, helo: c.view.Helo, end: c.endReason, ip: c.view.RemoteIP,
+		txs: c.view.Transactions(), errs: c.sess.Errors(), dur: now.Sub(c.view.Started)}
+	if o := c.tr.lines(); o == nil || !o.connection(&f, now) {
+		if l := c.tr.logger().Info(); l.Enabled() {
+			f.log(l)
+		}
 	}
 	c.sess = nil
 	if release {

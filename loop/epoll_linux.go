@@ -60,6 +60,7 @@ func newEpollConn(el *eventLoop, fd int, peer netip.AddrPort, l *listener) *epol
 func (e *epollConn) now() time.Time          { return e.reactor.now }
 func (e *epollConn) draining() bool          { return e.reactor.draining }
 func (e *epollConn) logger() *zerolog.Logger { return &e.reactor.log }
+func (e *epollConn) lines() *lineOut         { return e.reactor.lines }
 
 func (e *epollConn) onEvent(ev uint32) {
 	if ev&unix.EPOLLOUT != 0 && len(e.out) > 0 {

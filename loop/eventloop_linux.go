@@ -49,6 +49,7 @@ type eventLoop struct {
 	met    *meter // this loop's counts; nil with metrics off (metrics.go)
 	log    zerolog.Logger
 	logb   *logBatch // the lines of this iteration; nil without Options.LogOut
+	lines  *lineOut  // the connection and transaction lines into logb; nil without it
 	iter   uint64    // iterations of run, for the metrics' accept queue check
 	now    time.Time
 
@@ -107,6 +108,7 @@ func newEventLoop(s *Server, idx int) (*eventLoop, error) {
 	if s.opts.LogOut != nil {
 		el.logb = newLogBatch(s.opts.LogOut)
 		el.log = s.log.Output(el.logb)
+		el.lines = newLineOut(el.log, el.logb)
 	}
 	if e := rawEpollCtl(epfd, unix.EPOLL_CTL_ADD, efd, unix.EPOLLIN); e != 0 {
 		return nil, e

@@ -40,6 +40,15 @@ func (b *logBatch) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
+// keep takes buf, the batch with one more line appended in place (by
+// lineOut).
+func (b *logBatch) keep(buf []byte) {
+	b.buf = buf
+	if len(b.buf) > 4*logChunk {
+		b.flush()
+	}
+}
+
 // flush writes what the batch holds: in writes of whole lines up to
 // logChunk bytes to a file or pipe, or line by line to any other writer
 // (the console format reads one event per Write).

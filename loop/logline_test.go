@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+
+	"loopmx/internal/logstamp"
 )
 
 // The fast fields of the connection and transaction lines read exactly as
@@ -49,5 +51,72 @@ func TestLogFieldsReadAsZerolog(t *testing.T) {
 		if got != want {
 			t.Errorf("%q: got %s, want %s", s, got, want)
 		}
+	}
+}
+
+// TestLinesReadAsZerolog: a connection or transaction line written by the
+// loop itself is byte for byte the line zerolog writes for the same
+// values, with the logger's context and time; a line with a value that
+// needs escaping is left to zerolog.
+func TestLinesReadAsZerolog(t *testing.T) {
+	at := time.Date(2026, 12, 2, 16, 37, 54, 0, time.Local)
+	zerolog.TimestampFunc = func() time.Time { return at }
+	defer func() { zerolog.TimestampFunc = time.Now }()
+	for _, stamped := range []bool{true, false} {
+		var viaZerolog, viaLoop bytes.Buffer
+		base := zerolog.New(&viaZerolog).With().Int("pid", 7129).Int("worker", 2).Logger()
+		if stamped {
+			base = base.Hook(logstamp.Hook{})
+		}
+		batch := &logBatch{out: &viaLoop, whole: true}
+		o := newLineOut(base, batch)
+		if o == nil || o.stamped != stamped {
+			t.Fatalf("stamped %v: no line writer (%+v)", stamped, o)
+		}
+		conns := []connFields{
+			{id: "1zd1vawupuj.28l", ip: netip.MustParseAddr("127.0.0.9"), helo: "loopmx-bench.test", txs: 1, end: "quit", dur: 3812390},
+			{id: "x.1", ip: netip.MustParseAddr("2001:db8::5"), errs: 3, end: "too many errors", dur: 0},
+		}
+		for _, f := range conns {
+			viaZerolog.Reset()
+			viaLoop.Reset()
+			f.log(base.Info())
+			if !o.connection(&f, at) {
+				t.Fatalf("connection %+v refused", f)
+			}
+			batch.flush()
+			if viaLoop.String() != viaZerolog.String() {
+				t.Errorf("connection line:\n loop    %s zerolog %s", viaLoop.String(), viaZerolog.String())
+			}
+		}
+		txs := []txFields{
+			{id: "1zd1vawupuj.28l.1", ip: netip.MustParseAddr("127.0.0.9"), helo: "loopmx-bench.test", from: "bench@loopmx.test",
+				rcpts: []string{"a@example.com", "b@example.com"}, size: 1101, result: "queued", code: 250, refused: []string{}, dur: 16777889},
+			{id: "x.1.2", ip: netip.MustParseAddr("192.0.2.1"), result: "reset", refused: []string{"rcpt 550 rcpt_to.in_host_list"}},
+		}
+		for _, f := range txs {
+			viaZerolog.Reset()
+			viaLoop.Reset()
+			f.log(base.Info())
+			if !o.transaction(&f, at) {
+				t.Fatalf("transaction %+v refused", f)
+			}
+			batch.flush()
+			if viaLoop.String() != viaZerolog.String() {
+				t.Errorf("transaction line:\n loop    %s zerolog %s", viaLoop.String(), viaZerolog.String())
+			}
+		}
+	}
+	o := newLineOut(zerolog.New(&bytes.Buffer{}), &logBatch{})
+	for _, helo := range []string{`a"b`, "a\\b", "caf\u00e9", "a\x01"} {
+		if o.connection(&connFields{helo: helo, ip: netip.MustParseAddr("127.0.0.1")}, at) {
+			t.Errorf("HELO %q written without escaping", helo)
+		}
+	}
+	if o.transaction(&txFields{rcpts: []string{"ok@x", "\u00fc@x"}, ip: netip.MustParseAddr("127.0.0.1")}, at) {
+		t.Error("a recipient that needs escaping was written as it is")
+	}
+	if newLineOut(zerolog.New(&bytes.Buffer{}).Level(zerolog.WarnLevel), &logBatch{}) != nil {
+		t.Error("a logger above info got a line writer")
 	}
 }

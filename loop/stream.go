@@ -52,6 +52,7 @@ func (s *stream) retain() {
 func (s *stream) now() time.Time          { return time.Now() }
 func (s *stream) draining() bool          { return s.c.srv.draining.Load() }
 func (s *stream) logger() *zerolog.Logger { return &s.c.srv.log }
+func (s *stream) lines() *lineOut         { return nil }
 func (s *stream) startTLS()               { s.tlsNext = true }
 func (s *stream) closeWhenFlushed()       {} // run closes after its next flush
 

@@ -31,6 +31,9 @@ type transport interface {
 	// logger is where the connection's lines go: its event loop's batch,
 	// or the server's log.
 	logger() *zerolog.Logger
+	// lines writes the connection and transaction lines without zerolog
+	// (logline.go); nil where they go through logger.
+	lines() *lineOut
 	// await runs job, a blocking hook or a spool write, on pool, and
 	// tells w on the connection's transport how it ended: returned with
 	// its result, or expired once timeout passed first. false means the
