@@ -43,6 +43,7 @@ type conn struct {
 	handoff    bool // moving to the stream transport; it starts after this event
 	earlyTalk  bool // input arrived before the banner
 	ipHeld     bool // counted in the per-IP limit
+	shared     bool // another goroutine may still hold the connection: a job went to a pool, or the disconnect hooks run there
 	outFull    bool // parsing stopped with input left because the replies hit maxOutPending
 	endReason  string
 	tlsRefusal []byte // implicit TLS refused at connect: sent after the handshake
@@ -74,12 +75,18 @@ type conn struct {
 	m connMeter // what the metrics need (metrics.go)
 }
 
-// init fills a new connection accepted from l.
-func (c *conn) init(srv *Server, peer, local netip.AddrPort, l *listener, now time.Time, load plugins.LoadReporter) {
+// init fills a new connection accepted from l. sess, when not nil, is
+// the memory of an ended session to use again.
+func (c *conn) init(srv *Server, peer, local netip.AddrPort, l *listener, now time.Time, load plugins.LoadReporter, sess *smtpproto.Session) {
 	c.srv = srv
 	c.setup = srv.gen.Load()
 	c.setup.acquire()
-	c.sess = smtpproto.NewSession(c.setup.proto)
+	if sess != nil {
+		sess.Restart(c.setup.proto)
+		c.sess = sess
+	} else {
+		c.sess = smtpproto.NewSession(c.setup.proto)
+	}
 	c.kind = l.kind
 	c.view = &plugins.Conn{
 		ID:         srv.idPrefix + "." + strconv.FormatUint(srv.connSeq.Add(1), 36),
@@ -366,6 +373,7 @@ func (c *conn) finish() {
 			view := c.view
 			// The chain stays in use until its last disconnect hook ran.
 			release = !c.srv.pool.Submit(func() { ch.RunFrom(view, &call, next); gen.release() })
+			c.shared = c.shared || !release
 			if release {
 				c.tr.logger().Warn().Str("conn", c.view.ID).Msg("workpool full: disconnect hooks skipped")
 			}
@@ -379,8 +387,10 @@ func (c *conn) finish() {
 			f.log(l)
 		}
 	}
+	sess := c.sess
 	c.sess = nil
 	if release {
 		gen.release()
 	}
+	c.tr.retire(sess)
 }

@@ -11,6 +11,7 @@ import (
 
 	"loopmx/loop/workpool"
 	"loopmx/plugins"
+	"loopmx/smtpproto"
 )
 
 // epollConn is a connection on an event loop, and its transport: the
@@ -47,14 +48,48 @@ type hookResult struct {
 }
 
 func newEpollConn(el *eventLoop, fd int, peer netip.AddrPort, l *listener) *epollConn {
-	e := &epollConn{reactor: el, fd: fd, events: unix.EPOLLIN | unix.EPOLLRDHUP, timerIdx: -1}
+	var e *epollConn
+	var sess *smtpproto.Session
+	if n := len(el.free); n > 0 {
+		// The memory of a connection that ended lately, likely still in
+		// the cache; it was zeroed when it was put in the list.
+		f := el.free[n-1]
+		el.free[n-1] = freeConn{}
+		el.free = el.free[:n-1]
+		e, sess = f.e, f.sess
+	} else {
+		e = new(epollConn)
+	}
+	e.reactor, e.fd, e.events, e.timerIdx = el, fd, unix.EPOLLIN|unix.EPOLLRDHUP, -1
 	local := l.addr
 	if local.Addr().IsUnspecified() {
 		local = localAddr(fd)
 	}
-	e.init(el.srv, peer, local, l, el.now, el)
+	e.init(el.srv, peer, local, l, el.now, el, sess)
 	e.tr = e
 	return e
+}
+
+// freeConn is an ended connection's memory, kept for the next one.
+type freeConn struct {
+	e    *epollConn
+	sess *smtpproto.Session
+}
+
+// maxFree bounds the ended connections a loop keeps. A session's two
+// largest objects come from the list instead of the heap: less for the
+// garbage collector, and memory the cache still holds.
+const maxFree = 64
+
+// retire keeps the memory of a finished connection that nothing else
+// holds. It joins the free list once the loop's current iteration is
+// over: code up the call stack may still read it.
+func (e *epollConn) retire(sess *smtpproto.Session) {
+	if e.shared || e.handoff || sess == nil {
+		return
+	}
+	el := e.reactor
+	el.retired = append(el.retired, freeConn{e, sess})
 }
 
 func (e *epollConn) now() time.Time          { return e.reactor.now }
@@ -282,6 +317,7 @@ func (e *epollConn) await(pool *workpool.Pool, job func() plugins.Result, w awai
 		el.removeTimer(e)
 		return false
 	}
+	e.shared = true // the job posts back to e, whenever it ends
 	return true
 }
 

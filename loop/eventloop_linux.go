@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"loopmx/plugins"
+	"loopmx/smtpproto"
 )
 
 const (
@@ -68,6 +69,8 @@ type eventLoop struct {
 	// connections handed to TLS during this iteration; their goroutines
 	// start when the loop is done with them
 	handoffs []*stream
+	retired  []freeConn // connections finished in this iteration (epoll_linux.go)
+	free     []freeConn // their memory, zeroed, for the next ones
 
 	// load: the longest batch of work per window, for toobusy
 	batchMax time.Duration
@@ -226,6 +229,9 @@ func (el *eventLoop) run() {
 			el.handoffs[i] = nil
 		}
 		el.handoffs = el.handoffs[:0]
+		if len(el.retired) > 0 {
+			el.recycle()
+		}
 		if el.logb != nil && len(el.logb.buf) > 0 {
 			el.logb.flush()
 		}
@@ -513,4 +519,20 @@ func (el *eventLoop) unlist(c *epollConn) {
 // and on (the kernel keeps 15 bytes).
 func (el *eventLoop) threadName() []byte {
 	return append(strconv.AppendInt([]byte("loopmx-loop"), int64(el.idx), 10), 0)
+}
+
+// recycle zeroes the connections that finished in this iteration and keeps
+// them for the next ones, up to maxFree. One that is still listed or on a
+// timer is left to the garbage collector.
+func (el *eventLoop) recycle() {
+	for i, f := range el.retired {
+		el.retired[i] = freeConn{}
+		if len(el.free) >= maxFree || f.e.listed || f.e.timerIdx >= 0 || !f.e.closed {
+			continue
+		}
+		*f.e = epollConn{}
+		*f.sess = smtpproto.Session{}
+		el.free = append(el.free, f)
+	}
+	el.retired = el.retired[:0]
 }

@@ -7,6 +7,7 @@ import (
 
 	"loopmx/loop/workpool"
 	"loopmx/plugins"
+	"loopmx/smtpproto"
 )
 
 // transport moves a connection's bytes. There are two: the epoll
@@ -49,6 +50,10 @@ type transport interface {
 	// closeNow closes at once. Both end in conn.ended.
 	closeWhenFlushed()
 	closeNow()
+	// retire hears that the connection has finished, with the session
+	// it no longer uses: the epoll transport keeps the memory of both for
+	// a next connection, unless another goroutine may still hold them.
+	retire(sess *smtpproto.Session)
 }
 
 // awaiter is what waits for a job handed to transport.await: returned

@@ -125,6 +125,12 @@ func NewSession(cfg *Config) *Session {
 	return &Session{cfg: cfg}
 }
 
+// Restart makes s a new session of cfg, as NewSession would, in the
+// memory of a session that has ended.
+func (s *Session) Restart(cfg *Config) {
+	*s = Session{cfg: cfg}
+}
+
 // Reset returns s to its just-after-banner state, as RFC 3207 4.2 asks after
 // STARTTLS: the HELO name and any transaction are forgotten.
 func (s *Session) Reset() {
