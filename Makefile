@@ -3,7 +3,7 @@ GO      ?= go
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X main.version=$(VERSION)
 
-.PHONY: all build run test cross test-unit test-e2e vet fmt-check fuzz bench bench-compare bench-tls bench-scaleout bench-attrib deps clean
+.PHONY: all build run test cross test-unit test-e2e vet fmt-check fuzz bench bench-compare bench-tls bench-scaleout bench-attrib bench-ab deps clean
 
 all: build
 
@@ -80,6 +80,11 @@ bench-tls: build
 # beside the C floor (docs/benchmarks.md).
 bench-attrib: build
 	./scripts/bench-attrib.sh
+
+# Two builds (or loopmx and the floor) measured at the same time on one
+# core: A=HEAD~1 B=. make bench-ab (docs/benchmarks.md).
+bench-ab: build
+	./scripts/bench-ab.sh
 
 # Sessions/s through HAProxy to one loopmx host and to three, and what
 # HAProxy itself costs (docs/scale-out.md).
