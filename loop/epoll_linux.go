@@ -57,6 +57,7 @@ func newEpollConn(el *eventLoop, fd int, peer netip.AddrPort, l *listener) *epol
 		el.free[n-1] = freeConn{}
 		el.free = el.free[:n-1]
 		e, sess = f.e, f.sess
+		el.reused.Add(1)
 	} else {
 		e = new(epollConn)
 	}

@@ -71,6 +71,7 @@ type eventLoop struct {
 	handoffs []*stream
 	retired  []freeConn // connections finished in this iteration (epoll_linux.go)
 	free     []freeConn // their memory, zeroed, for the next ones
+	reused   atomic.Uint64 // connections that took their memory from free
 
 	// load: the longest batch of work per window, for toobusy
 	batchMax time.Duration
