@@ -69,8 +69,8 @@ type eventLoop struct {
 	// connections handed to TLS during this iteration; their goroutines
 	// start when the loop is done with them
 	handoffs []*stream
-	retired  []freeConn // connections finished in this iteration (epoll_linux.go)
-	free     []freeConn // their memory, zeroed, for the next ones
+	retired  []freeConn    // connections finished in this iteration (epoll_linux.go)
+	free     []freeConn    // their memory, zeroed, for the next ones
 	reused   atomic.Uint64 // connections that took their memory from free
 
 	// load: the longest batch of work per window, for toobusy
