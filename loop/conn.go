@@ -43,7 +43,6 @@ type conn struct {
 	handoff    bool // moving to the stream transport; it starts after this event
 	earlyTalk  bool // input arrived before the banner
 	ipHeld     bool // counted in the per-IP limit
-	shared     bool // another goroutine may still hold the connection: a job went to a pool, or the disconnect hooks run there
 	outFull    bool // parsing stopped with input left because the replies hit maxOutPending
 	endReason  string
 	tlsRefusal []byte // implicit TLS refused at connect: sent after the handshake
@@ -373,7 +372,6 @@ func (c *conn) finish() {
 			view := c.view
 			// The chain stays in use until its last disconnect hook ran.
 			release = !c.srv.pool.Submit(func() { ch.RunFrom(view, &call, next); gen.release() })
-			c.shared = c.shared || !release
 			if release {
 				c.tr.logger().Warn().Str("conn", c.view.ID).Msg("workpool full: disconnect hooks skipped")
 			}
@@ -392,5 +390,9 @@ func (c *conn) finish() {
 	if release {
 		gen.release()
 	}
-	c.tr.retire(sess)
+	if release && c.gen == 0 {
+		// No job ever went to a pool (each one counts in gen) and the
+		// disconnect hooks ran here: nothing else holds the connection.
+		c.tr.retire(sess)
+	}
 }

@@ -86,11 +86,7 @@ const maxFree = 64
 // holds. It joins the free list once the loop's current iteration is
 // over: code up the call stack may still read it.
 func (e *epollConn) retire(sess *smtpproto.Session) {
-	if e.shared || e.handoff || sess == nil {
-		return
-	}
-	el := e.reactor
-	el.retired = append(el.retired, freeConn{e, sess})
+	e.reactor.retired = append(e.reactor.retired, freeConn{e, sess})
 }
 
 func (e *epollConn) now() time.Time          { return e.reactor.now }
@@ -318,7 +314,6 @@ func (e *epollConn) await(pool *workpool.Pool, job func() plugins.Result, w awai
 		el.removeTimer(e)
 		return false
 	}
-	e.shared = true // the job posts back to e, whenever it ends
 	return true
 }
 

@@ -50,9 +50,9 @@ type transport interface {
 	// closeNow closes at once. Both end in conn.ended.
 	closeWhenFlushed()
 	closeNow()
-	// retire hears that the connection has finished, with the session
-	// it no longer uses: the epoll transport keeps the memory of both for
-	// a next connection, unless another goroutine may still hold them.
+	// retire hears that the connection has finished and that nothing
+	// but the transport holds it or its session: the epoll transport
+	// keeps the memory of both for a next connection.
 	retire(sess *smtpproto.Session)
 }
 
