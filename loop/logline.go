@@ -11,40 +11,8 @@ import (
 	"loopmx/internal/logstamp"
 )
 
-// The connection and transaction lines are written once per connection
-// and per message, so their fields skip what zerolog does for any value:
-// the per-byte escaping of strings the loop made itself (identifiers,
-// addresses, its own words), the String of an address, and the shortest
-// float formatting of a duration. The text is the same as zerolog's.
-
-// logSafe adds a string field whose value needs no JSON escaping: the
-// loop's own identifiers and words, never a client's text.
-func logSafe(e *zerolog.Event, key, s string) *zerolog.Event {
-	var b [64]byte
-	if len(s)+2 > len(b) {
-		return e.Str(key, s)
-	}
-	q := append(append(append(b[:0], '"'), s...), '"')
-	return e.RawJSON(key, q)
-}
-
-// logIP adds an address field, as its String would read.
-func logIP(e *zerolog.Event, key string, ip netip.Addr) *zerolog.Event {
-	if !ip.IsValid() || ip.Zone() != "" {
-		return e.Str(key, ip.String()) // the zone is the kernel's name for an interface
-	}
-	var b [48]byte
-	q := append(ip.AppendTo(append(b[:0], '"')), '"')
-	return e.RawJSON(key, q)
-}
-
-// logMillis adds a duration in milliseconds, as Dur writes it with
-// zerolog's millisecond unit: to the nanosecond, without trailing zeros.
-func logMillis(e *zerolog.Event, key string, d time.Duration) *zerolog.Event {
-	var b [32]byte
-	return e.RawJSON(key, appendMillis(b[:0], d))
-}
-
+// appendMillis appends d in milliseconds as zerolog's Dur writes it with
+// its millisecond unit: to the nanosecond, without trailing zeros.
 func appendMillis(b []byte, d time.Duration) []byte {
 	if d < 0 {
 		b = append(b, '-')
@@ -116,20 +84,22 @@ type txFields struct {
 	dur                    time.Duration
 }
 
+// log writes f's line through zerolog: where the loop does not write it
+// itself (a TLS session, a value that needs escaping).
 func (f *connFields) log(e *zerolog.Event) {
-	logIP(logSafe(e, "conn", f.id), "ip", f.ip).Str("helo", f.helo).Int("transactions", f.txs).Int("errors", f.errs)
-	logMillis(logSafe(e, "end", f.end), "duration_ms", f.dur).Msg("connection")
+	e.Str("conn", f.id).Str("ip", f.ip.String()).Str("helo", f.helo).Int("transactions", f.txs).
+		Int("errors", f.errs).Str("end", f.end).Dur("duration_ms", f.dur).Msg("connection")
 }
 
 func (f *txFields) log(e *zerolog.Event) {
-	logIP(logSafe(e, "tx", f.id), "ip", f.ip).Str("helo", f.helo).Str("from", f.from).Strs("rcpts", f.rcpts).Int64("size", f.size)
-	logSafe(e, "result", f.result).Int("code", f.code).Strs("refused", f.refused)
-	logMillis(e, "duration_ms", f.dur).Msg("transaction")
+	e.Str("tx", f.id).Str("ip", f.ip.String()).Str("helo", f.helo).Str("from", f.from).Strs("rcpts", f.rcpts).
+		Int64("size", f.size).Str("result", f.result).Int("code", f.code).Strs("refused", f.refused).
+		Dur("duration_ms", f.dur).Msg("transaction")
 }
 
 // connection writes f's line and reports whether it could.
 func (o *lineOut) connection(f *connFields, now time.Time) bool {
-	if !plain(f.helo) || f.ip.Zone() != "" {
+	if !plain(f.helo) || !plainIP(f.ip) {
 		return false
 	}
 	b := append(o.batch.buf, o.head...)
@@ -153,7 +123,7 @@ func (o *lineOut) connection(f *connFields, now time.Time) bool {
 
 // transaction writes f's line and reports whether it could.
 func (o *lineOut) transaction(f *txFields, now time.Time) bool {
-	if !plain(f.helo) || !plain(f.from) || !allPlain(f.rcpts) || !allPlain(f.refused) || f.ip.Zone() != "" {
+	if !plain(f.helo) || !plain(f.from) || !allPlain(f.rcpts) || !allPlain(f.refused) || !plainIP(f.ip) {
 		return false
 	}
 	b := append(o.batch.buf, o.head...)
@@ -203,6 +173,11 @@ func plain(s string) bool {
 	}
 	return true
 }
+
+// plainIP reports whether ip's text is its AppendTo: not for a missing
+// address ("invalid IP") or one with a zone (the kernel's name for an
+// interface, which could hold anything).
+func plainIP(ip netip.Addr) bool { return ip.IsValid() && ip.Zone() == "" }
 
 func allPlain(l []string) bool {
 	for _, s := range l {
