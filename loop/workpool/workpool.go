@@ -29,7 +29,6 @@ type Pool struct {
 	closed  bool
 	wg      sync.WaitGroup
 	busy    atomic.Int32
-	queued  atomic.Int32
 	workers int
 }
 
@@ -90,7 +89,6 @@ func (p *Pool) take() func() {
 			p.queue = nil
 		}
 	}
-	p.queued.Add(-1)
 	p.busy.Add(1)
 	return f
 }
@@ -111,14 +109,17 @@ func (p *Pool) Submit(f func()) bool {
 		p.queue, p.head = p.queue[:n], 0
 	}
 	p.queue = append(p.queue, f)
-	p.queued.Add(1)
 	p.mu.Unlock()
 	p.ready.Signal()
 	return true
 }
 
 // Queued is the number of jobs waiting for a worker.
-func (p *Pool) Queued() int { return int(p.queued.Load()) }
+func (p *Pool) Queued() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.queue) - p.head
+}
 
 // Busy is the number of workers running a job.
 func (p *Pool) Busy() int { return int(p.busy.Load()) }
