@@ -28,14 +28,7 @@ build_binaries
 a=${A:-floor} b=${B:-.} rounds=${ROUNDS:-5} n=${N:-20000} c=${C:-50} core=${CORE:-0}
 bench=bin/loopmx-bench
 
-tmp=$(mktemp -d "${TMPDIR:-/tmp}/loopmx-ab.XXXXXX")
-pids=()
-cleanup() {
-	for p in "${pids[@]}"; do stop_tree "$p"; done
-	rm -rf "$tmp"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+temp_dir ab
 
 # build SPEC SIDE: the server of SPEC as $tmp/SIDE; its kind in $tmp/SIDE.kind.
 build() {

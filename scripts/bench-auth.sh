@@ -16,14 +16,7 @@ build_binaries
 go build -trimpath -o bin/loopmx-dnsserve ./bench/dnsserve
 rounds=${ROUNDS:-3} n=${N:-5000} c=${C:-8} warm=${WARM:-500}
 
-tmp=$(mktemp -d "${TMPDIR:-/tmp}/loopmx-auth.XXXXXX")
-pids=()
-cleanup() {
-	for p in "${pids[@]}"; do stop_tree "$p"; done
-	rm -rf "$tmp"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+temp_dir auth
 
 dport=$(bin/loopmx-bench -free-port)
 cat > "$tmp/records" <<'RR'

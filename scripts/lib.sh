@@ -1,4 +1,4 @@
-# lib.sh: shell functions shared by bench.sh and bench-compare.sh.
+# lib.sh: shell functions shared by the bench scripts.
 
 # stop_tree stops a process and the processes it started, by pid: TERM
 # first, KILL after 5 seconds for whatever is still there.
@@ -43,4 +43,14 @@ build_binaries() {
 		exit 1
 	fi
 	"${MAKE:-make}" --no-print-directory build
+}
+
+# temp_dir NAME makes $tmp, a temporary directory, and $pids, the servers
+# the script starts; when the script exits, each of them is stopped
+# (stop_tree) and the directory removed.
+temp_dir() {
+	tmp=$(mktemp -d "${TMPDIR:-/tmp}/loopmx-$1.XXXXXX")
+	pids=()
+	trap 'for p in "${pids[@]}"; do stop_tree "$p"; done; rm -rf "$tmp"' EXIT
+	trap 'exit 130' INT TERM
 }
