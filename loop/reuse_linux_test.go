@@ -3,6 +3,7 @@ package loop_test
 import (
 	"strings"
 	"testing"
+	"time"
 
 	"loopmx/loop"
 )
@@ -19,7 +20,9 @@ func TestReusedConnectionStartsClean(t *testing.T) {
 	first.conn.Close() // gone in the middle of its transaction
 	ts.waitConnections(t, 0)
 
+	clients := 1
 	for i := 0; i < 3 && ts.srv.ReusedConns() == 0; i++ {
+		clients++
 		c := connect(t, ts.addr)
 		c.cmd("MAIL FROM:<b@second.example>", "503 5.5.1")
 		c.cmd("HELO second.example", "250")
@@ -30,11 +33,24 @@ func TestReusedConnectionStartsClean(t *testing.T) {
 	if ts.srv.ReusedConns() == 0 {
 		t.Fatal("no connection reused the memory of an ended one")
 	}
+	// The count of connections drops before the connection line is
+	// written: wait for the line of every client.
 	var lines []string
-	for _, l := range strings.Split(ts.log.String(), "\n") {
-		if strings.Contains(l, `"message":"connection"`) {
-			lines = append(lines, l)
+	deadline := time.Now().Add(ioTimeout)
+	for {
+		lines = lines[:0]
+		for _, l := range strings.Split(ts.log.String(), "\n") {
+			if strings.Contains(l, `"message":"connection"`) {
+				lines = append(lines, l)
+			}
 		}
+		if len(lines) == clients || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if len(lines) != clients {
+		t.Fatalf("%d connection lines for %d clients", len(lines), clients)
 	}
 	last := lines[len(lines)-1]
 	for _, want := range []string{`"helo":"second.example"`, `"transactions":1`, `"errors":1`, `"end":"quit"`} {
