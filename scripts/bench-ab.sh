@@ -20,7 +20,9 @@
 # Usage: A=HEAD~1 B=. scripts/bench-ab.sh     (or make bench-ab)
 # Environment: ROUNDS=5 N=20000 C=50 CORE=0; EXTRA_A / EXTRA_B: lines for
 # that side's smtp.ini (e.g. EXTRA_B=$'[log]\nlevel = warn'); ENV_A /
-# ENV_B: environment for that side (e.g. ENV_B=GOGC=200).
+# ENV_B: environment for that side (e.g. ENV_B=GOGC=200); LOG_A / LOG_B:
+# where that side's log goes (a file in a temporary directory unless set,
+# e.g. LOG_B=/dev/null).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
@@ -52,7 +54,7 @@ build "$b" B
 
 # start SIDE: starts that side's server; sets port_SIDE and pid_SIDE.
 start() {
-	local side=$1 port extra env
+	local side=$1 port extra env log
 	port=$($bench -free-port)
 	if [ "$(cat "$tmp/$side.kind")" = floor ]; then
 		taskset -c "$core" "$tmp/$side" "$port" 2>/dev/null &
@@ -62,15 +64,18 @@ start() {
 		extra=EXTRA_$side env=ENV_$side
 		printf '[main]\nlisten = 127.0.0.1:%s\nmax_connections = 0\nmax_connections_per_ip = 0\n%s\n' "$port" "${!extra:-}" >"$tmp/cfg-$side/smtp.ini"
 		# shellcheck disable=SC2086 # ENV_ holds NAME=value words
-		env ${!env:-} taskset -c "$core" "$tmp/$side" -c "$tmp/cfg-$side" 2>"$tmp/$side.log" &
+		log=LOG_$side
+		env ${!env:-} taskset -c "$core" "$tmp/$side" -c "$tmp/cfg-$side" 2>"${!log:-$tmp/$side.log}" &
 	fi
 	pids+=($!)
 	printf -v "pid_$side" %s "$!"
 	printf -v "port_$side" %s "$port"
 }
 
-# cpu JSON: server CPU per session (µs) from a run's report.
-cpu() { $bench -compare -base x "$1" 2>/dev/null | awk -F'  +' '/session .*server CPU\/session/ { print $3; exit }' | tr -dc '0-9.'; }
+# cpu JSON: server CPU per session (µs) from a run's report: the first
+# cpu_per_session_us is the server's (the client's comes after), with the
+# decimals the table would round away.
+cpu() { grep -o -m1 '"cpu_per_session_us": *[0-9.]*' "$1" | head -1 | tr -dc '0-9.'; }
 
 echo "bench-ab: A=$a B=$b; $rounds rounds of $n sessions ($c at a time) each, both at once on core $core"
 : >"$tmp/rounds"
