@@ -60,6 +60,11 @@ type conn struct {
 	gen     uint32       // counts blocking hooks; a result of an older one is dropped
 	msg     *plugins.Message
 
+	// the memory of the last transaction and message, used again for the
+	// next while only inline hooks have seen them (gen == 0): see spare
+	txMem  *plugins.Transaction
+	msgMem *plugins.Message
+
 	refusals []string // "<hook> <code> <plugin>" of the refusals in the open transaction
 
 	// the message body beyond memory (spool.go)
@@ -74,20 +79,54 @@ type conn struct {
 	m connMeter // what the metrics need (metrics.go)
 }
 
-// init fills a new connection accepted from l. sess, when not nil, is
-// the memory of an ended session to use again.
-func (c *conn) init(srv *Server, peer, local netip.AddrPort, l *listener, now time.Time, load plugins.LoadReporter, sess *smtpproto.Session) {
+// spare is the memory of an ended connection that nothing else holds,
+// kept for a later one: no job of the connection ever went to a pool, so
+// only the loop and inline hooks saw it, and inline hooks keep nothing
+// past their return (docs/plugins.md, "What a hook may keep"). Any field
+// may be nil.
+type spare struct {
+	sess *smtpproto.Session
+	view *plugins.Conn
+	tx   *plugins.Transaction
+	msg  *plugins.Message
+}
+
+// clear drops what the ended connection's objects refer to, so a spare
+// keeps no message, notes or strings alive while it waits.
+func (s *spare) clear() {
+	if s.sess != nil {
+		*s.sess = smtpproto.Session{}
+	}
+	if s.view != nil {
+		*s.view = plugins.Conn{}
+	}
+	if s.tx != nil {
+		*s.tx = plugins.Transaction{}
+	}
+	if s.msg != nil {
+		*s.msg = plugins.Message{}
+	}
+}
+
+// init fills a new connection accepted from l, in the memory of sp where
+// it has some.
+func (c *conn) init(srv *Server, peer, local netip.AddrPort, l *listener, now time.Time, load plugins.LoadReporter, sp spare) {
 	c.srv = srv
 	c.setup = srv.gen.Load()
 	c.setup.acquire()
-	if sess != nil {
-		sess.Restart(c.setup.proto)
-		c.sess = sess
+	if sp.sess != nil {
+		sp.sess.Restart(c.setup.proto)
+		c.sess = sp.sess
 	} else {
 		c.sess = smtpproto.NewSession(c.setup.proto)
 	}
 	c.kind = l.kind
-	c.view = &plugins.Conn{
+	c.view = sp.view
+	if c.view == nil {
+		c.view = new(plugins.Conn)
+	}
+	c.txMem, c.msgMem = sp.tx, sp.msg
+	*c.view = plugins.Conn{
 		ID:         srv.idPrefix + "." + strconv.FormatUint(srv.connSeq.Add(1), 36),
 		RemoteIP:   peer.Addr().Unmap(),
 		RemotePort: peer.Port(),
@@ -215,7 +254,7 @@ func (c *conn) process() {
 				if h == plugins.HookMail {
 					// The mail hooks already see the transaction they
 					// decide on (and record their results in it).
-					c.view.BeginTx(ev.Arg, c.tr.now())
+					c.beginTx(ev.Arg)
 				}
 				if ev.Kind == smtpproto.KindMessage {
 					c.endOfMessage(call)
@@ -288,6 +327,15 @@ func (c *conn) endTx(result string, code int, size int64) {
 	}
 	c.refusals = c.refusals[:0]
 	c.view.EndTx()
+}
+
+// beginTx starts the transaction of MAIL FROM:<from>, in the memory of
+// the connection's last one while no job went to a pool.
+func (c *conn) beginTx(from string) {
+	if c.txMem == nil || c.gen != 0 {
+		c.txMem = new(plugins.Transaction)
+	}
+	c.view.BeginTxIn(c.txMem, from, c.tr.now())
 }
 
 // replyCode reads the code of a wire reply.
@@ -385,7 +433,7 @@ func (c *conn) finish() {
 			f.log(l)
 		}
 	}
-	sess := c.sess
+	sp := spare{sess: c.sess, view: c.view, tx: c.txMem, msg: c.msgMem}
 	c.sess = nil
 	if release {
 		gen.release()
@@ -393,6 +441,6 @@ func (c *conn) finish() {
 	if release && c.gen == 0 {
 		// No job ever went to a pool (each one counts in gen) and the
 		// disconnect hooks ran here: nothing else holds the connection.
-		c.tr.retire(sess)
+		c.tr.retire(sp)
 	}
 }

@@ -11,7 +11,6 @@ import (
 
 	"loopmx/loop/workpool"
 	"loopmx/plugins"
-	"loopmx/smtpproto"
 )
 
 // epollConn is a connection on an event loop, and its transport: the
@@ -49,14 +48,14 @@ type hookResult struct {
 
 func newEpollConn(el *eventLoop, fd int, peer netip.AddrPort, l *listener) *epollConn {
 	var e *epollConn
-	var sess *smtpproto.Session
+	var sp spare
 	if n := len(el.free); n > 0 {
 		// The memory of a connection that ended lately, likely still in
 		// the cache; it was zeroed when it was put in the list.
 		f := el.free[n-1]
 		el.free[n-1] = freeConn{}
 		el.free = el.free[:n-1]
-		e, sess = f.e, f.sess
+		e, sp = f.e, f.spare
 		el.reused.Add(1)
 	} else {
 		e = new(epollConn)
@@ -66,27 +65,28 @@ func newEpollConn(el *eventLoop, fd int, peer netip.AddrPort, l *listener) *epol
 	if local.Addr().IsUnspecified() {
 		local = localAddr(fd)
 	}
-	e.init(el.srv, peer, local, l, el.now, el, sess)
+	e.init(el.srv, peer, local, l, el.now, el, sp)
 	e.tr = e
 	return e
 }
 
 // freeConn is an ended connection's memory, kept for the next one.
 type freeConn struct {
-	e    *epollConn
-	sess *smtpproto.Session
+	e *epollConn
+	spare
 }
 
-// maxFree bounds the ended connections a loop keeps. A session's two
-// largest objects come from the list instead of the heap: less for the
-// garbage collector, and memory the cache still holds.
+// maxFree bounds the ended connections a loop keeps. A session's
+// objects (the connection, its protocol state, what plugins see of it,
+// its last transaction and message) come from the list instead of the
+// heap: less for the garbage collector, and memory the cache still holds.
 const maxFree = 64
 
 // retire keeps the memory of a finished connection that nothing else
 // holds. It joins the free list once the loop's current iteration is
 // over: code up the call stack may still read it.
-func (e *epollConn) retire(sess *smtpproto.Session) {
-	e.reactor.retired = append(e.reactor.retired, freeConn{e, sess})
+func (e *epollConn) retire(sp spare) {
+	e.reactor.retired = append(e.reactor.retired, freeConn{e, sp})
 }
 
 func (e *epollConn) now() time.Time          { return e.reactor.now }

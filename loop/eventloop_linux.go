@@ -14,7 +14,6 @@ import (
 	"golang.org/x/sys/unix"
 
 	"loopmx/plugins"
-	"loopmx/smtpproto"
 )
 
 const (
@@ -532,7 +531,7 @@ func (el *eventLoop) recycle() {
 			continue
 		}
 		*f.e = epollConn{}
-		*f.sess = smtpproto.Session{}
+		f.clear()
 		el.free = append(el.free, f)
 	}
 	el.retired = el.retired[:0]

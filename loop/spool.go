@@ -305,7 +305,10 @@ func (c *conn) message() *plugins.Message {
 	}
 	if c.spool == nil {
 		c.account(0)
-		return plugins.NewMessage(c.sess.Body(), proto)
+		if c.msgMem == nil || c.gen != 0 {
+			c.msgMem = new(plugins.Message)
+		}
+		return plugins.NewMessageIn(c.msgMem, c.sess.Body(), proto)
 	}
 	m := plugins.NewSpooledMessage(c.spool, c.spooled, proto)
 	c.spool, c.spooled = nil, 0 // the message owns the file now

@@ -10,7 +10,6 @@ import (
 
 	"loopmx/loop/workpool"
 	"loopmx/plugins"
-	"loopmx/smtpproto"
 )
 
 // stream is the goroutine transport: one goroutine reads a net.Conn with
@@ -50,13 +49,13 @@ func (s *stream) retain() {
 	}
 }
 
-func (s *stream) now() time.Time            { return time.Now() }
-func (s *stream) draining() bool            { return s.c.srv.draining.Load() }
-func (s *stream) logger() *zerolog.Logger   { return &s.c.srv.log }
-func (s *stream) lines() *lineOut           { return nil }
-func (s *stream) retire(*smtpproto.Session) {}
-func (s *stream) startTLS()                 { s.tlsNext = true }
-func (s *stream) closeWhenFlushed()         {} // run closes after its next flush
+func (s *stream) now() time.Time          { return time.Now() }
+func (s *stream) draining() bool          { return s.c.srv.draining.Load() }
+func (s *stream) logger() *zerolog.Logger { return &s.c.srv.log }
+func (s *stream) lines() *lineOut         { return nil }
+func (s *stream) retire(spare)            {}
+func (s *stream) startTLS()               { s.tlsNext = true }
+func (s *stream) closeWhenFlushed()       {} // run closes after its next flush
 
 // flush writes what the connection owes.
 func (s *stream) flush() {

@@ -7,7 +7,6 @@ import (
 
 	"loopmx/loop/workpool"
 	"loopmx/plugins"
-	"loopmx/smtpproto"
 )
 
 // transport moves a connection's bytes. There are two: the epoll
@@ -51,9 +50,9 @@ type transport interface {
 	closeWhenFlushed()
 	closeNow()
 	// retire hears that the connection has finished and that nothing
-	// but the transport holds it or its session: the epoll transport
-	// keeps the memory of both for a next connection.
-	retire(sess *smtpproto.Session)
+	// but the transport holds it or sp: the epoll transport keeps the
+	// memory of both for a next connection.
+	retire(sp spare)
 }
 
 // awaiter is what waits for a job handed to transport.await: returned

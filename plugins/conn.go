@@ -105,9 +105,18 @@ func (t *Transaction) SetNote(key string, v any) {
 
 // BeginTx starts a transaction for the sender from.
 func (c *Conn) BeginTx(from string, now time.Time) *Transaction {
+	return c.BeginTxIn(new(Transaction), from, now)
+}
+
+// BeginTxIn is BeginTx in the memory of an ended transaction, t, which it
+// overwrites. The host passes memory that no hook can still hold: one that
+// only inline hooks saw (they keep nothing past their return; see "What a
+// hook may keep" in docs/plugins.md).
+func (c *Conn) BeginTxIn(t *Transaction, from string, now time.Time) *Transaction {
 	c.txN++
-	c.Tx = &Transaction{ID: c.ID + "." + strconv.Itoa(c.txN), From: from, Started: now}
-	return c.Tx
+	*t = Transaction{ID: c.ID + "." + strconv.Itoa(c.txN), From: from, Started: now}
+	c.Tx = t
+	return t
 }
 
 // AbandonTx forgets a transaction whose MAIL was refused: it never began,

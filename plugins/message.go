@@ -43,7 +43,14 @@ type Message struct {
 // NewMessage returns a message whose body is held in memory. The body is
 // not copied.
 func NewMessage(body []byte, protocol string) *Message {
-	return &Message{Protocol: protocol, mem: body, size: int64(len(body))}
+	return NewMessageIn(new(Message), body, protocol)
+}
+
+// NewMessageIn is NewMessage in the memory of an ended message, m, which
+// it overwrites; the same rule as Conn.BeginTxIn says which memory.
+func NewMessageIn(m *Message, body []byte, protocol string) *Message {
+	*m = Message{Protocol: protocol, mem: body, size: int64(len(body))}
+	return m
 }
 
 // NewSpooledMessage returns a message whose body is the first size octets
