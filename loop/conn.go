@@ -36,6 +36,7 @@ type conn struct {
 	greeted    bool       // the banner was sent
 	pending    bool       // a blocking hook or a Delay is outstanding
 	closing    bool       // close once out is written
+	quitting   bool       // QUIT was answered with nothing after it: the next write is the last
 	closed     bool
 	eof        bool // the client half-closed; finish its input, then close
 	proxyWait  bool // waiting for the PROXY header
@@ -360,6 +361,10 @@ func (c *conn) drainCheck() {
 // quit closes right after the 221 is written: the client asked to end and
 // has nothing more to send, so there is no reset to fear.
 func (c *conn) quit() {
+	// A client that sent more after its QUIT gets a reset from the close
+	// (its input is unread); the 221 must then be on its way before, not
+	// held for the FIN.
+	c.quitting = len(c.in) == 0
 	c.tr.flush()
 	if len(c.out) == 0 && !c.closed {
 		c.close("quit")

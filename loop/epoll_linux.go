@@ -1,6 +1,7 @@
 package loop
 
 import (
+	"bytes"
 	"net"
 	"net/netip"
 	"os"
@@ -240,7 +241,22 @@ func (e *epollConn) flush() {
 		buf = el.wbuf
 	}
 	if len(buf) > 0 {
-		n, errno := rawWrite(e.fd, buf)
+		write := rawWrite
+		switch {
+		case e.closing && !e.lingering && !e.wantTLS && !e.pending:
+			// The last replies before linger's shutdown, which follows
+			// a complete write at once (a short one once EPOLLOUT
+			// brought the rest) and sends them with the FIN.
+			write = rawWriteLast
+		case e.quitting && e.out == nil && bytes.HasPrefix(buf, []byte("221")):
+			// Only the 221, and quit closes right after it: the close
+			// sends it with the FIN. Not when other replies are in the
+			// write: a close discards what it holds for a reset when
+			// input arrived after the QUIT, and a 250 must never be
+			// lost that way (quit stays off when input came with it).
+			write = rawWriteLast
+		}
+		n, errno := write(e.fd, buf)
 		if n < 0 {
 			n = 0
 		}
