@@ -147,7 +147,7 @@ func (s *Server) serve(nc net.Conn, l *listener) {
 		return
 	}
 	c := &conn{}
-	c.init(s, peer, nc.LocalAddr().(*net.TCPAddr).AddrPort(), l, time.Now(), s, nil)
+	c.init(s, peer, nc.LocalAddr().(*net.TCPAddr).AddrPort(), l, time.Now(), s, spare{})
 	s.stream.opened(li)
 	c.ipHeld = !l.kind.Proxy
 	c.proxyWait = l.kind.Proxy
