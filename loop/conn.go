@@ -62,7 +62,7 @@ type conn struct {
 	msg     *plugins.Message
 
 	// the memory of the last transaction and message, used again for the
-	// next while only inline hooks have seen them (gen == 0): see spare
+	// next while the connection is private: see spare
 	txMem  *plugins.Transaction
 	msgMem *plugins.Message
 
@@ -330,10 +330,15 @@ func (c *conn) endTx(result string, code int, size int64) {
 	c.view.EndTx()
 }
 
+// private reports whether only this goroutine and inline hooks have seen
+// the connection's objects: no job ever went to a pool (each one counts
+// in gen). Then their memory may serve again (see spare).
+func (c *conn) private() bool { return c.gen == 0 }
+
 // beginTx starts the transaction of MAIL FROM:<from>, in the memory of
-// the connection's last one while no job went to a pool.
+// the connection's last one while the connection is private.
 func (c *conn) beginTx(from string) {
-	if c.txMem == nil || c.gen != 0 {
+	if c.txMem == nil || !c.private() {
 		c.txMem = new(plugins.Transaction)
 	}
 	c.view.BeginTxIn(c.txMem, from, c.tr.now())
@@ -443,9 +448,9 @@ func (c *conn) finish() {
 	if release {
 		gen.release()
 	}
-	if release && c.gen == 0 {
-		// No job ever went to a pool (each one counts in gen) and the
-		// disconnect hooks ran here: nothing else holds the connection.
+	if release && c.private() {
+		// The disconnect hooks ran here too: nothing else holds the
+		// connection.
 		c.tr.retire(sp)
 	}
 }

@@ -305,7 +305,7 @@ func (c *conn) message() *plugins.Message {
 	}
 	if c.spool == nil {
 		c.account(0)
-		if c.msgMem == nil || c.gen != 0 {
+		if c.msgMem == nil || !c.private() {
 			c.msgMem = new(plugins.Message)
 		}
 		return plugins.NewMessageIn(c.msgMem, c.sess.Body(), proto)

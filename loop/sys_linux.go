@@ -31,8 +31,8 @@ func rawWrite(fd int, p []byte) (int, syscall.Errno) {
 }
 
 // rawWriteLast writes a connection's last octets: MSG_MORE holds them
-// back until the shutdown that must follow at once, and the FIN then
-// leaves in the same segment, one packet fewer for every session.
+// back until the shutdown or close that must follow at once, and the FIN
+// then leaves in the same segment, one packet fewer for every session.
 func rawWriteLast(fd int, p []byte) (int, syscall.Errno) {
 	n, _, e := syscall.RawSyscall6(unix.SYS_SENDTO, uintptr(fd), uintptr(unsafe.Pointer(unsafe.SliceData(p))), uintptr(len(p)),
 		unix.MSG_MORE|unix.MSG_NOSIGNAL, 0, 0)

@@ -50,8 +50,8 @@ type transport interface {
 	closeWhenFlushed()
 	closeNow()
 	// retire hears that the connection has finished and that nothing
-	// but the transport holds it or sp: the epoll transport keeps the
-	// memory of both for a next connection.
+	// but the transport holds it or sp: the epoll transport keeps their
+	// memory for a next connection.
 	retire(sp spare)
 }
 
