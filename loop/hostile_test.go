@@ -163,10 +163,16 @@ func TestStressModeShortensTimeouts(t *testing.T) {
 // waitLog waits until the server's log holds s.
 func waitLog(t *testing.T, ts *testServer, s string) {
 	t.Helper()
+	waitLogCount(t, ts, s, 1)
+}
+
+// waitLogCount waits until the server's log holds s n times.
+func waitLogCount(t *testing.T, ts *testServer, s string, n int) {
+	t.Helper()
 	deadline := time.Now().Add(ioTimeout)
-	for !strings.Contains(ts.log.String(), s) {
+	for strings.Count(ts.log.String(), s) < n {
 		if time.Now().After(deadline) {
-			t.Fatalf("the log never said %q:\n%s", s, ts.log.String())
+			t.Fatalf("the log said %q %d times, not %d:\n%s", s, strings.Count(ts.log.String(), s), n, ts.log.String())
 		}
 		time.Sleep(10 * time.Millisecond)
 	}

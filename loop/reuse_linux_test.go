@@ -5,7 +5,6 @@ import (
 	"strings"
 	"sync"
 	"testing"
-	"time"
 
 	"loopmx/loop"
 	"loopmx/plugins"
@@ -38,19 +37,12 @@ func TestReusedConnectionStartsClean(t *testing.T) {
 	}
 	// The count of connections drops before the connection line is
 	// written: wait for the line of every client.
+	waitLogCount(t, ts, `"message":"connection"`, clients)
 	var lines []string
-	deadline := time.Now().Add(ioTimeout)
-	for {
-		lines = lines[:0]
-		for _, l := range strings.Split(ts.log.String(), "\n") {
-			if strings.Contains(l, `"message":"connection"`) {
-				lines = append(lines, l)
-			}
+	for _, l := range strings.Split(ts.log.String(), "\n") {
+		if strings.Contains(l, `"message":"connection"`) {
+			lines = append(lines, l)
 		}
-		if len(lines) == clients || time.Now().After(deadline) {
-			break
-		}
-		time.Sleep(5 * time.Millisecond)
 	}
 	if len(lines) != clients {
 		t.Fatalf("%d connection lines for %d clients", len(lines), clients)
